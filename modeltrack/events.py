@@ -1,0 +1,113 @@
+"""
+The cost event: one JSON object per line, one per request that reached a metered route.
+This module is the only place that decides its fields (documented in the README).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from twisted.web.http_headers import Headers
+
+from modeltrack.pricing import Price
+from modeltrack.usage import Reading, Usage
+
+#: Request header → event field. Values are labels chosen by the caller.
+ATTRIBUTION_HEADERS = (
+    (b"x-modeltrack-team", "team"),
+    (b"x-modeltrack-app", "app"),
+    (b"x-modeltrack-feature", "feature"),
+    (b"x-modeltrack-session-id", "session_id"),
+    (b"x-modeltrack-trace-id", "trace_id"),
+    (b"x-modeltrack-customer-tier", "customer_tier"),
+    (b"x-modeltrack-prompt-template", "prompt_template"),
+)
+LABEL_LIMIT = 128
+_CONTROL = dict.fromkeys(list(range(32)) + [127], None)
+
+OUTCOMES = frozenset(
+    (
+        "ok",
+        "upstream_error",
+        "upstream_unreachable",
+        "upstream_timeout",
+        "client_closed",
+        "stream_error",
+        "rejected",
+        "shutdown",
+    )
+)
+
+
+def attribution(headers: Headers) -> dict[str, str | None]:
+    """
+    The C{X-ModelTrack-*} labels of a request: control characters removed, length
+    bounded, L{None} when absent or empty.
+    """
+    labels: dict[str, str | None] = {}
+    for header, field in ATTRIBUTION_HEADERS:
+        values = headers.getRawHeaders(header)
+        value = None
+        if values:
+            cleaned = values[-1].decode("utf-8", "replace").translate(_CONTROL).strip()
+            value = cleaned[:LABEL_LIMIT] or None
+        labels[field] = value
+    return labels
+
+
+def cost_event(
+    *,
+    timestamp: datetime,
+    request_id: str,
+    provider: str,
+    endpoint: str,
+    requested_model: str | None,
+    streaming: bool,
+    status_code: int,
+    outcome: str,
+    reading: Reading,
+    price: Price,
+    latency_ms: float,
+    ttfb_ms: float | None,
+    labels: dict[str, str | None],
+) -> dict[str, Any]:
+    usage = reading.usage or Usage()
+    cost: Decimal | None = price.cost_usd
+    return {
+        "timestamp": timestamp.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "request_id": request_id,
+        "provider": provider,
+        "endpoint": endpoint,
+        "model": reading.model or requested_model,
+        "requested_model": requested_model,
+        "streaming": streaming,
+        "status_code": status_code,
+        "outcome": outcome,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "usage_complete": reading.final,
+        # repr of the float is the shortest text that reads back as the same number,
+        # so a Decimal cost with up to 15 significant digits is written exactly.
+        "cost_usd": None if cost is None else float(cost),
+        "priced": cost is not None,
+        "price_source": price.source,
+        "latency_ms": round(latency_ms, 3),
+        "ttfb_ms": None if ttfb_ms is None else round(ttfb_ms, 3),
+        **labels,
+        "error_type": reading.error_type,
+        "cache_hit": False,
+        "routed": False,
+    }
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """
+    One line of the event log.
+    """
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"

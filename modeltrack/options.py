@@ -1,0 +1,154 @@
+"""
+The command line of C{twistd modeltrack}, with C{MODELTRACK_*} environment fallbacks,
+turned into frozen L{Settings}. A bad value stops start-up with one line naming the
+option, before anything listens.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from twisted.python import usage
+
+from modeltrack.journal import FSYNC_POLICIES
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+DEFAULT_OPENAI_URL = "https://api.openai.com"
+DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: tuple[str, ...]
+    data_dir: Path
+    openai_url: str
+    anthropic_url: str
+    fsync: str = "interval"
+    rotate_bytes: int = 64 << 20
+    max_body: int = 32 << 20
+    connect_timeout: float = 10.0
+    headers_timeout: float = 600.0
+    idle_timeout: float = 300.0
+    drain_seconds: float = 30.0
+    pool_size: int = 64
+
+
+class ConfigError(Exception):
+    """
+    A setting that cannot work; the message starts with the option's name.
+    """
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the modeltrack proxy: point an OpenAI SDK's base_url at http://HOST:PORT/v1 "
+        "and an Anthropic SDK's at http://HOST:PORT; every call is forwarded unchanged and "
+        "recorded as one cost event in DATA_DIR/events.jsonl."
+    )
+    optParameters = [
+        ["data-dir", None, None, "Where events and config live [env MODELTRACK_DATA_DIR, default ./data]."],
+        ["openai-url", None, None, f"OpenAI API origin [env MODELTRACK_OPENAI_URL, default {DEFAULT_OPENAI_URL}]."],
+        ["anthropic-url", None, None, f"Anthropic API origin [env MODELTRACK_ANTHROPIC_URL, default {DEFAULT_ANTHROPIC_URL}]."],
+        ["fsync", None, "interval", "When the event log is fsynced: always (every batch), interval (once a second) or never."],
+        ["rotate-mb", None, "64", "Seal events.jsonl into a segment when it reaches this many MiB (also at UTC midnight)."],
+        ["max-body-mb", None, "32", "Largest request body accepted, in MiB; larger ones get 413."],
+        ["connect-timeout", None, "10", "Seconds to connect to a provider."],
+        ["headers-timeout", None, "600", "Seconds from sending a request to the provider's response headers."],
+        ["idle-timeout", None, "300", "Longest silence, in seconds, between two chunks of a response."],
+        ["drain-seconds", None, "30", "On stop, seconds to let in-flight calls finish before aborting them."],
+        ["pool-size", None, "64", "Idle upstream connections kept per provider."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Twisted endpoint to listen on; repeatable [env MODELTRACK_LISTEN, space-separated; default tcp:8080:interface=127.0.0.1].
+        """
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        try:
+            self.settings = settings_from(self, os.environ)
+        except ConfigError as e:
+            # twistd would print its whole usage text before a UsageError; one line
+            # naming the option is what an operator reading a journal needs.
+            sys.stderr.write(f"modeltrack: {e}\n")
+            raise SystemExit(2) from None
+
+
+def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
+    listen = tuple(options["listen"]) or tuple(
+        environ.get("MODELTRACK_LISTEN", "").split()
+    ) or (DEFAULT_LISTEN,)
+    for description in listen:
+        _check_endpoint(description)
+    data_dir = Path(options["data-dir"] or environ.get("MODELTRACK_DATA_DIR") or "data")
+    _check_data_dir(data_dir)
+    fsync = options["fsync"]
+    if fsync not in FSYNC_POLICIES:
+        raise ConfigError(f"--fsync: {fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
+    return Settings(
+        listen=listen,
+        data_dir=data_dir.resolve(),
+        openai_url=_check_url(
+            "--openai-url", options["openai-url"] or environ.get("MODELTRACK_OPENAI_URL") or DEFAULT_OPENAI_URL
+        ),
+        anthropic_url=_check_url(
+            "--anthropic-url",
+            options["anthropic-url"] or environ.get("MODELTRACK_ANTHROPIC_URL") or DEFAULT_ANTHROPIC_URL,
+        ),
+        fsync=fsync,
+        rotate_bytes=int(_positive(options, "rotate-mb") * (1 << 20)),
+        max_body=int(_positive(options, "max-body-mb") * (1 << 20)),
+        connect_timeout=_positive(options, "connect-timeout"),
+        headers_timeout=_positive(options, "headers-timeout"),
+        idle_timeout=_positive(options, "idle-timeout"),
+        drain_seconds=_positive(options, "drain-seconds", allow_zero=True),
+        pool_size=int(_positive(options, "pool-size")),
+    )
+
+
+def _positive(options: usage.Options, name: str, allow_zero: bool = False) -> float:
+    try:
+        value = float(options[name])
+    except ValueError:
+        raise ConfigError(f"--{name}: {options[name]!r} is not a number") from None
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        raise ConfigError(f"--{name}: must be greater than zero")
+    return value
+
+
+def _check_endpoint(description: str) -> None:
+    from twisted.internet import endpoints, reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:
+        raise ConfigError(f"--listen: {description!r} is not a usable endpoint: {e}") from None
+
+
+def _check_url(option: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{option}: {url!r} is not an http:// or https:// URL")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(f"{option}: {url!r} must not carry credentials, a query or a fragment")
+    return url.rstrip("/")
+
+
+def _check_data_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--data-dir: {str(path)!r} is not writable: {e.strerror or e}") from None

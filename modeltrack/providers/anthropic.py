@@ -1,0 +1,86 @@
+"""
+Anthropic's Messages API: usage is exclusive (C{input_tokens} is the uncached part), and
+a stream reports it in C{message_start} and then cumulatively in each C{message_delta}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from modeltrack.providers.meter import SSEMeter
+from modeltrack.usage import Reading, Usage, count, dig, text
+
+NAME = "anthropic"
+
+def usage_from(raw: dict[str, Any]) -> Usage:
+    uncached = count(raw.get("input_tokens"))
+    cache_write = count(raw.get("cache_creation_input_tokens"))
+    cache_read = count(raw.get("cache_read_input_tokens"))
+    return Usage(
+        input_tokens=uncached + cache_write + cache_read,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        cache_write_1h_tokens=min(
+            cache_write, count(dig(raw, "cache_creation", "ephemeral_1h_input_tokens"))
+        ),
+        output_tokens=count(raw.get("output_tokens")),
+        reasoning_tokens=count(dig(raw, "output_tokens_details", "thinking_tokens")),
+        web_searches=count(dig(raw, "server_tool_use", "web_search_requests")),
+    )
+
+
+def price_context(raw: dict[str, Any]) -> dict[str, str]:
+    context = {}
+    if raw.get("service_tier") == "batch":
+        context["processing"] = "batch"
+    if raw.get("speed") == "fast":
+        context["speed"] = "fast"
+    return context
+
+
+def read_body(obj: dict[str, Any]) -> Reading:
+    """
+    A non-streaming Messages response, or an error body.
+    """
+    if obj.get("type") == "error":
+        return Reading(error_type=text(dig(obj, "error", "type")) or "error")
+    raw = obj.get("usage")
+    if not isinstance(raw, dict):
+        return Reading(model=text(obj.get("model")))
+    return Reading(usage_from(raw), text(obj.get("model")), price_context(raw), final=True)
+
+
+class MessagesStreamMeter(SSEMeter):
+    """
+    A Messages event stream: C{message_start} then C{message_delta} events carry usage;
+    C{error} events may arrive after the 200; pings and unknown events are ignored.
+    """
+
+    def __init__(self, strip: bool = False) -> None:
+        super().__init__(strip)
+        self._raw: dict[str, Any] = {}
+
+    def on_event(self, name: bytes, data: bytes) -> object:
+        if name == b"message_start":
+            message = json.loads(data).get("message") or {}
+            self.reading.model = text(message.get("model"))
+            self._raw = dict(message.get("usage") or {})
+        elif name == b"message_delta":
+            # Cumulative: each field replaces the one from message_start, never adds to
+            # it. The cache lifetime split and the service tier only come in the start.
+            delta = json.loads(data).get("usage") or {}
+            self._raw.update((key, value) for key, value in delta.items() if value is not None)
+            self.reading.final = True
+        elif name == b"error":
+            self.reading.error_type = text(dig(json.loads(data), "error", "type")) or "error"
+            return None
+        else:
+            return None
+        self.reading.usage = usage_from(self._raw)
+        self.reading.price_context = price_context(self._raw)
+        return None
+
+
+def error_body(error_type: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": error_type, "message": message}}

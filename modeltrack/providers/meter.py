@@ -1,0 +1,154 @@
+"""
+Usage meters: fed every response chunk on its way to the client, they return the bytes
+to relay and keep a L{Reading} of what the provider reported.
+
+Meters never raise into the relay: a provider sending malformed JSON where usage should
+be is logged and leaves the reading incomplete, while the bytes still flow.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from modeltrack.sse import SSEParser
+from modeltrack.usage import Reading
+
+log = Logger()
+
+#: Non-streaming bodies larger than this are not decoded whole on the reactor thread:
+#: their top-level fields are found by scanning from the end (see L{scan_fields}).
+WHOLE_PARSE_LIMIT = 1 << 20
+#: A non-streaming body is kept for metering up to this size; past it the bytes are
+#: still relayed but usage is not read.
+BODY_KEEP_LIMIT = 64 << 20
+
+#: Returned by an SSE meter's event handler to keep that event from the client.
+DROP = object()
+
+
+class BodyMeter:
+    """
+    Meters a non-streaming JSON response: the body is kept, decoded once at the end.
+    """
+
+    strips = False
+
+    def __init__(self, read_body: Callable[[dict[str, Any]], Reading]) -> None:
+        self._read_body = read_body
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.reading = Reading()
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._size += len(chunk)
+        if self._size <= BODY_KEEP_LIMIT:
+            self._chunks.append(chunk)
+        else:
+            self._chunks = []
+        return chunk
+
+    def close(self) -> bytes:
+        body = b"".join(self._chunks)
+        self._chunks = []
+        try:
+            obj = load_object(body)
+            if obj is not None:
+                self.reading = self._read_body(obj)
+        except Exception:
+            log.failure("Could not read usage from a response body")
+        return b""
+
+
+class SSEMeter:
+    """
+    Meters an event stream. Subclasses implement L{on_event}, called only for events
+    that carry data; C{strip=True} lets L{on_event} drop events by returning L{DROP}.
+    """
+
+    def __init__(self, strip: bool = False) -> None:
+        self.strips = strip
+        self._parser = SSEParser(keep_raw=strip)
+        self.reading = Reading()
+
+    def on_event(self, name: bytes, data: bytes) -> object:
+        raise NotImplementedError()
+
+    def feed(self, chunk: bytes) -> bytes:
+        events = self._parser.feed(chunk)
+        if not self.strips:
+            for event in events:
+                self._handle(event.name, event.data)
+            return chunk
+        kept = [event.raw for event in events if self._handle(event.name, event.data) is not DROP]
+        return b"".join(kept)
+
+    def close(self) -> bytes:
+        tail = self._parser.close()
+        return tail if self.strips else b""
+
+    def _handle(self, name: bytes, data: bytes) -> object:
+        if not data:
+            return None
+        try:
+            return self.on_event(name, data)
+        except Exception:
+            log.failure("Could not read usage from a stream event")
+            return None
+
+
+class RelayOnly:
+    """
+    The meter for unmetered routes: relays bytes, reads nothing.
+    """
+
+    strips = False
+
+    def __init__(self) -> None:
+        self.reading = Reading()
+
+    def feed(self, chunk: bytes) -> bytes:
+        return chunk
+
+    def close(self) -> bytes:
+        return b""
+
+
+def load_object(body: bytes) -> dict[str, Any] | None:
+    """
+    The top-level JSON object of a response body, or L{None} if it is not one.
+    """
+    if len(body) > WHOLE_PARSE_LIMIT:
+        return scan_fields(body, ("usage", "model", "service_tier"))
+    obj = json.loads(body)
+    return obj if isinstance(obj, dict) else None
+
+
+_decoder = json.JSONDecoder()
+
+
+def scan_fields(body: bytes, names: tuple[str, ...]) -> dict[str, Any]:
+    """
+    Read a few fields of a large JSON object without decoding all of it.
+
+    Providers put C{usage} and C{model} at the top level, after or before the bulk
+    (embedding vectors). A key is the quoted name followed by a colon; a quote inside a
+    JSON string is always escaped, so the pattern cannot match inside string content.
+    The last occurrence is taken, as nested objects come before the top-level usage.
+    """
+    found: dict[str, Any] = {}
+    for name in names:
+        matches = list(re.finditer(rb'"%s"\s*:\s*' % name.encode(), body))
+        if not matches:
+            continue
+        start = matches[-1].end()
+        end = min(len(body), start + WHOLE_PARSE_LIMIT)
+        try:
+            value, _ = _decoder.raw_decode(body[start:end].decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        found[name] = value
+    return found

@@ -1,0 +1,139 @@
+"""
+OpenAI's Chat Completions, legacy Completions, Responses and Embeddings APIs. Usage is
+inclusive: cached tokens are part of the prompt, reasoning tokens part of the output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from modeltrack.providers.meter import DROP, SSEMeter
+from modeltrack.usage import Reading, Usage, count, dig, text
+
+NAME = "openai"
+
+#: A chunk with a usage object (every other chunk of a usage-reporting chat stream
+#: says C{"usage":null}). A quote inside a JSON string is escaped, so content cannot
+#: match.
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_TERMINAL_RESPONSE_EVENTS = frozenset(
+    (b"response.completed", b"response.incomplete", b"response.failed")
+)
+
+
+def chat_usage(raw: dict[str, Any]) -> Usage:
+    """
+    Chat and legacy Completions usage (also Embeddings, which has only prompt tokens).
+    """
+    return Usage(
+        input_tokens=count(raw.get("prompt_tokens")),
+        cache_read_tokens=count(dig(raw, "prompt_tokens_details", "cached_tokens")),
+        cache_write_tokens=count(dig(raw, "prompt_tokens_details", "cache_write_tokens")),
+        output_tokens=count(raw.get("completion_tokens")),
+        reasoning_tokens=count(dig(raw, "completion_tokens_details", "reasoning_tokens")),
+    )
+
+
+def responses_usage(raw: dict[str, Any]) -> Usage:
+    return Usage(
+        input_tokens=count(raw.get("input_tokens")),
+        cache_read_tokens=count(dig(raw, "input_tokens_details", "cached_tokens")),
+        cache_write_tokens=count(dig(raw, "input_tokens_details", "cache_write_tokens")),
+        output_tokens=count(raw.get("output_tokens")),
+        reasoning_tokens=count(dig(raw, "output_tokens_details", "reasoning_tokens")),
+    )
+
+
+def price_context(obj: dict[str, Any]) -> dict[str, str]:
+    """
+    The tier that actually served the request, as the response reports it.
+    """
+    tier = text(obj.get("service_tier"), 32)
+    return {"service_tier": tier} if tier else {}
+
+
+def _read(obj: dict[str, Any], usage_reader: Any) -> Reading:
+    reading = Reading(model=text(obj.get("model")), price_context=price_context(obj))
+    error = obj.get("error")
+    if error:
+        reading.error_type = text(dig(error, "type")) or text(dig(error, "code")) or "error"
+    raw = obj.get("usage")
+    if isinstance(raw, dict):
+        reading.usage = usage_reader(raw)
+        reading.final = True
+    return reading
+
+
+def read_chat_body(obj: dict[str, Any]) -> Reading:
+    return _read(obj, chat_usage)
+
+
+def read_responses_body(obj: dict[str, Any]) -> Reading:
+    return _read(obj, responses_usage)
+
+
+class ChatStreamMeter(SSEMeter):
+    """
+    A Chat or legacy Completions stream: C{data:} lines and a final C{[DONE]}. Usage
+    comes in one chunk with C{"choices": []} before C{[DONE]}, and only when the request
+    asked for C{stream_options.include_usage}. With C{strip=True} (the proxy asked for
+    it, the client did not) that chunk is read and kept from the client.
+    """
+
+    def on_event(self, name: bytes, data: bytes) -> object:
+        if data == b"[DONE]":
+            return None
+        reading = self.reading
+        has_usage = _USAGE_OBJECT.search(data) is not None
+        if not (has_usage or reading.model is None or b'"error"' in data):
+            return None
+        obj = json.loads(data)
+        if not isinstance(obj, dict):
+            return None
+        if reading.model is None:
+            # Azure's first chunk has an empty model; keep looking until one names it.
+            reading.model = text(obj.get("model"))
+        if obj.get("error"):
+            reading.error_type = (
+                text(dig(obj, "error", "type")) or text(dig(obj, "error", "code")) or "error"
+            )
+        raw = obj.get("usage")
+        if isinstance(raw, dict):
+            reading.usage = chat_usage(raw)
+            reading.price_context = price_context(obj)
+            reading.final = True
+            if self.strips and obj.get("choices") == []:
+                return DROP
+        return None
+
+
+class ResponsesStreamMeter(SSEMeter):
+    """
+    A Responses stream: named events; usage on the terminal C{response.completed},
+    C{response.incomplete} or C{response.failed}; C{error} events may come after 200.
+    """
+
+    def on_event(self, name: bytes, data: bytes) -> object:
+        if name in _TERMINAL_RESPONSE_EVENTS:
+            response = json.loads(data).get("response") or {}
+            reading = _read(response, responses_usage)
+            if name == b"response.failed":
+                reading.error_type = (
+                    text(dig(response, "error", "code")) or self.reading.error_type or "failed"
+                )
+            reading.model = reading.model or self.reading.model
+            self.reading = reading
+        elif name == b"response.created" and self.reading.model is None:
+            self.reading.model = text(dig(json.loads(data), "response", "model"))
+        elif name == b"error":
+            obj = json.loads(data)
+            self.reading.error_type = (
+                text(obj.get("code")) or text(dig(obj, "error", "type")) or "error"
+            )
+        return None
+
+
+def error_body(error_type: str, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": None, "code": None}}

@@ -1,0 +1,458 @@
+"""
+The proxy resource and the per-request pipeline.
+
+Every request to a metered route ends in exactly one cost event, written from one
+place (L{Exchange._record}), whatever happened: answered, refused, upstream failure,
+timeout, client gone, or shut down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
+
+from modeltrack import events, routes
+from modeltrack.journal import Journal
+from modeltrack.pricing import Price, PriceBook
+from modeltrack.providers import anthropic
+from modeltrack.providers.meter import BodyMeter, RelayOnly
+from modeltrack.stats import Stats
+from modeltrack.usage import text
+from modeltrack.web.status import Readiness, json_response, render_status
+from modeltrack.web.upstream import Upstream, copy_response_headers, upstream_headers
+
+log = Logger()
+
+REQUEST_ID_HEADER = b"x-modeltrack-request-id"
+_NO_USAGE = Price(Decimal(0), None)
+
+
+class Timeouts(NamedTuple):
+    """
+    Seconds. C{connect} is given to the agent; the others are ours.
+
+    @ivar headers: from sending the request to the upstream's response headers.
+    @ivar idle: the longest gap between two chunks of the response body.
+    """
+
+    connect: float = 10.0
+    headers: float = 600.0
+    idle: float = 300.0
+
+
+class ProxyResource(Resource):
+    """
+    The site's only resource: status paths, the route table, and 404 for the rest.
+
+    @ivar in_flight: the exchanges not yet ended, for a graceful stop to wait on.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        *,
+        upstreams: dict[str, Upstream],
+        journal: Journal,
+        prices: PriceBook,
+        stats: Stats,
+        readiness: Readiness,
+        clock: IReactorTime,
+        timeouts: Timeouts = Timeouts(),
+        max_body: int,
+    ) -> None:
+        super().__init__()
+        self.upstreams = upstreams
+        self.journal = journal
+        self.prices = prices
+        self.stats = stats
+        self.readiness = readiness
+        self.clock = clock
+        self.timeouts = timeouts
+        self.max_body = max_body
+        self.in_flight: set[Exchange] = set()
+        self._drain_waiters: list[Deferred[None]] = []
+
+    def drain(self, seconds: float) -> Deferred[None]:
+        """
+        Fires once every exchange in flight has ended; those still running after
+        C{seconds} are aborted (each recorded with outcome C{shutdown}).
+        """
+        if not self.in_flight:
+            return succeed(None)
+        drained: Deferred[None] = Deferred()
+        self._drain_waiters.append(drained)
+        deadline = self.clock.callLater(seconds, self._abort_all)
+
+        def stop_deadline(result: object) -> object:
+            if deadline.active():
+                deadline.cancel()
+            return result
+
+        return drained.addBoth(stop_deadline)
+
+    def _abort_all(self) -> None:
+        for exchange in list(self.in_flight):
+            exchange.abort()
+
+    def forget(self, exchange: Exchange) -> None:
+        self.in_flight.discard(exchange)
+        if not self.in_flight and self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def render(self, request: Request) -> bytes | int:
+        if request.method == b"CONNECT" or not request.uri.startswith(b"/"):
+            # Absolute-form targets and CONNECT are how a forward proxy is used.
+            return _error(request, 400, "invalid_request_error", "this is not an open proxy")
+        status = render_status(request.path, request, self.stats, self.journal, self.readiness)
+        if status is not None:
+            return status
+        found = routes.match(
+            request.method, request.path.decode("latin-1"), request.requestHeaders
+        )
+        if found is None:
+            method = request.method.decode("latin-1")
+            path = request.path.decode("latin-1")[:200]
+            return _error(request, 404, "not_found_error", f"no route for {method} {path}")
+        endpoint, upstream_path = found
+        Exchange(self, request, endpoint, upstream_path).start()
+        return NOT_DONE_YET
+
+
+def _error(request: Request, code: int, error_type: str, message: str) -> bytes:
+    """
+    An error from the proxy itself, in the shape of the provider the caller speaks to
+    (guessed from its auth headers when no route matched).
+    """
+    headers = request.requestHeaders
+    if headers.hasHeader(b"x-api-key") or headers.hasHeader(b"anthropic-version"):
+        body = anthropic.error_body(error_type, message)
+    else:
+        body = {"error": {"message": message, "type": error_type, "param": None, "code": None}}
+    return json_response(request, code, body)
+
+
+@implementer(IPushProducer)
+class Exchange(Protocol):
+    """
+    One request's trip through the proxy. It is also the protocol that receives the
+    upstream response body and, registered with the client's request, the producer a
+    slow client pauses: a full client socket pauses the upstream read.
+    """
+
+    def __init__(
+        self,
+        resource: ProxyResource,
+        request: Request,
+        endpoint: routes.Endpoint,
+        upstream_path: str,
+    ) -> None:
+        self._resource = resource
+        self.request = request
+        self.endpoint = endpoint
+        self._upstream_path = upstream_path
+        self.request_id = "mt_" + os.urandom(12).hex()
+        self.started: float = getattr(request, "started", 0.0) or resource.clock.seconds()
+        self.requested_model: str | None = None
+        self.streaming = False
+        self._strip_usage = False
+        self.meter: Any = RelayOnly()
+        self.status = 0
+        self._ttfb: float | None = None
+        self._pending: Any = None
+        self._timer: Any = None
+        self._done = False
+        self._client_gone = False
+        self._paused = False
+
+    # -- start ---------------------------------------------------------------
+
+    def start(self) -> None:
+        resource = self._resource
+        request = self.request
+        request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
+        request.notifyFinish().addErrback(self._lost_client)
+        resource.in_flight.add(self)
+        resource.stats.requests += 1
+        body = None
+        if request.method == b"POST":
+            if request.too_large:
+                message = f"request body is larger than {resource.max_body} bytes"
+                return self._respond(413, "request_too_large", message, "rejected")
+            body = request.content.getvalue()
+            if self.endpoint.metered:
+                body = self._read_request(body)
+                if body is None:
+                    return None
+                if not resource.journal.accepting:
+                    message = "the event log is not writable; no call is made that cannot be recorded"
+                    return self._respond(503, "overloaded_error", message, "rejected")
+        query = request.uri.partition(b"?")[2]
+        target = self._upstream_path.encode("latin-1") + (b"?" + query if query else b"")
+        upstream = resource.upstreams[self.endpoint.provider]
+        self._timer = resource.clock.callLater(resource.timeouts.headers, self._headers_timed_out)
+        self._pending = upstream.request(
+            request.method, target, upstream_headers(request.requestHeaders), body
+        )
+        self._pending.addCallbacks(self._got_response, self._request_failed)
+        return None
+
+    def _read_request(self, body: bytes) -> bytes | None:
+        """
+        Read the model and stream flag from a metered request; ask a chat stream for
+        its usage if the client did not. L{None} if the body was refused.
+        """
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            message = "the request body must be a JSON object"
+            self._respond(400, "invalid_request_error", message, "rejected")
+            return None
+        self.requested_model = text(obj.get("model"))
+        self.streaming = obj.get("stream") is True
+        if self.endpoint.injects_usage and self.streaming:
+            options = obj.setdefault("stream_options", {})
+            if isinstance(options, dict) and options.get("include_usage") is not True:
+                # Without it a chat stream reports no usage at all. The usage chunk
+                # it adds is read and kept from the client, which sees the stream
+                # it asked for.
+                options["include_usage"] = True
+                self._strip_usage = True
+                body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        return body
+
+    # -- upstream answers ----------------------------------------------------
+
+    def _got_response(self, response: IResponse) -> None:
+        self._pending = None
+        self._cancel_timer()
+        if self._done:
+            response.deliverBody(_Discard())
+            return
+        resource = self._resource
+        request = self.request
+        self._ttfb = resource.clock.seconds() - self.started
+        self.status = response.code
+        self.meter = self._meter_for(response)
+        request.setResponseCode(response.code, response.phrase)
+        copy_response_headers(response.headers, request.responseHeaders, not self.meter.strips)
+        request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
+        self._timer = resource.clock.callLater(resource.timeouts.idle, self._idle_timed_out)
+        request.registerProducer(self, True)
+        response.deliverBody(self)
+
+    def _meter_for(self, response: IResponse) -> Any:
+        endpoint = self.endpoint
+        if not endpoint.metered:
+            return RelayOnly()
+        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        if endpoint.stream_meter is not None and content_type.startswith(b"text/event-stream"):
+            return endpoint.stream_meter(strip=self._strip_usage)
+        if endpoint.read_body is not None:
+            return BodyMeter(endpoint.read_body)
+        return RelayOnly()
+
+    def connectionMade(self) -> None:
+        if self._paused:
+            self.transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        relay = self.meter.feed(data)
+        if relay:
+            self.request.write(relay)
+        self._timer.reset(self._resource.timeouts.idle)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._done:
+            return  # we ended it: timeout, client gone, or shutdown
+        tail = self.meter.close()
+        if not reason.check(ResponseDone, PotentialDataLoss):
+            # The upstream connection broke mid-body: make the truncation visible to
+            # the client as a broken connection, not as a clean end.
+            return self._end("upstream_unreachable", abort=True)
+        if tail:
+            self.request.write(tail)
+        outcome = "ok"
+        if self.status >= 400:
+            outcome = "upstream_error"
+        elif self.meter.reading.error_type and self.streaming:
+            outcome = "stream_error"
+        self._end(outcome, finish=True)
+
+    def _request_failed(self, failure: Failure) -> None:
+        self._pending = None
+        if self._done:
+            return None  # cancelled by us
+        self._cancel_timer()
+        origin = self._resource.upstreams[self.endpoint.provider].origin
+        message = f"could not reach {origin}: {_describe(failure)}"
+        log.warn("Upstream unreachable: {message}", message=message)
+        self._respond(502, "api_error", message, "upstream_unreachable")
+        return None
+
+    # -- time and the client -------------------------------------------------
+
+    def _headers_timed_out(self) -> None:
+        self._timer = None
+        pending = self._pending
+        seconds = self._resource.timeouts.headers
+        message = f"the upstream sent no response headers within {seconds:g} seconds"
+        self._respond(504, "timeout_error", message, "upstream_timeout")
+        if pending is not None:
+            pending.cancel()
+
+    def _idle_timed_out(self) -> None:
+        self._timer = None
+        self._end("upstream_timeout", abort=True)
+        self.transport.stopProducing()
+
+    def _lost_client(self, failure: Failure | None) -> None:
+        self._client_gone = True
+        if not self._done:
+            self._end("client_closed")
+            self._stop_upstream()
+        return None
+
+    def abort(self) -> None:
+        """
+        End now, for a shutdown that could not wait any longer.
+        """
+        if not self._done:
+            self._end("shutdown", abort=True)
+            self._stop_upstream()
+
+    def _stop_upstream(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+        elif self.transport is not None:
+            self.transport.stopProducing()
+
+    # IPushProducer, for the client connection.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self.transport is not None and not self._done:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._lost_client(None)
+
+    # -- the end -------------------------------------------------------------
+
+    def _respond(self, code: int, error_type: str, message: str, outcome: str) -> None:
+        """
+        Answer the client with an error of our own, in the provider's shape.
+        """
+        request = self.request
+        self.status = code
+        if not self._client_gone:
+            request.setResponseCode(code)
+            request.setHeader(b"content-type", b"application/json")
+            request.write(json.dumps(self.endpoint.error_body(error_type, message)).encode())
+        self._end(outcome, finish=True, error_type=error_type)
+
+    def _end(
+        self, outcome: str, *, finish: bool = False, abort: bool = False, error_type: str | None = None
+    ) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._cancel_timer()
+        request = self.request
+        if not self._client_gone:
+            request.unregisterProducer()
+            if abort:
+                request.transport.abortConnection()
+            elif finish:
+                request.finish()
+        if error_type is not None and self.meter.reading.error_type is None:
+            self.meter.reading.error_type = error_type
+        self._record(outcome)
+
+    def _record(self, outcome: str) -> None:
+        resource = self._resource
+        if not self.endpoint.metered:
+            resource.forget(self)
+            return
+        now = resource.clock.seconds()
+        when = datetime.fromtimestamp(now, timezone.utc)
+        reading = self.meter.reading
+        model = reading.model or self.requested_model
+        if reading.usage is None:
+            price = _NO_USAGE
+        else:
+            price = resource.prices.price(
+                self.endpoint.provider, model, reading.usage, reading.price_context, when
+            )
+        event = events.cost_event(
+            timestamp=when,
+            request_id=self.request_id,
+            provider=self.endpoint.provider,
+            endpoint=self.endpoint.path,
+            requested_model=self.requested_model,
+            streaming=self.streaming,
+            status_code=self.status,
+            outcome=outcome,
+            reading=reading,
+            price=price,
+            latency_ms=(now - self.started) * 1000,
+            ttfb_ms=None if self._ttfb is None else self._ttfb * 1000,
+            labels=events.attribution(self.request.requestHeaders),
+        )
+        resource.journal.append(events.encode(event))
+        resource.stats.record(event, price.cost_usd)
+        resource.forget(self)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+
+class _Discard(Protocol):
+    """
+    Takes a response nobody wants any more and closes its connection.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+def _describe(failure: Failure) -> str:
+    """
+    A short, key-free description of why a request failed.
+    """
+    reasons = getattr(failure.value, "reasons", None)
+    if reasons:
+        failure = reasons[0]
+    if failure.check(CancelledError):
+        return "cancelled"
+    return f"{type(failure.value).__name__}: {failure.getErrorMessage()}"[:300]

@@ -1,0 +1,77 @@
+"""
+The listening side: a L{Site} whose requests keep their bodies in memory up to a cap and
+whose access log never holds a query string, a header or a body.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web import server
+from twisted.web.resource import IResource
+
+DEFAULT_MAX_BODY = 32 << 20
+
+
+class ProxyRequest(server.Request):
+    """
+    A request whose body is held in memory, never spooled to a temporary file on disk
+    (bodies are prompts: they must not reach the disk), and discarded past the site's
+    cap, leaving C{too_large} set for the resource to answer 413.
+    """
+
+    too_large = False
+    started = 0.0
+
+    def gotLength(self, length: int | None) -> None:
+        site: ProxySite = self.channel.site
+        self.started = site.clock.seconds()
+        self.content = BytesIO()
+        if length is not None and length > site.max_body:
+            self.too_large = True
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        if self.content.tell() + len(data) > self.channel.site.max_body:
+            self.too_large = True
+            self.content = BytesIO()
+            return
+        self.content.write(data)
+
+
+class ProxySite(server.Site):
+    """
+    @ivar max_body: the largest request body accepted, in bytes.
+    @ivar clock: the time source for request durations.
+    """
+
+    requestFactory = ProxyRequest
+    access_log = Logger(namespace="modeltrack.access")
+
+    def __init__(
+        self, resource: IResource, clock: IReactorTime, max_body: int = DEFAULT_MAX_BODY
+    ) -> None:
+        # No form parsing: bodies here are JSON, and parsing them as forms costs time.
+        super().__init__(resource, reactor=clock, parsePOSTFormSubmission=False)
+        self.clock = clock
+        self.max_body = max_body
+        self.displayTracebacks = False
+
+    def log(self, request: ProxyRequest) -> None:
+        """
+        One access line per finished request: method, path without its query string
+        (queries can carry keys), status, bytes, duration, request id.
+        """
+        request_id = request.responseHeaders.getRawHeaders(b"x-modeltrack-request-id", [b"-"])[0]
+        self.access_log.info(
+            "{method} {path} {status} {bytes}B {duration_ms}ms {request_id}",
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("ascii", "replace")[:256],
+            status=request.code,
+            bytes=request.sentLength,
+            duration_ms=round((self.clock.seconds() - request.started) * 1000, 1),
+            request_id=request_id.decode("ascii", "replace"),
+        )

@@ -1,0 +1,152 @@
+"""
+Where one provider's calls go: an L{Agent} over a persistent connection pool, with the
+header hygiene of a reverse proxy.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HostnameCachingHTTPSPolicy,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from zope.interface import implementer
+
+#: RFC 9110 hop-by-hop headers: they describe one connection, never the next one.
+HOP_BY_HOP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    )
+)
+#: Set by the agent for the upstream request itself.
+_SET_BY_AGENT = frozenset((b"host", b"content-length", b"accept-encoding"))
+_OURS = b"x-modeltrack-"
+
+
+def _connection_tokens(headers: Headers) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for value in headers.getRawHeaders(b"connection", ()):
+        tokens.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(tokens)
+
+
+def upstream_headers(incoming: Headers) -> Headers:
+    """
+    The client's headers as they go upstream: every value byte for byte (keys and
+    auth included), minus hop-by-hop headers, C{Host}, C{Content-Length} and every
+    C{X-ModelTrack-*} label. C{Accept-Encoding} becomes C{identity} so that the
+    response bytes the meter reads are the bytes the provider wrote.
+    """
+    dropped = HOP_BY_HOP | _SET_BY_AGENT | _connection_tokens(incoming)
+    outgoing = Headers()
+    for name, values in incoming.getAllRawHeaders():
+        lower = name.lower()
+        if lower in dropped or lower.startswith(_OURS):
+            continue
+        outgoing.setRawHeaders(name, values)
+    outgoing.setRawHeaders(b"accept-encoding", [b"identity"])
+    return outgoing
+
+
+def copy_response_headers(upstream: Headers, downstream: Headers, keep_length: bool) -> None:
+    """
+    The provider's response headers as they go to the client, minus hop-by-hop ones;
+    C{Content-Length} only when the body passes through unchanged.
+    """
+    dropped = HOP_BY_HOP | _connection_tokens(upstream)
+    for name, values in upstream.getAllRawHeaders():
+        lower = name.lower()
+        if lower in dropped or (lower == b"content-length" and not keep_length):
+            continue
+        downstream.setRawHeaders(name, values)
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body already in memory: its length is known, so it goes upstream with a
+    Content-Length in one write.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    The pool makes a factory per connection; the default logs "Starting factory" and
+    "Stopping factory" for each, which floods the log under load.
+    """
+
+    noisy = False
+
+
+def make_pool(reactor: object, per_host: int) -> HTTPConnectionPool:
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    # Not a concurrency limit: how many idle connections are kept for reuse. Sized for
+    # the expected concurrency so a burst does not leave a trail of new TLS handshakes.
+    pool.maxPersistentPerHost = per_host
+    # Below the providers' keep-alive idle timeouts, so a request is never written into
+    # a connection the server is about to close.
+    pool.cachedConnectionTimeout = 50
+    pool.retryAutomatically = False  # POSTs are not safe to retry
+    pool._factory = _QuietClientFactory
+    return pool
+
+
+class Upstream:
+    """
+    One provider's origin.
+
+    @ivar origin: scheme, host and port as configured (the only place ever contacted).
+    """
+
+    def __init__(self, base_url: str, agent: IAgent) -> None:
+        parts = urlsplit(base_url)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self._base = base_url.rstrip("/").encode("ascii")
+        self._agent = agent
+
+    def request(
+        self, method: bytes, path_and_query: bytes, headers: Headers, body: bytes | None
+    ) -> Deferred[IResponse]:
+        producer = None if body is None else BytesProducer(body)
+        return self._agent.request(method, self._base + path_and_query, headers, producer)
+
+
+def make_agent(reactor: object, pool: HTTPConnectionPool, connect_timeout: float) -> IAgent:
+    # One TLS client context per hostname, not one per connection.
+    policy = HostnameCachingHTTPSPolicy(BrowserLikePolicyForHTTPS())
+    return Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=pool)
+

@@ -1,0 +1,88 @@
+"""
+Fixtures that run the real proxy service and a fake upstream on 127.0.0.1, each on a
+port the kernel picks, inside pytest-twisted's reactor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.web.server import Site
+
+from modeltrack.options import Settings
+from modeltrack.service import ModeltrackService
+from tests.fakes import FakeUpstream
+
+
+@dataclass
+class Upstream:
+    resource: FakeUpstream
+    url: str
+
+
+@dataclass
+class Proxy:
+    service: ModeltrackService
+    url: str
+    data_dir: Path
+
+    def events(self) -> list[dict[str, Any]]:
+        """
+        Every event on disk, live file and sealed segments, oldest first.
+        """
+        lines: list[dict[str, Any]] = []
+        for path in sorted(self.data_dir.glob("events-*.jsonl")) + [self.data_dir / "events.jsonl"]:
+            if path.exists():
+                lines += [json.loads(line) for line in path.read_text().splitlines()]
+        return lines
+
+    def flushed(self) -> Deferred[None]:
+        return self.service.journal.flush()
+
+
+@pytest.fixture
+def reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@pytest.fixture
+def upstream(reactor: Any) -> Any:
+    resource = FakeUpstream()
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = pytest_twisted.blockon(endpoint.listen(Site(resource)))
+    yield Upstream(resource, f"http://127.0.0.1:{port.getHost().port}")
+    for request in resource.open_requests:
+        if not request.finished and request.channel is not None:
+            request.channel.transport.abortConnection()
+    pytest_twisted.blockon(port.stopListening())
+
+
+def start_proxy(reactor: Any, data_dir: Path, upstream_url: str, **overrides: Any) -> Proxy:
+    settings = Settings(
+        listen=("tcp:0:interface=127.0.0.1",),
+        data_dir=data_dir,
+        openai_url=upstream_url,
+        anthropic_url=upstream_url,
+        **overrides,
+    )
+    service = ModeltrackService(settings, reactor)
+    service.startService()
+    port = service.ports[0].getHost().port
+    return Proxy(service, f"http://127.0.0.1:{port}", data_dir)
+
+
+@pytest.fixture
+def proxy(reactor: Any, tmp_path: Path, upstream: Upstream) -> Any:
+    running = start_proxy(reactor, tmp_path, upstream.url)
+    yield running
+    if running.service.running:
+        pytest_twisted.blockon(running.service.stopService())

@@ -1,0 +1,236 @@
+"""
+A fake OpenAI and Anthropic upstream: a twisted.web resource that answers in each
+provider's wire format, streamed or not, with fixed usage, and records what it got.
+
+The model name in a request picks a behaviour, so that tests driving the official SDKs
+(which cannot send extra headers upstream: the proxy strips its own) can ask for one:
+  - "fail-429": a rate-limit error in the provider's shape;
+  - "stream-error": a stream that sends an error event after the 200;
+  - "hang": never answers;
+  - "hang-body": sends headers and one chunk, then goes silent;
+  - anything else: a normal answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+CHAT_USAGE = {
+    "prompt_tokens": 1200,
+    "completion_tokens": 300,
+    "total_tokens": 1500,
+    "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 64, "audio_tokens": 0},
+}
+RESPONSES_USAGE = {
+    "input_tokens": 900,
+    "input_tokens_details": {"cached_tokens": 512},
+    "output_tokens": 250,
+    "output_tokens_details": {"reasoning_tokens": 100},
+    "total_tokens": 1150,
+}
+ANTHROPIC_USAGE = {
+    "input_tokens": 120,
+    "cache_creation_input_tokens": 2000,
+    "cache_read_input_tokens": 50000,
+    "cache_creation": {"ephemeral_5m_input_tokens": 1500, "ephemeral_1h_input_tokens": 500},
+    "output_tokens": 310,
+    "service_tier": "standard",
+}
+EMBEDDING_USAGE = {"prompt_tokens": 8, "total_tokens": 8}
+#: What the model names in requests resolve to, as the real APIs report them.
+SNAPSHOTS = {"gpt-4o": "gpt-4o-2024-08-06", "claude-sonnet-4-5": "claude-sonnet-4-5-20250929"}
+
+
+@dataclass
+class Seen:
+    method: bytes
+    path: bytes
+    headers: list[tuple[bytes, list[bytes]]]
+    body: bytes
+
+    def header(self, name: bytes) -> list[bytes] | None:
+        for key, values in self.headers:
+            if key.lower() == name.lower():
+                return values
+        return None
+
+
+def sse(event: str | None, data: Any) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data)
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n".encode()
+
+
+def chat_stream(model: str, include_usage: bool, error: bool = False) -> list[bytes]:
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model}
+    extra = {"usage": None} if include_usage else {}
+    chunks = [
+        sse(None, {**base, **extra, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}),
+        sse(None, {**base, **extra, "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]}),
+        sse(None, {**base, **extra, "choices": [{"index": 0, "delta": {"content": " world"}, "finish_reason": None}]}),
+    ]
+    if error:
+        chunks.append(sse(None, {"error": {"message": "overloaded", "type": "server_error", "code": None}}))
+        return chunks
+    chunks.append(sse(None, {**base, **extra, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    if include_usage:
+        chunks.append(sse(None, {**base, "choices": [], "usage": CHAT_USAGE}))
+    chunks.append(b"data: [DONE]\n\n")
+    return chunks
+
+
+def chat_body(model: str, legacy: bool = False) -> dict[str, Any]:
+    if legacy:
+        choices = [{"index": 0, "text": "Hello world", "finish_reason": "stop", "logprobs": None}]
+        return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model, "choices": choices, "usage": CHAT_USAGE}
+    message = {"role": "assistant", "content": "Hello world"}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+        "usage": CHAT_USAGE,
+        "service_tier": "default",
+    }
+
+
+def response_object(model: str, status: str, usage: Any) -> dict[str, Any]:
+    output = []
+    if status == "completed":
+        output = [{
+            "type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hello world", "annotations": []}],
+        }]
+    return {
+        "id": "resp_1", "object": "response", "created_at": 1, "status": status, "model": model,
+        "output": output, "usage": usage, "parallel_tool_calls": True, "tool_choice": "auto",
+        "tools": [], "error": None, "incomplete_details": None, "instructions": None,
+        "metadata": {}, "temperature": 1.0, "top_p": 1.0, "service_tier": "default",
+    }
+
+
+def responses_stream(model: str, error: bool = False) -> list[bytes]:
+    created = response_object(model, "in_progress", None)
+    chunks = [
+        sse("response.created", {"type": "response.created", "sequence_number": 0, "response": created}),
+        sse("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": "Hello world", "logprobs": []}),
+    ]
+    if error:
+        chunks.append(sse("error", {"type": "error", "sequence_number": 2, "code": "server_error", "message": "boom", "param": None}))
+        return chunks
+    done = response_object(model, "completed", RESPONSES_USAGE)
+    chunks.append(sse("response.completed", {"type": "response.completed", "sequence_number": 2, "response": done}))
+    return chunks
+
+
+def message_body(model: str) -> dict[str, Any]:
+    return {
+        "id": "msg_01", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "Hello world"}],
+        "stop_reason": "end_turn", "stop_sequence": None, "usage": ANTHROPIC_USAGE,
+    }
+
+
+def messages_stream(model: str, error: bool = False) -> list[bytes]:
+    start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+    message = {**message_body(model), "content": [], "stop_reason": None, "usage": start_usage}
+    chunks = [
+        sse("message_start", {"type": "message_start", "message": message}),
+        sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        sse("ping", {"type": "ping"}),
+        sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+    ]
+    if error:
+        chunks.append(sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
+        return chunks
+    delta_usage = {k: ANTHROPIC_USAGE[k] for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")}
+    chunks += [
+        sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " world"}}),
+        sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": delta_usage}),
+        sse("message_stop", {"type": "message_stop"}),
+    ]
+    return chunks
+
+
+@dataclass
+class FakeUpstream(Resource):
+    """
+    @ivar seen: every request received, in order.
+    @ivar open_requests: requests answered with headers but not finished ("hang-body").
+    """
+
+    seen: list[Seen] = field(default_factory=list)
+    open_requests: list[Request] = field(default_factory=list)
+    isLeaf = True
+
+    def __post_init__(self) -> None:
+        Resource.__init__(self)
+
+    def render(self, request: Request) -> bytes | int:
+        body = request.content.read()
+        self.seen.append(Seen(request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()), body))
+        path = request.path.decode()
+        anthropic = path.startswith("/v1/messages")
+        if path.startswith("/v1/models"):
+            return self._json(request, 200, {"object": "list", "data": [{"id": "m", "object": "model", "created": 1, "owned_by": "x"}]})
+        if path == "/v1/messages/count_tokens":
+            return self._json(request, 200, {"input_tokens": 42})
+        params = json.loads(body or b"{}")
+        requested = params.get("model", "")
+        model = SNAPSHOTS.get(requested, requested)
+        stream = params.get("stream") is True
+        if requested == "hang":
+            return NOT_DONE_YET
+        if requested == "fail-429":
+            error = (
+                {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+                if anthropic
+                else {"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded", "param": None}}
+            )
+            request.setHeader(b"retry-after", b"0")
+            request.setHeader(b"x-should-retry", b"false")
+            return self._json(request, 429, error)
+        error = requested == "stream-error"
+        if path in ("/v1/chat/completions", "/v1/completions"):
+            if stream:
+                include = (params.get("stream_options") or {}).get("include_usage") is True
+                return self._stream(request, chat_stream(model, include, error), requested)
+            return self._json(request, 200, chat_body(model, legacy=path == "/v1/completions"))
+        if path == "/v1/responses":
+            if stream:
+                return self._stream(request, responses_stream(model, error), requested)
+            return self._json(request, 200, response_object(model, "completed", RESPONSES_USAGE))
+        if path == "/v1/embeddings":
+            data = [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}]
+            return self._json(request, 200, {"object": "list", "data": data, "model": model, "usage": EMBEDDING_USAGE})
+        if path == "/v1/messages":
+            if stream:
+                return self._stream(request, messages_stream(model, error), requested)
+            return self._json(request, 200, message_body(model))
+        return self._json(request, 404, {"error": {"message": "not here", "type": "invalid_request_error"}})
+
+    def _json(self, request: Request, code: int, body: Any) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"x-request-id", b"req_fake")
+        return json.dumps(body).encode()
+
+    def _stream(self, request: Request, chunks: list[bytes], requested: str) -> int:
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"x-request-id", b"req_fake")
+        if requested == "hang-body":
+            request.write(chunks[0])
+            self.open_requests.append(request)
+            return NOT_DONE_YET
+        for chunk in chunks:
+            request.write(chunk)
+        request.finish()
+        return NOT_DONE_YET
