@@ -35,16 +35,17 @@ DAY = 86400
 
 def segment_name(first_write: float, directory: Path) -> Path:
     """
-    A sealed segment's path, named for the UTC time of its first write so names sort
-    in time order; a suffix keeps two segments begun in one second apart.
+    A sealed segment's path, named for the UTC time of its first write, to the
+    microsecond, so that names sort in time order (a name already taken moves on by a
+    microsecond, keeping that order).
     """
-    stamp = datetime.fromtimestamp(first_write, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = directory / f"events-{stamp}.jsonl"
-    n = 1
-    while path.exists():
-        path = directory / f"events-{stamp}-{n}.jsonl"
-        n += 1
-    return path
+    micros = int(first_write * 1_000_000)
+    while True:
+        moment = datetime.fromtimestamp(micros / 1_000_000, timezone.utc)
+        path = directory / f"events-{moment.strftime('%Y%m%dT%H%M%S.%fZ')}.jsonl"
+        if not path.exists():
+            return path
+        micros += 1
 
 
 class SegmentFile:
@@ -137,11 +138,10 @@ class SegmentFile:
                     raise OSError(errno.ENOSPC, "short write")
                 done += n
         except OSError:
-            if done:
-                try:
-                    os.ftruncate(self._fd, self.size)
-                except OSError:
-                    pass
+            try:
+                os.ftruncate(self._fd, self.size)  # back to the last whole line
+            except OSError:
+                pass
             raise
         if self.first_write is None:
             self.first_write = now

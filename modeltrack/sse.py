@@ -58,7 +58,7 @@ class SSEParser:
         start = 0
         for match in _END_OF_LINE.finditer(buffer):
             line_end, next_start = match.span()
-            if next_start == size and buffer[line_end] == _CR:
+            if next_start == size and next_start - line_end == 1 and buffer[line_end] == _CR:
                 break  # maybe the first half of a CRLF split across chunks
             if self._keep_raw:
                 self._raw.append(buffer[start:next_start])
