@@ -239,6 +239,7 @@ class Journal:
         return len(self._queue) < self.max_queued and not self._stopping
 
     def start(self) -> None:
+        self.file.directory.mkdir(parents=True, exist_ok=True)
         self.file.open()
         self._thread = threading.Thread(target=self._run, name="modeltrack-journal", daemon=True)
         self._thread.start()
