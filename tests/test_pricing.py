@@ -1,0 +1,99 @@
+"""
+Prices: genai-prices' bundled data, service tiers, overrides from pricing.json, and an
+unknown model recorded as unpriced, never as a silent $0.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import pytest_twisted
+
+from modeltrack.pricing import PriceBook, PricingFileError, load_overrides
+from modeltrack.usage import Usage
+from tests.conftest import start_proxy
+from tests.test_sdk import in_thread
+
+WHEN = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def test_list_prices() -> None:
+    book = PriceBook()
+    usage = Usage(input_tokens=52100, cache_read_tokens=50000, cache_write_tokens=2000, cache_write_1h_tokens=500, output_tokens=300)
+    price = book.price("anthropic", "claude-sonnet-4-5-20250929", usage, {}, WHEN)
+    # 100 uncached x 3 + 1500 x 3.75 + 500 x 6 (1-hour writes) + 50000 x 0.30 + 300 x 15, per million
+    assert price.cost_usd == Decimal("0.028425")
+    assert price.source == "genai-prices"
+
+
+def test_long_context_tier() -> None:
+    price = PriceBook().price("anthropic", "claude-sonnet-4-5", Usage(input_tokens=250_000, output_tokens=1000), {}, WHEN)
+    assert price.cost_usd == Decimal("1.5225")  # 250k x 6 + 1k x 22.5, per million
+
+
+def test_service_tier_from_the_response() -> None:
+    book = PriceBook()
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    standard = book.price("openai", "gpt-5", usage, {"service_tier": "default"}, WHEN)
+    flex = book.price("openai", "gpt-5", usage, {"service_tier": "flex"}, WHEN)
+    assert standard.cost_usd == Decimal("11.25")
+    assert flex.cost_usd == Decimal("5.625")
+
+
+def test_unknown_model_is_unpriced() -> None:
+    price = PriceBook().price("openai", "no-such-model-x", Usage(input_tokens=10), {}, WHEN)
+    assert price.cost_usd is None and not price.priced
+
+
+def test_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "pricing.json"
+    path.write_text(json.dumps({"models": {"Acme-LLM": {"input_mtok": 1.5, "output_mtok": 2, "cache_read_mtok": 0.15}}}))
+    book = PriceBook(load_overrides(path))
+    price = book.price("openai", "acme-llm", Usage(input_tokens=1000, cache_read_tokens=400, output_tokens=100), {}, WHEN)
+    assert price.cost_usd == (600 * Decimal("1.5") + 400 * Decimal("0.15") + 100 * 2) / 10**6
+    assert price.source == "pricing.json"
+
+
+@pytest.mark.parametrize(
+    "document, problem",
+    [
+        ("{", "not valid JSON"),
+        ('{"models": []}', '"models" object'),
+        ('{"models": {"m": {"input_mtok": 1}}}', "m: input_mtok and output_mtok are required"),
+        ('{"models": {"m": {"input_mtok": 1, "output_mtok": -2}}}', "m: output_mtok must be a non-negative number"),
+        ('{"models": {"m": {"input_mtok": 1, "output_mtok": 2, "bogus": 1}}}', "m: unknown keys"),
+    ],
+)
+def test_bad_pricing_file(tmp_path: Path, document: str, problem: str) -> None:
+    path = tmp_path / "pricing.json"
+    path.write_text(document)
+    with pytest.raises(PricingFileError, match=problem):
+        load_overrides(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unpriced_then_overridden_through_the_proxy(reactor: Any, tmp_path: Path, upstream: Any) -> None:
+    first = start_proxy(reactor, tmp_path / "a", upstream.url)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "pricing.json").write_text(json.dumps({"models": {"acme-llm": {"input_mtok": 1, "output_mtok": 2}}}))
+    second = start_proxy(reactor, tmp_path / "b", upstream.url)
+    try:
+        for proxy in (first, second):
+            client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-x", max_retries=0)
+            await in_thread(client.chat.completions.create, model="acme-llm", messages=[{"role": "user", "content": "hi"}])
+            await proxy.flushed()
+        [unpriced] = first.events()
+        [priced] = second.events()
+    finally:
+        await first.service.stopService()
+        await second.service.stopService()
+    assert unpriced["cost_usd"] is None and unpriced["priced"] is False
+    assert unpriced["input_tokens"] == 1200  # tokens kept
+    assert first.service.stats.unpriced == 1
+    assert Decimal(str(priced["cost_usd"])) == (1200 * 1 + 300 * 2) / Decimal(10**6)
