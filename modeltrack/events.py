@@ -28,20 +28,6 @@ ATTRIBUTION_HEADERS = (
 LABEL_LIMIT = 128
 _CONTROL = dict.fromkeys(list(range(32)) + [127], None)
 
-OUTCOMES = frozenset(
-    (
-        "ok",
-        "upstream_error",
-        "upstream_unreachable",
-        "upstream_timeout",
-        "client_closed",
-        "stream_error",
-        "rejected",
-        "shutdown",
-    )
-)
-
-
 def attribution(headers: Headers) -> dict[str, str | None]:
     """
     The C{X-ModelTrack-*} labels of a request: control characters removed, length

@@ -277,3 +277,35 @@ def test_drain_waits_then_aborts() -> None:
     assert drained.called
     [event] = h.journal.events()
     assert event["outcome"] == "shutdown"
+
+
+def test_a_pipeline_bug_still_ends_the_request_with_an_event(monkeypatch) -> None:
+    import modeltrack.web.proxy as proxy_module
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    h = Harness()
+    monkeypatch.setattr(proxy_module, "copy_response_headers", broken)
+    _, transport = h.send("POST", "/v1/chat/completions", CHAT)
+    h.agent.calls[0].deferred.callback(FakeResponse(200, JSON))
+    assert transport.disconnected
+    [event] = h.journal.events()
+    assert event["outcome"] == "proxy_error"
+
+
+def test_a_pricing_failure_records_the_event_unpriced(monkeypatch) -> None:
+    h = Harness()
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("price data bug")
+
+    monkeypatch.setattr(h.resource.prices, "price", broken)
+    _, transport = h.send("POST", "/v1/chat/completions", CHAT)
+    response = FakeResponse(200, JSON)
+    h.agent.calls[0].deferred.callback(response)
+    response.send(json.dumps({"model": "gpt-4o", "usage": CHAT_USAGE}).encode())
+    response.end()
+    assert status_of(transport) == 200
+    [event] = h.journal.events()
+    assert event["priced"] is False and event["input_tokens"] == 1200

@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from modeltrack import events, routes
 from modeltrack.journal import Journal
-from modeltrack.pricing import Price, PriceBook
+from modeltrack.pricing import UNPRICED, Price, PriceBook
 from modeltrack.providers import anthropic
 from modeltrack.providers.meter import BodyMeter, RelayOnly
 from modeltrack.stats import Stats
@@ -132,7 +132,11 @@ class ProxyResource(Resource):
             path = request.path.decode("latin-1")[:200]
             return _error(request, 404, "not_found_error", f"no route for {method} {path}")
         endpoint, upstream_path = found
-        Exchange(self, request, endpoint, upstream_path).start()
+        exchange = Exchange(self, request, endpoint, upstream_path)
+        try:
+            exchange.start()
+        except Exception:
+            exchange.crashed(Failure())
         return NOT_DONE_YET
 
 
@@ -212,6 +216,7 @@ class Exchange(Protocol):
             request.method, target, upstream_headers(request.requestHeaders), body
         )
         self._pending.addCallbacks(self._got_response, self._request_failed)
+        self._pending.addErrback(self.crashed)
         return None
 
     def _read_request(self, body: bytes) -> bytes | None:
@@ -299,6 +304,15 @@ class Exchange(Protocol):
         elif self.meter.reading.error_type and self.streaming:
             outcome = "stream_error"
         self._end(outcome, finish=True)
+
+    def crashed(self, failure: Failure) -> None:
+        """
+        A bug in the pipeline: log it, end the request, and still record its event.
+        """
+        log.failure("modeltrack pipeline error", failure)
+        if not self._done:
+            self._end("proxy_error", abort=True)
+            self._stop_upstream()
 
     def _request_failed(self, failure: Failure) -> None:
         self._pending = None
@@ -405,12 +419,15 @@ class Exchange(Protocol):
         when = datetime.fromtimestamp(now, timezone.utc)
         reading = self.meter.reading
         model = reading.model or self.requested_model
-        if reading.usage is None:
-            price = _NO_USAGE
-        else:
-            price = resource.prices.price(
-                self.endpoint.provider, model, reading.usage, reading.price_context, when
-            )
+        price = _NO_USAGE
+        if reading.usage is not None:
+            try:
+                price = resource.prices.price(
+                    self.endpoint.provider, model, reading.usage, reading.price_context, when
+                )
+            except Exception:
+                log.failure("Could not price {model}", model=model)
+                price = UNPRICED
         event = events.cost_event(
             timestamp=when,
             request_id=self.request_id,
