@@ -50,19 +50,15 @@ _ENDPOINTS = (
     ),
     Endpoint(anthropic.NAME, "/v1/messages/count_tokens", metered=False),
     Endpoint(anthropic.NAME, "/v1/models", method=b"GET", metered=False),
-    Endpoint(
-        openai.NAME,
-        "/v1/chat/completions",
-        read_body=openai.read_chat_body,
-        stream_meter=openai.ChatStreamMeter,
-        injects_usage=True,
-    ),
-    Endpoint(
-        openai.NAME,
-        "/v1/completions",
-        read_body=openai.read_chat_body,
-        stream_meter=openai.ChatStreamMeter,
-        injects_usage=True,
+    *(
+        Endpoint(
+            openai.NAME,
+            path,
+            read_body=openai.read_chat_body,
+            stream_meter=openai.ChatStreamMeter,
+            injects_usage=True,
+        )
+        for path in ("/v1/chat/completions", "/v1/completions")
     ),
     Endpoint(
         openai.NAME,

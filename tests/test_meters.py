@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -103,23 +104,21 @@ def test_chat_strip_any_cuts(cuts: list[int]) -> None:
     assert meter.reading.usage == CHAT_EXPECTED
 
 
-def test_streamed_and_unstreamed_readings_agree() -> None:
-    stream = anthropic.MessagesStreamMeter()
-    run(stream, MESSAGES, [])
-    body = BodyMeter(anthropic.read_body)
-    body.feed(json.dumps(message_body("claude-sonnet-4-5-20250929")).encode())
-    body.close()
-    assert stream.reading.usage == body.reading.usage
-    chat = openai.ChatStreamMeter()
-    run(chat, CHAT, [])
-    chat_body_meter = BodyMeter(openai.read_chat_body)
-    chat_body_meter.feed(json.dumps(chat_body("gpt-4o-2024-08-06")).encode())
-    chat_body_meter.close()
-    assert chat.reading.usage == chat_body_meter.reading.usage
-    responses = BodyMeter(openai.read_responses_body)
-    responses.feed(json.dumps(response_object("gpt-4o", "completed", RESPONSES_USAGE)).encode())
-    responses.close()
-    assert responses.reading.usage == RESPONSES_EXPECTED
+@pytest.mark.parametrize(
+    "stream_meter, stream, read_body, body",
+    [
+        (anthropic.MessagesStreamMeter, MESSAGES, anthropic.read_body, message_body("claude-sonnet-4-5-20250929")),
+        (openai.ChatStreamMeter, CHAT, openai.read_chat_body, chat_body("gpt-4o-2024-08-06")),
+        (openai.ResponsesStreamMeter, RESPONSES, openai.read_responses_body, response_object("gpt-4o", "completed", RESPONSES_USAGE)),
+    ],
+)
+def test_streamed_and_unstreamed_readings_agree(stream_meter: Any, stream: bytes, read_body: Any, body: Any) -> None:
+    streamed = stream_meter()
+    run(streamed, stream, [])
+    unstreamed = BodyMeter(read_body)
+    unstreamed.feed(json.dumps(body).encode())
+    unstreamed.close()
+    assert streamed.reading.usage == unstreamed.reading.usage is not None
 
 
 def test_anthropic_delta_overwrites_never_adds() -> None:

@@ -23,27 +23,30 @@ _TERMINAL_RESPONSE_EVENTS = frozenset(
 )
 
 
+def _usage(raw: dict[str, Any], inputs: str, outputs: str) -> Usage:
+    """
+    Chat calls its counts C{prompt_tokens}/C{completion_tokens}, Responses
+    C{input_tokens}/C{output_tokens}; the details objects follow the same names.
+    """
+    input_details = raw.get(f"{inputs}_tokens_details")
+    return Usage(
+        input_tokens=count(raw.get(f"{inputs}_tokens")),
+        cache_read_tokens=count(dig(input_details, "cached_tokens")),
+        cache_write_tokens=count(dig(input_details, "cache_write_tokens")),
+        output_tokens=count(raw.get(f"{outputs}_tokens")),
+        reasoning_tokens=count(dig(raw, f"{outputs}_tokens_details", "reasoning_tokens")),
+    )
+
+
 def chat_usage(raw: dict[str, Any]) -> Usage:
     """
     Chat and legacy Completions usage (also Embeddings, which has only prompt tokens).
     """
-    return Usage(
-        input_tokens=count(raw.get("prompt_tokens")),
-        cache_read_tokens=count(dig(raw, "prompt_tokens_details", "cached_tokens")),
-        cache_write_tokens=count(dig(raw, "prompt_tokens_details", "cache_write_tokens")),
-        output_tokens=count(raw.get("completion_tokens")),
-        reasoning_tokens=count(dig(raw, "completion_tokens_details", "reasoning_tokens")),
-    )
+    return _usage(raw, "prompt", "completion")
 
 
 def responses_usage(raw: dict[str, Any]) -> Usage:
-    return Usage(
-        input_tokens=count(raw.get("input_tokens")),
-        cache_read_tokens=count(dig(raw, "input_tokens_details", "cached_tokens")),
-        cache_write_tokens=count(dig(raw, "input_tokens_details", "cache_write_tokens")),
-        output_tokens=count(raw.get("output_tokens")),
-        reasoning_tokens=count(dig(raw, "output_tokens_details", "reasoning_tokens")),
-    )
+    return _usage(raw, "input", "output")
 
 
 def price_context(obj: dict[str, Any]) -> dict[str, str]:
