@@ -309,3 +309,26 @@ def test_a_pricing_failure_records_the_event_unpriced(monkeypatch) -> None:
     assert status_of(transport) == 200
     [event] = h.journal.events()
     assert event["priced"] is False and event["input_tokens"] == 1200
+
+
+def test_connect_timeout() -> None:
+    """
+    The agent is built with the connect timeout, and a connection attempt that times
+    out is answered 504 and recorded as upstream_timeout.
+    """
+    from twisted.internet.error import TimeoutError
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.web.http_headers import Headers
+
+    from modeltrack.web.upstream import make_agent, make_pool
+
+    reactor = MemoryReactorClock()
+    make_agent(reactor, make_pool(reactor, 2), 7).request(b"GET", b"http://127.0.0.1:9/", Headers())
+    assert reactor.tcpClients[0][3] == 7
+
+    h = Harness()
+    _, transport = h.send("POST", "/v1/chat/completions", CHAT)
+    h.agent.calls[0].deferred.errback(Failure(TimeoutError()))
+    assert status_of(transport) == 504
+    [event] = h.journal.events()
+    assert event["outcome"] == "upstream_timeout"

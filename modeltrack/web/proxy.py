@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import TimeoutError
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -320,6 +321,11 @@ class Exchange(Protocol):
             return None  # cancelled by us
         self._cancel_timer()
         origin = self._resource.upstreams[self.endpoint.provider].origin
+        if failure.check(TimeoutError):
+            seconds = self._resource.timeouts.connect
+            message = f"could not connect to {origin} within {seconds:g} seconds"
+            self._respond(504, "timeout_error", message, "upstream_timeout")
+            return None
         message = f"could not reach {origin}: {_describe(failure)}"
         log.warn("Upstream unreachable: {message}", message=message)
         self._respond(502, "api_error", message, "upstream_unreachable")
