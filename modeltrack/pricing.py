@@ -2,9 +2,10 @@
 Prices from genai-prices' bundled data (never fetched at run time), with per-model
 overrides from C{<data-dir>/pricing.json}.
 
-Finding a model in the price data is the slow part (regex and prefix matching over every
-model), so the resolved per-token rates are memoised per provider, model and price
-context; pricing a request is then a dictionary look-up and Decimal arithmetic.
+Finding a model in the price data and applying genai-prices' unit decomposition are
+the slow parts (about 100 microseconds), so each model's rates are resolved once per
+provider, model, price context and minute into L{LinearPrice} coefficients; pricing a
+request is then a dictionary look-up and a few Decimal multiplications.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from genai_prices import Usage as PriceUsage
 from genai_prices import data_snapshot
-from genai_prices.types import ModelPrice
+from genai_prices.types import ModelPrice, TieredPrices
 
 from modeltrack.usage import Usage
 
@@ -53,8 +54,8 @@ UNPRICED = Price(None, None)
 
 class PriceBook:
     def __init__(self, overrides: dict[str, ModelPrice] | None = None) -> None:
-        self._overrides = dict(overrides or {})
-        self._rates: dict[tuple[str, str, tuple[tuple[str, str], ...], str], ModelPrice | None] = {}
+        self._overrides = {model: LinearPrice(rates) for model, rates in (overrides or {}).items()}
+        self._rates: dict[tuple[str, str, tuple[tuple[str, str], ...], str], LinearPrice | None] = {}
 
     def price(
         self,
@@ -69,22 +70,22 @@ class PriceBook:
         """
         if model is None:
             return UNPRICED
+        if (
+            usage.cache_read_tokens + usage.cache_write_tokens > usage.input_tokens
+            or usage.cache_write_1h_tokens > usage.cache_write_tokens
+        ):
+            return UNPRICED  # inconsistent counts: record them unpriced rather than guess
         override = self._overrides.get(model.lower())
         if override is not None:
-            return Price(_cost(override, usage), "pricing.json")
+            return Price(override.cost(usage), "pricing.json")
         rates = self._resolve(provider, model, context, when)
         if rates is None:
             return UNPRICED
-        try:
-            return Price(_cost(rates, usage), "genai-prices")
-        except ValueError:
-            # genai-prices rejects inconsistent usage (more cache reads than input):
-            # record it unpriced rather than guess.
-            return UNPRICED
+        return Price(rates.cost(usage), "genai-prices")
 
     def _resolve(
         self, provider: str, model: str, context: dict[str, str], when: datetime
-    ) -> ModelPrice | None:
+    ) -> LinearPrice | None:
         # Price data changes with the date (price cuts, new variants); the minute is
         # fine enough for any constraint genai-prices has.
         key = (provider, model, tuple(sorted(context.items())), when.strftime("%Y%m%d%H%M"))
@@ -94,7 +95,7 @@ class PriceBook:
             pass
         try:
             _, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
-            rates = info.get_prices(when, context or None)
+            rates: LinearPrice | None = LinearPrice(info.get_prices(when, context or None))
         except LookupError:
             rates = None
         if len(self._rates) > 10_000:
@@ -103,18 +104,78 @@ class PriceBook:
         return rates
 
 
-def _cost(rates: ModelPrice, usage: Usage) -> Decimal:
-    counts: dict[str, int] = {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-    }
-    if usage.cache_write_1h_tokens:
-        counts["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
-    if usage.web_searches:
-        counts["web_searches"] = usage.web_searches
-    return rates.calc_price(PriceUsage(**counts))["total_price"]
+#: The usage fields a price is linear in, in the order of L{LinearPrice} coefficients.
+_FIELDS = (
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "web_searches",
+)
+
+
+class LinearPrice:
+    """
+    One model's prices as Decimal coefficients per usage field, per long-context tier.
+
+    genai-prices prices each usage unit at a per-unit rate (the rate of a tier chosen
+    by total input tokens), after splitting input into uncached, cache-read and
+    cache-write parts. Within a tier that is linear in our usage fields, so the
+    coefficients are read once by asking genai-prices itself the price of unit
+    increments; a request is then priced with a few multiplications, exactly as
+    genai-prices would price it (a property test holds the two equal).
+    """
+
+    def __init__(self, rates: ModelPrice) -> None:
+        starts = sorted(
+            {
+                tier.start
+                for value in vars(rates).values()
+                if isinstance(value, TieredPrices)
+                for tier in value.tiers
+            }
+        )
+        # A tier applies above its start: the one starting at S covers S + 1 and up.
+        self._tiers = [_coefficients(rates, 0)] + [_coefficients(rates, s + 1) for s in starts]
+
+    def cost(self, usage: Usage) -> Decimal:
+        lowest, constant, coefficients = self._tiers[0]
+        for tier in reversed(self._tiers):
+            if usage.input_tokens >= tier[0]:
+                lowest, constant, coefficients = tier
+                break
+        total = constant
+        for field, coefficient in zip(_FIELDS, coefficients):
+            if coefficient:
+                total += coefficient * getattr(usage, field)
+        return total
+
+
+def _coefficients(rates: ModelPrice, base: int) -> tuple[int, Decimal, tuple[Decimal, ...]]:
+    """
+    The price at C{base} input tokens and the price of one more of each usage field,
+    from genai-prices, for the tier that C{base} input tokens fall in.
+    """
+
+    def cost(**counts: int) -> Decimal:
+        counts["input_tokens"] = counts.get("input_tokens", 0) + base
+        counts.setdefault("cache_read_tokens", 0)
+        counts.setdefault("cache_write_tokens", 0)
+        return rates.calc_price(PriceUsage(**counts))["total_price"]
+
+    at_base = cost()
+    one_in = cost(input_tokens=1)
+    one_write = cost(input_tokens=1, cache_write_tokens=1)
+    coefficients = (
+        one_in - at_base,
+        cost(input_tokens=1, cache_read_tokens=1) - one_in,
+        one_write - one_in,
+        cost(input_tokens=1, cache_write_tokens=1, cache_write_1h_tokens=1) - one_write,
+        cost(output_tokens=1) - at_base,
+        cost(web_searches=1) - at_base,
+    )
+    return base, at_base - coefficients[0] * base, coefficients
 
 
 def load_overrides(path: Path) -> dict[str, ModelPrice]:

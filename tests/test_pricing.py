@@ -11,9 +11,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import genai_prices
 import openai
 import pytest
 import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modeltrack.pricing import PriceBook, PricingFileError, load_overrides
 from modeltrack.usage import Usage
@@ -97,3 +100,57 @@ async def test_unpriced_then_overridden_through_the_proxy(reactor: Any, tmp_path
     assert unpriced["input_tokens"] == 1200  # tokens kept
     assert first.service.stats.unpriced == 1
     assert Decimal(str(priced["cost_usd"])) == (1200 * 1 + 300 * 2) / Decimal(10**6)
+
+
+MODELS = [
+    ("anthropic", "claude-sonnet-4-5-20250929"),
+    ("anthropic", "claude-opus-4-1"),
+    ("anthropic", "claude-haiku-4-5"),
+    ("anthropic", "claude-3-5-haiku-20241022"),
+    ("openai", "gpt-4o-2024-08-06"),
+    ("openai", "gpt-5"),
+    ("openai", "gpt-4.1-mini"),
+    ("openai", "o3"),
+    ("openai", "text-embedding-3-small"),
+]
+
+
+@st.composite
+def usages(draw: Any) -> Usage:
+    big = st.integers(min_value=0, max_value=400_000)
+    cache_read = draw(big)
+    cache_write = draw(big)
+    return Usage(
+        input_tokens=cache_read + cache_write + draw(big),
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        cache_write_1h_tokens=draw(st.integers(min_value=0, max_value=cache_write)),
+        output_tokens=draw(big),
+        web_searches=draw(st.integers(min_value=0, max_value=5)),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(MODELS), usages(), st.sampled_from([{}, {"service_tier": "flex"}, {"service_tier": "priority"}, {"processing": "batch"}]))
+def test_fast_price_equals_genai_prices(model: tuple[str, str], usage: Usage, context: dict[str, str]) -> None:
+    """
+    The memoised linear price is exactly what genai-prices computes from scratch.
+    """
+    provider, name = model
+    counts = {
+        "input_tokens": usage.input_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "output_tokens": usage.output_tokens,
+    }
+    if usage.cache_write_1h_tokens:
+        counts["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+    if usage.web_searches:
+        counts["web_searches"] = usage.web_searches
+    expected = genai_prices.calc_price(
+        genai_prices.Usage(**counts), name, provider_id=provider, genai_request_timestamp=WHEN, price_context=context or None
+    ).total_price
+    assert BOOK.price(provider, name, usage, context, WHEN).cost_usd == expected
+
+
+BOOK = PriceBook()
