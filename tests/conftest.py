@@ -60,7 +60,7 @@ def upstream(reactor: Any) -> Any:
     endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     port = pytest_twisted.blockon(endpoint.listen(Site(resource)))
     yield Upstream(resource, f"http://127.0.0.1:{port.getHost().port}")
-    for request in resource.open_requests:
+    for request, _ in resource.open_requests:
         if not request.finished and request.channel is not None:
             request.channel.transport.abortConnection()
     pytest_twisted.blockon(port.stopListening())

@@ -164,11 +164,12 @@ def messages_stream(model: str, error: bool = False) -> list[bytes]:
 class FakeUpstream(Resource):
     """
     @ivar seen: every request received, in order.
-    @ivar open_requests: requests answered with headers but not finished ("hang-body").
+    @ivar open_requests: requests answered with headers and a first chunk but not
+        finished ("hang-body"), each with the chunks it has still to send.
     """
 
     seen: list[Seen] = field(default_factory=list)
-    open_requests: list[Request] = field(default_factory=list)
+    open_requests: list[tuple[Request, list[bytes]]] = field(default_factory=list)
     isLeaf = True
 
     def __post_init__(self) -> None:
@@ -228,7 +229,7 @@ class FakeUpstream(Resource):
         request.setHeader(b"x-request-id", b"req_fake")
         if requested == "hang-body":
             request.write(chunks[0])
-            self.open_requests.append(request)
+            self.open_requests.append((request, chunks[1:]))
             return NOT_DONE_YET
         for chunk in chunks:
             request.write(chunk)
