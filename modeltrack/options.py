@@ -36,6 +36,7 @@ class Settings:
     idle_timeout: float = 300.0
     drain_seconds: float = 30.0
     pool_size: int = 64
+    access_log: bool = False
 
 
 class ConfigError(Exception):
@@ -51,6 +52,9 @@ class Options(usage.Options):
         "and an Anthropic SDK's at http://HOST:PORT; every call is forwarded unchanged and "
         "recorded as one cost event in DATA_DIR/events.jsonl."
     )
+    optFlags = [
+        ["access-log", None, "Log one line per request (method, path, status, bytes, duration, request id)."],
+    ]
     optParameters = [
         ["data-dir", None, None, "Where events and config live [env MODELTRACK_DATA_DIR, default ./data]."],
         ["openai-url", None, None, f"OpenAI API origin [env MODELTRACK_OPENAI_URL, default {DEFAULT_OPENAI_URL}]."],
@@ -114,6 +118,7 @@ def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
         idle_timeout=_positive(options, "idle-timeout"),
         drain_seconds=_positive(options, "drain-seconds", allow_zero=True),
         pool_size=int(_positive(options, "pool-size")),
+        access_log=bool(options["access-log"]),
     )
 
 

@@ -46,7 +46,7 @@ class ModeltrackService(Service):
         for provider, url in ((openai.NAME, settings.openai_url), (anthropic.NAME, settings.anthropic_url)):
             pool = make_pool(reactor, settings.pool_size)
             self._pools.append(pool)
-            upstreams[provider] = Upstream(url, make_agent(reactor, pool, settings.connect_timeout))
+            upstreams[provider] = Upstream(url, make_agent(reactor, pool, url, settings.connect_timeout))
         self.resource = ProxyResource(
             upstreams=upstreams,
             journal=self.journal,
@@ -59,7 +59,7 @@ class ModeltrackService(Service):
             ),
             max_body=settings.max_body,
         )
-        self.site = ProxySite(self.resource, reactor, settings.max_body)
+        self.site = ProxySite(self.resource, reactor, settings.max_body, settings.access_log)
         self.ports: list[Any] = []
 
     def startService(self) -> None:

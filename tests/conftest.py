@@ -70,7 +70,7 @@ def start_proxy(reactor: Any, data_dir: Path, upstream_url: str, **overrides: An
     settings = Settings(
         listen=("tcp:0:interface=127.0.0.1",),
         data_dir=data_dir,
-        **{"openai_url": upstream_url, "anthropic_url": upstream_url, **overrides},
+        **{"openai_url": upstream_url, "anthropic_url": upstream_url, "access_log": True, **overrides},
     )
     service = ModeltrackService(settings, reactor)
     service.startService()

@@ -151,12 +151,14 @@ journal = Journal(Path(sys.argv[1]), fsync="never", rotate_bytes=200_000, call_f
 journal.start()
 pad = "x" * 300
 n = 0
+announced = False
 while True:
     for _ in range(500):
         journal.append(json.dumps({"n": n, "pad": pad}).encode() + b"\\n")
         n += 1
-    if n == 5000:
-        print("written", flush=True)
+    if journal.written >= 5000 and not announced:
+        print("written", flush=True)  # segments sealed, writes still going on
+        announced = True
 """
 
 

@@ -323,7 +323,7 @@ def test_connect_timeout() -> None:
     from modeltrack.web.upstream import make_agent, make_pool
 
     reactor = MemoryReactorClock()
-    make_agent(reactor, make_pool(reactor, 2), 7).request(b"GET", b"http://127.0.0.1:9/", Headers())
+    make_agent(reactor, make_pool(reactor, 2), "http://127.0.0.1:9", 7).request(b"GET", b"http://127.0.0.1:9/", Headers())
     assert reactor.tcpClients[0][3] == 7
 
     h = Harness()

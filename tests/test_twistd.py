@@ -92,7 +92,7 @@ async def test_run_serve_and_stop_gracefully(tmp_path: Path, upstream: Any) -> N
     """
     port = free_port()
     process = subprocess.Popen(
-        [*TWISTD, "-n", "--pidfile=", "modeltrack", "--fsync", "never"],
+        [*TWISTD, "-n", "--pidfile=", "modeltrack", "--fsync", "never", "--access-log"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

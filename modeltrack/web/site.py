@@ -52,19 +52,26 @@ class ProxySite(server.Site):
     access_log = Logger(namespace="modeltrack.access")
 
     def __init__(
-        self, resource: IResource, clock: IReactorTime, max_body: int = DEFAULT_MAX_BODY
+        self,
+        resource: IResource,
+        clock: IReactorTime,
+        max_body: int = DEFAULT_MAX_BODY,
+        access_log: bool = False,
     ) -> None:
         # No form parsing: bodies here are JSON, and parsing them as forms costs time.
         super().__init__(resource, reactor=clock, parsePOSTFormSubmission=False)
         self.clock = clock
         self.max_body = max_body
+        self.access_log_on = access_log
         self.displayTracebacks = False
 
     def log(self, request: ProxyRequest) -> None:
         """
-        One access line per finished request: method, path without its query string
-        (queries can carry keys), status, bytes, duration, request id.
+        One access line per finished request, if asked for: method, path without its
+        query string (queries can carry keys), status, bytes, duration, request id.
         """
+        if not self.access_log_on:
+            return
         request_id = request.responseHeaders.getRawHeaders(b"x-modeltrack-request-id", [b"-"])[0]
         self.access_log.info(
             "{method} {path} {status} {bytes}B {duration_ms}ms {request_id}",

@@ -9,15 +9,17 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import (
+    URI,
     Agent,
     BrowserLikePolicyForHTTPS,
-    HostnameCachingHTTPSPolicy,
     HTTPConnectionPool,
     _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 #: RFC 9110 hop-by-hop headers: they describe one connection, never the next one.
@@ -145,8 +147,36 @@ class Upstream:
         return self._agent.request(method, self._base + path_and_query, headers, producer)
 
 
-def make_agent(reactor: object, pool: HTTPConnectionPool, connect_timeout: float) -> IAgent:
-    # One TLS client context per hostname, not one per connection.
-    policy = HostnameCachingHTTPSPolicy(BrowserLikePolicyForHTTPS())
-    return Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=pool)
+@implementer(IAgentEndpointFactory)
+class OriginEndpoint:
+    """
+    The endpoint of the one origin an upstream may contact, built once: the TLS client
+    context is made at start-up rather than per connection, and no request can reach
+    any other host.
+    """
 
+    def __init__(self, reactor: object, base_url: str, connect_timeout: float) -> None:
+        parts = urlsplit(base_url)
+        self.scheme = parts.scheme.encode("ascii")
+        self.host = (parts.hostname or "").encode("idna")
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, self.host, self.port, timeout=connect_timeout
+        )
+        if parts.scheme == "https":
+            creator = BrowserLikePolicyForHTTPS().creatorForNetloc(self.host, self.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        self._endpoint = endpoint
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        if (uri.scheme, uri.host, uri.port) != (self.scheme, self.host, self.port):
+            raise ValueError("modeltrack only contacts its configured upstream origins")
+        return self._endpoint
+
+
+def make_agent(
+    reactor: object, pool: HTTPConnectionPool, base_url: str, connect_timeout: float
+) -> IAgent:
+    return Agent.usingEndpointFactory(
+        reactor, OriginEndpoint(reactor, base_url, connect_timeout), pool=pool
+    )
