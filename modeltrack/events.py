@@ -26,6 +26,7 @@ ATTRIBUTION_HEADERS = (
     (b"x-modeltrack-prompt-template", "prompt_template"),
 )
 LABEL_LIMIT = 128
+NO_LABELS: dict[str, str | None] = {field: None for _, field in ATTRIBUTION_HEADERS}
 _CONTROL = dict.fromkeys(list(range(32)) + [127], None)
 
 def attribution(headers: Headers) -> dict[str, str | None]:

@@ -286,7 +286,7 @@ def test_a_pipeline_bug_still_ends_the_request_with_an_event(monkeypatch) -> Non
         raise RuntimeError("bug")
 
     h = Harness()
-    monkeypatch.setattr(proxy_module, "copy_response_headers", broken)
+    monkeypatch.setattr(proxy_module, "for_client", broken)
     _, transport = h.send("POST", "/v1/chat/completions", CHAT)
     h.agent.calls[0].deferred.callback(FakeResponse(200, JSON))
     assert transport.disconnected

@@ -35,7 +35,7 @@ from modeltrack.providers.meter import BodyMeter, RelayOnly
 from modeltrack.stats import Stats
 from modeltrack.usage import text
 from modeltrack.web.status import Readiness, json_response, render_status
-from modeltrack.web.upstream import Upstream, copy_response_headers, upstream_headers
+from modeltrack.web.upstream import Upstream, for_client, for_upstream
 
 log = Logger()
 
@@ -186,6 +186,7 @@ class Exchange(Protocol):
         self._done = False
         self._client_gone = False
         self._paused = False
+        self._labels = events.NO_LABELS
 
     # -- start ---------------------------------------------------------------
 
@@ -194,6 +195,8 @@ class Exchange(Protocol):
         request = self.request
         request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         request.notifyFinish().addErrback(self._lost_client)
+        if self.endpoint.metered:
+            self._labels = events.attribution(request.requestHeaders)
         resource.in_flight.add(self)
         resource.stats.requests += 1
         body = None
@@ -212,9 +215,10 @@ class Exchange(Protocol):
         query = request.uri.partition(b"?")[2]
         target = self._upstream_path.encode("latin-1") + (b"?" + query if query else b"")
         upstream = resource.upstreams[self.endpoint.provider]
-        self._timer = resource.clock.callLater(resource.timeouts.headers, self._headers_timed_out)
+        # One timer serves both waits: for the response headers, then between chunks.
+        self._timer = resource.clock.callLater(resource.timeouts.headers, self._timed_out)
         self._pending = upstream.request(
-            request.method, target, upstream_headers(request.requestHeaders), body
+            request.method, target, for_upstream(request.requestHeaders), body
         )
         self._pending.addCallbacks(self._got_response, self._request_failed)
         self._pending.addErrback(self.crashed)
@@ -250,7 +254,6 @@ class Exchange(Protocol):
 
     def _got_response(self, response: IResponse) -> None:
         self._pending = None
-        self._cancel_timer()
         if self._done:
             response.deliverBody(_Discard())
             return
@@ -260,9 +263,9 @@ class Exchange(Protocol):
         self.status = response.code
         self.meter = self._meter_for(response)
         request.setResponseCode(response.code, response.phrase)
-        copy_response_headers(response.headers, request.responseHeaders, not self.meter.strips)
+        request.responseHeaders = for_client(response.headers, not self.meter.strips)
         request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
-        self._timer = resource.clock.callLater(resource.timeouts.idle, self._idle_timed_out)
+        self._timer.reset(resource.timeouts.idle)
         request.registerProducer(self, True)
         response.deliverBody(self)
 
@@ -333,19 +336,18 @@ class Exchange(Protocol):
 
     # -- time and the client -------------------------------------------------
 
-    def _headers_timed_out(self) -> None:
+    def _timed_out(self) -> None:
         self._timer = None
         pending = self._pending
+        if pending is None:
+            # Headers came; the body went silent. The client sees a cut, not an end.
+            self._end("upstream_timeout", abort=True)
+            self.transport.stopProducing()
+            return
         seconds = self._resource.timeouts.headers
         message = f"the upstream sent no response headers within {seconds:g} seconds"
         self._respond(504, "timeout_error", message, "upstream_timeout")
-        if pending is not None:
-            pending.cancel()
-
-    def _idle_timed_out(self) -> None:
-        self._timer = None
-        self._end("upstream_timeout", abort=True)
-        self.transport.stopProducing()
+        pending.cancel()
 
     def _lost_client(self, failure: Failure | None) -> None:
         self._client_gone = True
@@ -390,12 +392,9 @@ class Exchange(Protocol):
         """
         Answer the client with an error of our own, in the provider's shape.
         """
-        request = self.request
         self.status = code
         if not self._client_gone:
-            request.setResponseCode(code)
-            request.setHeader(b"content-type", b"application/json")
-            request.write(json.dumps(self.endpoint.error_body(error_type, message)).encode())
+            self.request.write(json_response(self.request, code, self.endpoint.error_body(error_type, message)))
         self._end(outcome, finish=True, error_type=error_type)
 
     def _end(
@@ -447,7 +446,7 @@ class Exchange(Protocol):
             price=price,
             latency_ms=(now - self.started) * 1000,
             ttfb_ms=None if self._ttfb is None else self._ttfb * 1000,
-            labels=events.attribution(self.request.requestHeaders),
+            labels=self._labels,
         )
         resource.journal.append(events.encode(event))
         resource.stats.record(event, price.cost_usd)

@@ -9,6 +9,7 @@ from io import BytesIO
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import IResource
 
@@ -31,6 +32,21 @@ class ProxyRequest(server.Request):
         self.content = BytesIO()
         if length is not None and length > site.max_body:
             self.too_large = True
+
+    def process(self) -> None:
+        """
+        Hand the request straight to the site's one resource. L{server.Request.process}
+        would also unquote the path into C{postpath} for traversal and set C{Server}
+        and C{Date} headers, all work a leaf resource relaying the provider's own
+        headers does not need, on every request.
+        """
+        self.site = self.channel.site
+        self.prepath = []
+        self.postpath = []
+        try:
+            self.render(self.site.resource)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.too_large:

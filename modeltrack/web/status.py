@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.web.http import datetimeToString
 from twisted.web.server import Request
 
 from modeltrack.stats import Stats
@@ -23,7 +24,11 @@ class Readiness:
 
 
 def json_response(request: Request, code: int, body: Any) -> bytes:
+    """
+    An answer of the proxy's own (not relayed from a provider).
+    """
     request.setResponseCode(code)
+    request.setHeader(b"date", datetimeToString())
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(body).encode("utf-8") + b"\n"

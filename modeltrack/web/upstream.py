@@ -49,35 +49,34 @@ def _connection_tokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-def upstream_headers(incoming: Headers) -> Headers:
+def for_upstream(headers: Headers) -> Headers:
     """
-    The client's headers as they go upstream: every value byte for byte (keys and
-    auth included), minus hop-by-hop headers, C{Host}, C{Content-Length} and every
-    C{X-ModelTrack-*} label. C{Accept-Encoding} becomes C{identity} so that the
-    response bytes the meter reads are the bytes the provider wrote.
+    Make the client's request headers the upstream request's, in place: every value
+    byte for byte (keys and auth included), minus hop-by-hop headers, C{Host},
+    C{Content-Length} and every C{X-ModelTrack-*} label. C{Accept-Encoding} becomes
+    C{identity} so that the response bytes the meter reads are the bytes the provider
+    wrote. (In place: rebuilding a L{Headers} re-validates every value, per request.)
     """
-    dropped = HOP_BY_HOP | _SET_BY_AGENT | _connection_tokens(incoming)
-    outgoing = Headers()
-    for name, values in incoming.getAllRawHeaders():
-        lower = name.lower()
-        if lower in dropped or lower.startswith(_OURS):
-            continue
-        outgoing.setRawHeaders(name, values)
-    outgoing.setRawHeaders(b"accept-encoding", [b"identity"])
-    return outgoing
+    _strip(headers, HOP_BY_HOP | _SET_BY_AGENT, strip_ours=True)
+    headers.setRawHeaders(b"accept-encoding", [b"identity"])
+    return headers
 
 
-def copy_response_headers(upstream: Headers, downstream: Headers, keep_length: bool) -> None:
+def for_client(headers: Headers, keep_length: bool) -> Headers:
     """
-    The provider's response headers as they go to the client, minus hop-by-hop ones;
-    C{Content-Length} only when the body passes through unchanged.
+    Make the provider's response headers the client's, in place: minus hop-by-hop
+    ones, and C{Content-Length} unless the body passes through unchanged.
     """
-    dropped = HOP_BY_HOP | _connection_tokens(upstream)
-    for name, values in upstream.getAllRawHeaders():
+    _strip(headers, HOP_BY_HOP if keep_length else HOP_BY_HOP | {b"content-length"})
+    return headers
+
+
+def _strip(headers: Headers, names: frozenset[bytes], strip_ours: bool = False) -> None:
+    dropped = names | _connection_tokens(headers)
+    for name in [name for name, _ in headers.getAllRawHeaders()]:
         lower = name.lower()
-        if lower in dropped or (lower == b"content-length" and not keep_length):
-            continue
-        downstream.setRawHeaders(name, values)
+        if lower in dropped or (strip_ours and lower.startswith(_OURS)):
+            headers.removeHeader(name)
 
 
 @implementer(IBodyProducer)
