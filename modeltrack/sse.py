@@ -51,6 +51,13 @@ class SSEParser:
         self._keep_raw = keep_raw
         self._raw: list[bytes] = []
 
+    @property
+    def between_events(self) -> bool:
+        """
+        Nothing is held over: the bytes fed so far ended exactly at an event boundary.
+        """
+        return not (self._pending or self._data or self._name or self._raw)
+
     def feed(self, chunk: bytes) -> list[Event]:
         buffer = self._pending + chunk if self._pending else chunk
         size = len(buffer)

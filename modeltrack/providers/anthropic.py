@@ -61,6 +61,9 @@ class MessagesStreamMeter(SSEMeter):
         super().__init__(strip)
         self._raw: dict[str, Any] = {}
 
+    def wanted(self, chunk: bytes) -> bool:
+        return b"message_start" in chunk or b"message_delta" in chunk or b"error" in chunk
+
     def on_event(self, name: bytes, data: bytes) -> object:
         if name == b"message_start":
             message = json.loads(data).get("message") or {}

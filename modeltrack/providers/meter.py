@@ -77,7 +77,21 @@ class SSEMeter:
     def on_event(self, name: bytes, data: bytes) -> object:
         raise NotImplementedError()
 
+    def wanted(self, chunk: bytes) -> bool:
+        """
+        Might C{chunk} hold an event that L{on_event} acts on? A cheap byte search,
+        allowed false positives, never a false negative.
+        """
+        raise NotImplementedError()
+
     def feed(self, chunk: bytes) -> bytes:
+        if (
+            chunk.endswith(b"\n\n")
+            and self._parser.between_events
+            and not self.wanted(chunk)
+        ):
+            # Whole events, none of which carries usage: relay them without parsing.
+            return chunk
         events = self._parser.feed(chunk)
         if not self.strips:
             for event in events:

@@ -85,6 +85,13 @@ class ChatStreamMeter(SSEMeter):
     it, the client did not) that chunk is read and kept from the client.
     """
 
+    def wanted(self, chunk: bytes) -> bool:
+        return (
+            b'"usage"' in chunk
+            or b'"error"' in chunk
+            or (self.reading.model is None and b'"model"' in chunk)
+        )
+
     def on_event(self, name: bytes, data: bytes) -> object:
         if data == b"[DONE]":
             return None
@@ -117,6 +124,15 @@ class ResponsesStreamMeter(SSEMeter):
     A Responses stream: named events; usage on the terminal C{response.completed},
     C{response.incomplete} or C{response.failed}; C{error} events may come after 200.
     """
+
+    def wanted(self, chunk: bytes) -> bool:
+        return (
+            b"response.completed" in chunk
+            or b"response.incomplete" in chunk
+            or b"response.failed" in chunk
+            or b"error" in chunk
+            or (self.reading.model is None and b"response.created" in chunk)
+        )
 
     def on_event(self, name: bytes, data: bytes) -> object:
         if name in _TERMINAL_RESPONSE_EVENTS:

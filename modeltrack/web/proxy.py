@@ -187,6 +187,7 @@ class Exchange(Protocol):
         self._client_gone = False
         self._paused = False
         self._labels = events.NO_LABELS
+        self._last_data = 0.0
 
     # -- start ---------------------------------------------------------------
 
@@ -215,7 +216,6 @@ class Exchange(Protocol):
         query = request.uri.partition(b"?")[2]
         target = self._upstream_path.encode("latin-1") + (b"?" + query if query else b"")
         upstream = resource.upstreams[self.endpoint.provider]
-        # One timer serves both waits: for the response headers, then between chunks.
         self._timer = resource.clock.callLater(resource.timeouts.headers, self._timed_out)
         self._pending = upstream.request(
             request.method, target, for_upstream(request.requestHeaders), body
@@ -265,7 +265,11 @@ class Exchange(Protocol):
         request.setResponseCode(response.code, response.phrase)
         request.responseHeaders = for_client(response.headers, not self.meter.strips)
         request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
-        self._timer.reset(resource.timeouts.idle)
+        # A new timer, not a reset of the first: moving a call sooner costs a search
+        # through every pending call, and the idle wait is usually the shorter one.
+        self._cancel_timer()
+        self._last_data = resource.clock.seconds()
+        self._timer = resource.clock.callLater(resource.timeouts.idle, self._timed_out)
         request.registerProducer(self, True)
         response.deliverBody(self)
 
@@ -290,7 +294,9 @@ class Exchange(Protocol):
         relay = self.meter.feed(data)
         if relay:
             self.request.write(relay)
-        self._timer.reset(self._resource.timeouts.idle)
+        # Noted, not re-armed: resetting a timer on every chunk costs more than
+        # checking, when it fires, whether the stream was quiet all that time.
+        self._last_data = self._resource.clock.seconds()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._done:
@@ -340,6 +346,11 @@ class Exchange(Protocol):
         self._timer = None
         pending = self._pending
         if pending is None:
+            clock, idle = self._resource.clock, self._resource.timeouts.idle
+            quiet = clock.seconds() - self._last_data
+            if quiet < idle:
+                self._timer = clock.callLater(idle - quiet, self._timed_out)
+                return
             # Headers came; the body went silent. The client sees a cut, not an end.
             self._end("upstream_timeout", abort=True)
             self.transport.stopProducing()

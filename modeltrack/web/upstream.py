@@ -9,7 +9,13 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import (
     URI,
@@ -159,9 +165,14 @@ class OriginEndpoint:
         self.scheme = parts.scheme.encode("ascii")
         self.host = (parts.hostname or "").encode("idna")
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            reactor, self.host, self.port, timeout=connect_timeout
-        )
+        endpoint: IStreamClientEndpoint
+        if isIPAddress(parts.hostname or ""):
+            endpoint = TCP4ClientEndpoint(reactor, parts.hostname, self.port, timeout=connect_timeout)
+        elif isIPv6Address(parts.hostname or ""):
+            endpoint = TCP6ClientEndpoint(reactor, parts.hostname, self.port, timeout=connect_timeout)
+        else:
+            # A name: resolved per new connection (pooled connections are reused).
+            endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=connect_timeout)
         if parts.scheme == "https":
             creator = BrowserLikePolicyForHTTPS().creatorForNetloc(self.host, self.port)
             endpoint = wrapClientTLS(creator, endpoint)
