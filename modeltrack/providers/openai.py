@@ -87,7 +87,7 @@ class ChatStreamMeter(SSEMeter):
 
     def wanted(self, chunk: bytes) -> bool:
         return (
-            b'"usage"' in chunk
+            _USAGE_OBJECT.search(chunk) is not None
             or b'"error"' in chunk
             or (self.reading.model is None and b'"model"' in chunk)
         )
