@@ -317,8 +317,13 @@ def cpu_meter(pids: dict[str, int]) -> Iterator[dict[str, float]]:
 
 
 def run(plan: Plan, skip_litellm: bool, out: Path | None) -> dict[str, Any]:
+    # 10,000 streams are 20,000 sockets in the proxy alone (and as many in the load
+    # client and the upstream). Root may raise the hard limit too; others get theirs.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, 65536), max(hard, 65536)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     costs = expected_costs()
     workdir = Path(tempfile.mkdtemp(prefix="modeltrack-bench-"))
     harness = Harness(plan, workdir)

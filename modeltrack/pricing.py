@@ -54,6 +54,9 @@ UNPRICED = Price(None, None)
 
 class PriceBook:
     def __init__(self, overrides: dict[str, ModelPrice] | None = None) -> None:
+        # genai-prices imports its 1.6 MB price data on first use: do it now, at
+        # start-up, not on the reactor thread in the middle of the first request.
+        data_snapshot.get_snapshot()
         self._overrides = {model: LinearPrice(rates) for model, rates in (overrides or {}).items()}
         self._rates: dict[tuple[str, str, tuple[tuple[str, str], ...], str], LinearPrice | None] = {}
 

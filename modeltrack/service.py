@@ -6,6 +6,7 @@ stops them in the order that loses nothing: stop accepting, let in-flight calls 
 
 from __future__ import annotations
 
+import resource
 import sys
 from typing import Any
 
@@ -63,6 +64,7 @@ class ModeltrackService(Service):
         self.ports: list[Any] = []
 
     def startService(self) -> None:
+        _raise_open_files_limit()
         self.journal.start()
         super().startService()
         listening = []
@@ -101,3 +103,18 @@ class ModeltrackService(Service):
         d.addCallback(lambda _: DeferredList([pool.closeCachedConnections() for pool in self._pools]))
         d.addCallback(lambda _: log.info("modeltrack stopped: {events} events written", events=self.journal.written))
         return d
+
+
+def _raise_open_files_limit() -> None:
+    """
+    Every proxied call holds two sockets (client and upstream); the usual soft limit
+    of 1,024 open files would cap a proxy at a few hundred streams. Raise it to the
+    hard limit, as far as the process is allowed.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return
+    log.info("Open files limit: {limit}", limit=max(soft, hard))

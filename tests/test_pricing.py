@@ -154,3 +154,17 @@ def test_fast_price_equals_genai_prices(model: tuple[str, str], usage: Usage, co
 
 
 BOOK = PriceBook()
+
+
+def test_price_data_is_loaded_at_start_up() -> None:
+    """
+    genai-prices imports its price data on first use; a PriceBook loads it when built
+    (at start-up), not in the middle of the first request, where a 1.6 MB import stalls
+    the reactor and can fail (seen under file-descriptor exhaustion in the benchmark).
+    """
+    import subprocess
+    import sys
+
+    probe = "import sys; from modeltrack.pricing import PriceBook; PriceBook(); print('genai_prices.data' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
