@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
@@ -386,6 +386,11 @@ def run(plan: Plan, skip_litellm: bool, out: Path | None) -> dict[str, Any]:
         results["exactness"].append(check_exact("streaming", read_events(data), "/v1/messages", completed, expected_stream_cost(costs, plan.stream_chunks)))
 
         # Open streams: many slow streams held at once; RSS growth of the one process.
+        # Each stream is two sockets in the proxy, so the hard open-files limit caps it.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        open_streams = min(plan.open_streams, (hard - 256) // 2)
+        results["open_streams_capped"] = (plan.open_streams, open_streams, hard) if open_streams < plan.open_streams else None
+        plan = replace(plan, open_streams=open_streams)
         data = workdir / "data-open"
         mt = harness.modeltrack(nginx, streams, data)
         baseline = rss_mb(mt.pid)
@@ -482,7 +487,7 @@ def soak(harness: Harness, mt: Process, plan: Plan) -> dict[str, Any]:
     chat_sent = 0
     streams_completed = 0
     rounds = 0
-    streams_per_round = 200 if plan is FULL else 10
+    streams_per_round = min(200, plan.streams)
     while time.monotonic() - started < plan.soak_seconds:
         box: dict[str, Any] = {}
         wrk = threading.Thread(target=lambda: box.update(harness.wrk(mt.port, max(1.0, min(5.0, plan.soak_seconds / 4)), connections=8)))
@@ -613,8 +618,18 @@ def render(results: dict[str, Any], plan: Plan) -> str:
         f"- CPU share during the proxied run: modeltrack {s['cpu']['modeltrack']}, stream upstream {s['cpu']['upstream']} "
         "(the load client used the rest)",
         "",
-        f"## Open streams: {plan.open_streams} concurrent slow streams (a chunk every 2 s)",
+        f"## Open streams: {o['streams']} concurrent slow streams (a chunk every 2 s)",
         "",
+        *(
+            [
+                f"Capped from {results['open_streams_capped'][0]} to {results['open_streams_capped'][1]}: each stream is two "
+                f"sockets in the proxy, and this machine's hard open-files limit is {results['open_streams_capped'][2]} "
+                "(not raisable here, even as root).",
+                "",
+            ]
+            if results.get("open_streams_capped")
+            else []
+        ),
         f"- errors {o['errors']}, incomplete {o['incomplete']}; RSS before {o['rss_before_mb']} MB, peak {o['rss_peak_mb']} MB, "
         f"growth **{o['rss_growth_mb']} MB** (target <= 400 MB)",
         "",

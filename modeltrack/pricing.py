@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,12 @@ UNPRICED = Price(None, None)
 
 class PriceBook:
     def __init__(self, overrides: dict[str, ModelPrice] | None = None) -> None:
-        # genai-prices imports its 1.6 MB price data on first use: do it now, at
-        # start-up, not on the reactor thread in the middle of the first request.
-        data_snapshot.get_snapshot()
+        # genai-prices imports its 1.6 MB price data and its pricing modules on first
+        # use: price something now, at start-up, not on the reactor thread in the middle
+        # of a request (where the import stalls every stream, and fails outright if the
+        # process is out of file descriptors).
+        _, info = data_snapshot.get_snapshot().find_provider_model("gpt-4o", None, "openai", None)
+        LinearPrice(info.get_prices(datetime.now(timezone.utc)))
         self._overrides = {model: LinearPrice(rates) for model, rates in (overrides or {}).items()}
         self._rates: dict[tuple[str, str, tuple[tuple[str, str], ...], str], LinearPrice | None] = {}
 

@@ -165,6 +165,9 @@ def test_price_data_is_loaded_at_start_up() -> None:
     import subprocess
     import sys
 
-    probe = "import sys; from modeltrack.pricing import PriceBook; PriceBook(); print('genai_prices.data' in sys.modules)"
+    probe = (
+        "import sys; from modeltrack.pricing import PriceBook; PriceBook(); "
+        "print(all(m in sys.modules for m in ('genai_prices.data', 'genai_prices.validation', 'genai_prices.decompose')))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True"
