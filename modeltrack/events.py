@@ -88,8 +88,14 @@ def cost_event(
         "ttfb_ms": None if ttfb_ms is None else round(ttfb_ms, 3),
         **labels,
         "error_type": reading.error_type,
-        "cache_hit": False,
+        # Set by the controls (modeltrack.controls.gate.Ticket.event_fields).
+        "budget_scope": None,
+        "budget_status": None,
         "routed": False,
+        "routed_from": None,
+        "routing_rule": None,
+        "cache_hit": False,
+        "saved_usd": None,
     }
 
 

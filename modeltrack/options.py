@@ -37,6 +37,12 @@ class Settings:
     drain_seconds: float = 30.0
     pool_size: int = 64
     access_log: bool = False
+    cache: bool = False
+    cache_sampled: bool = False
+    cache_entries: int = 10_000
+    cache_bytes: int = 256 << 20
+    cache_ttl: float = 3600.0
+    config_poll_seconds: float = 2.0
 
 
 class ConfigError(Exception):
@@ -54,6 +60,8 @@ class Options(usage.Options):
     )
     optFlags = [
         ["access-log", None, "Log one line per request (method, path, status, bytes, duration, request id)."],
+        ["cache", None, "Answer identical non-streaming calls of the same caller from a response cache."],
+        ["cache-sampled", None, "Also cache calls sampled at a temperature above 0 (or with none: the providers default to 1)."],
     ]
     optParameters = [
         ["data-dir", None, None, "Where events and config live [env MODELTRACK_DATA_DIR, default ./data]."],
@@ -67,6 +75,10 @@ class Options(usage.Options):
         ["idle-timeout", None, "300", "Longest silence, in seconds, between two chunks of a response."],
         ["drain-seconds", None, "30", "On stop, seconds to let in-flight calls finish before aborting them."],
         ["pool-size", None, "64", "Idle upstream connections kept per provider."],
+        ["cache-entries", None, "10000", "Most answers the response cache keeps."],
+        ["cache-mb", None, "256", "Most MiB the response cache keeps."],
+        ["cache-ttl", None, "3600", "Seconds a cached answer is served."],
+        ["config-poll-seconds", None, "2", "How often budgets.json, routing.json and pricing.json are checked for changes."],
     ]
 
     def __init__(self) -> None:
@@ -119,6 +131,12 @@ def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
         drain_seconds=_positive(options, "drain-seconds", allow_zero=True),
         pool_size=int(_positive(options, "pool-size")),
         access_log=bool(options["access-log"]),
+        cache=bool(options["cache"]),
+        cache_sampled=bool(options["cache-sampled"]),
+        cache_entries=int(_positive(options, "cache-entries")),
+        cache_bytes=int(_positive(options, "cache-mb") * (1 << 20)),
+        cache_ttl=_positive(options, "cache-ttl"),
+        config_poll_seconds=_positive(options, "config-poll-seconds"),
     )
 
 

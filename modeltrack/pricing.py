@@ -60,8 +60,15 @@ class PriceBook:
         # process is out of file descriptors).
         _, info = data_snapshot.get_snapshot().find_provider_model("gpt-4o", None, "openai", None)
         LinearPrice(info.get_prices(datetime.now(timezone.utc)))
-        self._overrides = {model: LinearPrice(rates) for model, rates in (overrides or {}).items()}
+        self._overrides: dict[str, LinearPrice] = {}
+        self.set_overrides(overrides)
         self._rates: dict[tuple[str, str, tuple[tuple[str, str], ...], str], LinearPrice | None] = {}
+
+    def set_overrides(self, overrides: dict[str, ModelPrice] | None) -> None:
+        """
+        Per-model rates from pricing.json (L{None}: the file is gone, no overrides).
+        """
+        self._overrides = {model: LinearPrice(rates) for model, rates in (overrides or {}).items()}
 
     def price(
         self,
@@ -184,7 +191,7 @@ def _coefficients(rates: ModelPrice, base: int) -> tuple[int, Decimal, tuple[Dec
     return base, at_base - coefficients[0] * base, coefficients
 
 
-def load_overrides(path: Path) -> dict[str, ModelPrice]:
+def load_overrides(path: Path) -> dict[str, ModelPrice] | None:
     """
     Read pricing.json: C{{"models": {"<model>": {"input_mtok": 1.5, ...}}}}, rates in
     USD per million tokens. A missing file means no overrides.
@@ -192,7 +199,7 @@ def load_overrides(path: Path) -> dict[str, ModelPrice]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}
+        return None
     try:
         document = json.loads(text, parse_float=Decimal)
     except ValueError as e:

@@ -7,17 +7,27 @@ stops them in the order that loses nothing: stop accepting, let in-flight calls 
 from __future__ import annotations
 
 import resource
+import signal
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from modeltrack.controls.budgets import BudgetLedger
+from modeltrack.controls.cache import ResponseCache, load_secret, load_snapshot, write_atomically
+from modeltrack.controls.files import ControlFiles
+from modeltrack.controls.gate import Gate
+from modeltrack.controls.spendlog import rebuild
 from modeltrack.journal import Journal
 from modeltrack.options import Settings
-from modeltrack.pricing import PriceBook, load_overrides
+from modeltrack.pricing import PriceBook
 from modeltrack.providers import anthropic, openai
 from modeltrack.stats import Stats
 from modeltrack.web.proxy import ProxyResource, Timeouts
@@ -26,6 +36,8 @@ from modeltrack.web.status import Readiness
 from modeltrack.web.upstream import Upstream, make_agent, make_pool
 
 log = Logger()
+
+CACHE_SNAPSHOT_SECONDS = 300.0
 
 
 class ModeltrackService(Service):
@@ -48,10 +60,24 @@ class ModeltrackService(Service):
             pool = make_pool(reactor, settings.pool_size)
             self._pools.append(pool)
             upstreams[provider] = Upstream(url, make_agent(reactor, pool, url, settings.connect_timeout))
+        prices = PriceBook()
+        cache = None
+        if settings.cache:
+            cache = ResponseCache(
+                load_secret(settings.data_dir / "state"),
+                reactor,
+                max_entries=settings.cache_entries,
+                max_bytes=settings.cache_bytes,
+                ttl=settings.cache_ttl,
+                sampled=settings.cache_sampled,
+            )
+        self.gate = Gate(prices, BudgetLedger(), None, cache)
+        self.control_files = ControlFiles(settings.data_dir, self.gate)
         self.resource = ProxyResource(
             upstreams=upstreams,
             journal=self.journal,
-            prices=PriceBook(load_overrides(settings.data_dir / "pricing.json")),
+            prices=prices,
+            gate=self.gate,
             stats=self.stats,
             readiness=self.readiness,
             clock=reactor,
@@ -66,6 +92,18 @@ class ModeltrackService(Service):
     def startService(self) -> None:
         _raise_open_files_limit()
         self.journal.start()
+        self.control_files.reload(force=True)
+        now = datetime.fromtimestamp(self._reactor.seconds(), timezone.utc)
+        rebuild(self.gate.ledger, self.settings.data_dir, now.strftime("%Y-%m"))
+        if self.gate.cache is not None:
+            load_snapshot(self.gate.cache, self._cache_path)
+            self._snapshots = LoopingCall(self._save_cache)
+            self._snapshots.clock = self._reactor
+            self._snapshots.start(CACHE_SNAPSHOT_SECONDS, now=False)
+        self._polling = LoopingCall(self._poll)
+        self._polling.clock = self._reactor
+        self._polling.start(self.settings.config_poll_seconds, now=False)
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
         super().startService()
         listening = []
         for description in self.settings.listen:
@@ -93,13 +131,44 @@ class ModeltrackService(Service):
         log.critical("modeltrack could not listen: {error}", error=error)
         self._reactor.stop()
 
+    @property
+    def _cache_path(self) -> Path:
+        return self.settings.data_dir / "state" / "cache.msgpack"
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        # Signal handlers run between bytecodes of whatever the reactor was doing: hop
+        # onto the reactor properly before touching anything.
+        self._reactor.callFromThread(self._reload_on_signal)
+
+    def _reload_on_signal(self) -> None:
+        log.info("SIGHUP: reloading budgets, routing and pricing")
+        self.control_files.reload(force=True)
+
+    def _poll(self) -> None:
+        self.control_files.reload()
+        month = datetime.fromtimestamp(self._reactor.seconds(), timezone.utc).strftime("%Y-%m")
+        self.gate.ledger.forget_before(month)
+
+    def _save_cache(self) -> Deferred[None]:
+        # Packing and writing happen on a thread: up to hundreds of MiB. The entries
+        # are copied here, on the reactor thread, where the cache is changed.
+        assert self.gate.cache is not None
+        snapshot = self.gate.cache.copy()
+        return deferToThread(write_atomically, self._cache_path, snapshot.snapshot())
+
     def stopService(self) -> Deferred[object]:
         super().stopService()
+        signal.signal(signal.SIGHUP, self._previous_sighup)
+        self._polling.stop()
+        if self.gate.cache is not None:
+            self._snapshots.stop()
         self.readiness.listening = False
         d: Deferred[Any] = DeferredList([port.stopListening() or succeed(None) for port in self.ports])
         self.ports = []
         d.addCallback(lambda _: self.resource.drain(self.settings.drain_seconds))
         d.addCallback(lambda _: self.journal.stop())
+        if self.gate.cache is not None:
+            d.addCallback(lambda _: self._save_cache())
         d.addCallback(lambda _: DeferredList([pool.closeCachedConnections() for pool in self._pools]))
         d.addCallback(lambda _: log.info("modeltrack stopped: {events} events written", events=self.journal.written))
         return d

@@ -18,6 +18,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
+from modeltrack.controls.budgets import Budget, BudgetLedger
+from modeltrack.controls.cache import ResponseCache
+from modeltrack.controls.gate import Gate
+from modeltrack.controls.routing import Routing
 from modeltrack.pricing import PriceBook
 from modeltrack.stats import Stats
 from modeltrack.web.proxy import ProxyResource, Timeouts
@@ -125,9 +129,18 @@ class SpyAgent:
 
 
 class Harness:
-    def __init__(self, timeouts: Timeouts = Timeouts(connect=5, headers=30, idle=10), max_body: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        timeouts: Timeouts = Timeouts(connect=5, headers=30, idle=10),
+        max_body: int = 1 << 20,
+        *,
+        budgets: list[Budget] | None = None,
+        routing: Routing | None = None,
+        cache: bool = False,
+        start: float = 1_790_000_000,  # 2026-09-21, a date genai-prices has prices for
+    ) -> None:
         self.clock = Clock()
-        self.clock.advance(1_790_000_000)  # a date genai-prices has prices for
+        self.clock.advance(start)
         self.agent = SpyAgent()
         self.journal = RecordingJournal()
         self.stats = Stats()
@@ -135,10 +148,14 @@ class Harness:
         upstreams = {
             name: Upstream(f"https://api.{name}.example", self.agent) for name in ("openai", "anthropic")
         }
+        prices = PriceBook()
+        self.cache = ResponseCache(b"s" * 32, self.clock) if cache else None
+        self.gate = Gate(prices, BudgetLedger(budgets or []), routing, self.cache)
         self.resource = ProxyResource(
             upstreams=upstreams,
             journal=self.journal,  # type: ignore[arg-type]
-            prices=PriceBook(),
+            prices=prices,
+            gate=self.gate,
             stats=self.stats,
             readiness=self.readiness,
             clock=self.clock,
@@ -187,3 +204,18 @@ def body_of(transport: StringTransport) -> bytes:
         body += rest[:size]
         rest = rest[size + 2 :]
     return body
+
+
+def answer(call: Call, body: Any, code: int = 200) -> FakeResponse:
+    """
+    Answer an upstream call with a JSON body, start to end.
+    """
+    response = FakeResponse(code, {b"content-type": b"application/json"})
+    call.deferred.callback(response)
+    response.send(json.dumps(body).encode())
+    response.end()
+    return response
+
+
+def head_of(transport: StringTransport) -> bytes:
+    return transport.value().partition(b"\r\n\r\n")[0].lower()

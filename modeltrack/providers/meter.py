@@ -42,6 +42,7 @@ class BodyMeter:
         self._chunks: list[bytes] = []
         self._size = 0
         self.reading = Reading()
+        self.body = b""  # the whole body, once closed (for the response cache)
 
     def feed(self, chunk: bytes) -> bytes:
         self._size += len(chunk)
@@ -52,7 +53,7 @@ class BodyMeter:
         return chunk
 
     def close(self) -> bytes:
-        body = b"".join(self._chunks)
+        body = self.body = b"".join(self._chunks)
         self._chunks = []
         try:
             obj = load_object(body)

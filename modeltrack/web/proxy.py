@@ -28,12 +28,14 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from modeltrack import events, routes
+from modeltrack.controls.cache import Entry
+from modeltrack.controls.gate import NO_TICKET, Gate
 from modeltrack.journal import Journal
 from modeltrack.pricing import UNPRICED, Price, PriceBook
 from modeltrack.providers import anthropic
 from modeltrack.providers.meter import BodyMeter, RelayOnly
 from modeltrack.stats import Stats
-from modeltrack.usage import text
+from modeltrack.usage import Reading, text
 from modeltrack.web.status import Readiness, json_response, render_status
 from modeltrack.web.upstream import Upstream, for_client, for_upstream
 
@@ -71,6 +73,7 @@ class ProxyResource(Resource):
         upstreams: dict[str, Upstream],
         journal: Journal,
         prices: PriceBook,
+        gate: Gate | None = None,
         stats: Stats,
         readiness: Readiness,
         clock: IReactorTime,
@@ -81,6 +84,7 @@ class ProxyResource(Resource):
         self.upstreams = upstreams
         self.journal = journal
         self.prices = prices
+        self.gate = gate or Gate(prices)
         self.stats = stats
         self.readiness = readiness
         self.clock = clock
@@ -122,7 +126,7 @@ class ProxyResource(Resource):
         if request.method == b"CONNECT" or not request.uri.startswith(b"/"):
             # Absolute-form targets and CONNECT are how a forward proxy is used.
             return _error(request, 400, "invalid_request_error", "this is not an open proxy")
-        status = render_status(request.path, request, self.stats, self.journal, self.readiness)
+        status = render_status(request.path, request, self)
         if status is not None:
             return status
         found = routes.match(
@@ -188,6 +192,7 @@ class Exchange(Protocol):
         self._paused = False
         self._labels = events.NO_LABELS
         self._last_data = 0.0
+        self.ticket = NO_TICKET
 
     # -- start ---------------------------------------------------------------
 
@@ -207,12 +212,27 @@ class Exchange(Protocol):
                 return self._respond(413, "request_too_large", message, "rejected")
             body = request.content.getvalue()
             if self.endpoint.metered:
-                body = self._read_request(body)
-                if body is None:
+                obj, body = self._read_request(body)
+                if obj is None:
                     return None
                 if not resource.journal.accepting:
                     message = "the event log is not writable; no call is made that cannot be recorded"
                     return self._respond(503, "overloaded_error", message, "rejected")
+                self.ticket = ticket = resource.gate.admit(
+                    self.endpoint.provider,
+                    self.endpoint.path,
+                    obj,
+                    body,
+                    request.requestHeaders,
+                    self._labels,
+                    datetime.fromtimestamp(resource.clock.seconds(), timezone.utc),
+                )
+                if ticket.refusal is not None:
+                    return self._respond(429, *ticket.refusal, "rejected")
+                if ticket.hit is not None:
+                    return self._answer_from_cache(ticket.hit)
+                if ticket.body is not None:
+                    body = ticket.body
         query = request.uri.partition(b"?")[2]
         target = self._upstream_path.encode("latin-1") + (b"?" + query if query else b"")
         upstream = resource.upstreams[self.endpoint.provider]
@@ -224,10 +244,10 @@ class Exchange(Protocol):
         self._pending.addErrback(self.crashed)
         return None
 
-    def _read_request(self, body: bytes) -> bytes | None:
+    def _read_request(self, body: bytes) -> tuple[dict[str, Any] | None, bytes]:
         """
         Read the model and stream flag from a metered request; ask a chat stream for
-        its usage if the client did not. L{None} if the body was refused.
+        its usage if the client did not. The object is L{None} if the body was refused.
         """
         try:
             obj = json.loads(body)
@@ -236,7 +256,7 @@ class Exchange(Protocol):
         if not isinstance(obj, dict):
             message = "the request body must be a JSON object"
             self._respond(400, "invalid_request_error", message, "rejected")
-            return None
+            return None, body
         self.requested_model = text(obj.get("model"))
         self.streaming = obj.get("stream") is True
         if self.endpoint.injects_usage and self.streaming:
@@ -248,7 +268,19 @@ class Exchange(Protocol):
                 options["include_usage"] = True
                 self._strip_usage = True
                 body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-        return body
+        return obj, body
+
+    def _answer_from_cache(self, entry: Entry) -> None:
+        request = self.request
+        self.status = entry.code
+        self.meter.reading = Reading(model=entry.model)
+        request.setResponseCode(entry.code, entry.phrase)
+        for name, values in entry.headers:
+            request.responseHeaders.setRawHeaders(name, values)
+        request.setHeader(b"x-modeltrack-cache", b"HIT")
+        request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
+        request.write(entry.body)
+        self._end("ok", finish=True)
 
     # -- upstream answers ----------------------------------------------------
 
@@ -265,6 +297,10 @@ class Exchange(Protocol):
         request.setResponseCode(response.code, response.phrase)
         request.responseHeaders = for_client(response.headers, not self.meter.strips)
         request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
+        for name, value in self.ticket.response_headers:
+            request.setHeader(name, value)
+        if self.ticket.cache_key is not None and response.code == 200:
+            request.setHeader(b"x-modeltrack-cache", b"MISS")
         # A new timer, not a reset of the first: moving a call sooner costs a search
         # through every pending call, and the idle wait is usually the shorter one.
         self._cancel_timer()
@@ -459,6 +495,15 @@ class Exchange(Protocol):
             ttfb_ms=None if self._ttfb is None else self._ttfb * 1000,
             labels=self._labels,
         )
+        gate = resource.gate
+        ticket = self.ticket
+        saved = gate.settle(
+            ticket, self.endpoint.provider, self._labels, price, reading.usage, reading.price_context, when
+        )
+        if outcome == "ok" and isinstance(self.meter, BodyMeter):
+            phrase = self.request.code_message or b"OK"
+            gate.store(ticket, self.status, phrase, self.request.responseHeaders, self.meter.body, price, model, now)
+        event.update(ticket.event_fields(saved))
         resource.journal.append(events.encode(event))
         resource.stats.record(event, price.cost_usd)
         resource.forget(self)

@@ -6,12 +6,12 @@ and C{/stats} (running totals).
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 from twisted.web.http import datetimeToString
 from twisted.web.server import Request
 
-from modeltrack.stats import Stats
 
 
 class Readiness:
@@ -34,17 +34,17 @@ def json_response(request: Request, code: int, body: Any) -> bytes:
     return json.dumps(body).encode("utf-8") + b"\n"
 
 
-def render_status(
-    path: bytes, request: Request, stats: Stats, journal: Any, readiness: Readiness
-) -> bytes | None:
+def render_status(path: bytes, request: Request, proxy: Any) -> bytes | None:
     """
-    The answer for a status path, or L{None} if C{path} is not one.
+    The answer for a status path, or L{None} if C{path} is not one. C{proxy} is the
+    L{modeltrack.web.proxy.ProxyResource} (its journal, stats, readiness and controls).
     """
+    journal = proxy.journal
     if path == b"/healthz":
         return json_response(request, 200, {"status": "ok"})
     if path == b"/readyz":
         problems = []
-        if not readiness.listening:
+        if not proxy.readiness.listening:
             problems.append("not listening")
         if not journal.healthy:
             problems.append("event log not writable")
@@ -52,5 +52,19 @@ def render_status(
             return json_response(request, 503, {"status": "unavailable", "problems": problems})
         return json_response(request, 200, {"status": "ready"})
     if path == b"/stats":
-        return json_response(request, 200, stats.snapshot(journal))
+        return json_response(request, 200, proxy.stats.snapshot(journal))
+    gate = proxy.gate
+    if path == b"/budgets":
+        today = datetime.fromtimestamp(proxy.clock.seconds(), timezone.utc).strftime("%Y-%m-%d")
+        body = {
+            "budgets": gate.ledger.report(today),
+            "open_reservations_usd": str(gate.ledger.open_reservations()),
+        }
+        return json_response(request, 200, body)
+    if path == b"/cache/stats":
+        if gate.cache is None:
+            return json_response(request, 200, {"enabled": False})
+        return json_response(request, 200, {"enabled": True, **gate.cache.stats()})
+    if path == b"/routing/stats":
+        return json_response(request, 200, {"enabled": gate.routing is not None, **gate.routing_stats.report()})
     return None

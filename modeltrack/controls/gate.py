@@ -1,0 +1,199 @@
+"""
+Where the controls meet a call: before it is forwarded (budget admission and
+reservation, routing, cache look-up) and when it ends (reservation released, spend
+counted, answer cached). One L{Ticket} carries a call's decisions between the two.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from twisted.web.http_headers import Headers
+
+from modeltrack.controls.budgets import Admission, BudgetLedger, day_of
+from modeltrack.controls.cache import Entry, ResponseCache
+from modeltrack.controls.routing import Routing, RoutingStats, Rule
+from modeltrack.pricing import Price, PriceBook
+from modeltrack.usage import Usage, count
+
+#: Output tokens reserved for a call that names no maximum.
+DEFAULT_RESERVED_OUTPUT_TOKENS = 4096
+_OUTPUT_LIMITS = ("max_tokens", "max_output_tokens", "max_completion_tokens")
+
+
+@dataclass(slots=True)
+class Ticket:
+    """
+    One call's standing with the controls.
+
+    @ivar refusal: (error type, message) when the call must not be forwarded.
+    @ivar cache_key: set when the call's answer may come from, or go to, the cache.
+    @ivar hit: the cached answer, when there is one.
+    """
+
+    admission: Admission = field(default_factory=Admission)
+    rule: Rule | None = None
+    routed_from: str | None = None
+    refusal: tuple[str, str] | None = None
+    cache_key: bytes | None = None
+    hit: Entry | None = None
+    body: bytes | None = None
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def event_fields(self, saved: Decimal | None) -> dict[str, Any]:
+        budget = self.admission.budget
+        return {
+            "budget_scope": budget.scope if budget else None,
+            "budget_status": self.admission.status if budget else None,
+            "routed": self.rule is not None and self.rule.action == "downgrade",
+            "routed_from": self.routed_from,
+            "routing_rule": self.rule.name if self.rule else None,
+            "cache_hit": self.hit is not None,
+            "saved_usd": None if saved is None else float(saved),
+        }
+
+
+NO_TICKET = Ticket()
+
+
+class Gate:
+    def __init__(
+        self,
+        prices: PriceBook,
+        ledger: BudgetLedger | None = None,
+        routing: Routing | None = None,
+        cache: ResponseCache | None = None,
+    ) -> None:
+        self.prices = prices
+        self.ledger = ledger or BudgetLedger()
+        self.routing = routing
+        self.routing_stats = RoutingStats()
+        self.cache = cache
+
+    def admit(
+        self,
+        provider: str,
+        path: str,
+        body: dict[str, Any],
+        raw_body: bytes,
+        headers: Headers,
+        labels: dict[str, str | None],
+        now: datetime,
+    ) -> Ticket:
+        """
+        Decide a metered call before it is forwarded. May rewrite C{body}'s model (a
+        downgrade), in which case C{ticket.body} holds the bytes to send instead.
+        """
+        ticket = Ticket()
+        day = day_of(now)
+        budget = self.ledger.applicable(labels["team"], labels["app"], labels["feature"])
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        if self.routing is not None and budget is not None and not _opted_out(headers, self.routing):
+            percent = self.ledger.standing(budget, day)[2]
+            rule = self.routing.decide(provider, model, percent)
+            if rule is not None:
+                ticket.rule = rule
+                if rule.action == "block_expensive":
+                    self.routing_stats.blocked[rule.name] += 1
+                    ticket.refusal = (
+                        "budget_exceeded",
+                        f"{budget.scope} is past {rule.threshold}% of its budget: {model} is not "
+                        f"allowed by rule {rule.name}; use {rule.to_model}",
+                    )
+                    return ticket
+                ticket.routed_from = model
+                body["model"] = model = rule.to_model
+                ticket.body = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+                self.routing_stats.routed[rule.name] += 1
+                ticket.response_headers += [
+                    (b"x-modeltrack-routed", b"true"),
+                    (b"x-modeltrack-original-model", (ticket.routed_from or "").encode()),
+                    (b"x-modeltrack-routed-to", rule.to_model.encode()),
+                    (b"x-modeltrack-route-reason", f"{rule.name}: budget above {rule.threshold}%".encode()),
+                ]
+        if self.cache is not None and self.cache.cacheable(path, body, headers):
+            ticket.cache_key = self.cache.key(provider, path, body, headers)
+            ticket.hit = self.cache.get(ticket.cache_key)
+            if ticket.hit is not None:
+                return ticket  # costs nothing: no reservation
+        if budget is not None:
+            estimate = self._worst_case(provider, path, model, body, raw_body, now)
+            ticket.admission = self.ledger.admit(budget, estimate, day)
+            if ticket.admission.status == "blocked":
+                spend = ticket.admission.spend
+                ticket.refusal = (
+                    "budget_exceeded",
+                    f"budget for {budget.scope} would be exceeded: limit {budget.limit} USD "
+                    f"per {budget.period[:-2] if budget.period == 'monthly' else 'day'}, "
+                    f"spent {spend.quantize(Decimal('0.000001'))} USD",
+                )
+            warning = ticket.admission.warning
+            if warning is not None:
+                ticket.response_headers.append((b"x-modeltrack-budget-warning", warning))
+        return ticket
+
+    def _worst_case(
+        self, provider: str, path: str, model: str | None, body: dict[str, Any], raw_body: bytes, now: datetime
+    ) -> Decimal | None:
+        """
+        The most this call can cost: its body's size as input tokens (a token is rarely
+        under three bytes of text) and its output limit, at the model's list price.
+        """
+        output = 0 if path == "/v1/embeddings" else DEFAULT_RESERVED_OUTPUT_TOKENS
+        for name in _OUTPUT_LIMITS:
+            if count(body.get(name)):
+                output = body[name]
+                break
+        usage = Usage(input_tokens=len(raw_body) // 3 + 1, output_tokens=output)
+        return self.prices.price(provider, model, usage, {}, now).cost_usd
+
+    def settle(
+        self,
+        ticket: Ticket,
+        provider: str,
+        labels: dict[str, str | None],
+        price: Price,
+        usage: Usage | None,
+        context: dict[str, str],
+        now: datetime,
+    ) -> Decimal | None:
+        """
+        The call ended: release its reservation, count its cost, and return what the
+        controls saved on it (a cache hit, or a downgrade), if anything.
+        """
+        self.ledger.release(ticket.admission)
+        if price.cost_usd:
+            self.ledger.spend(labels["team"], labels["app"], labels["feature"], day_of(now), price.cost_usd)
+        if ticket.hit is not None:
+            return Decimal(ticket.hit.cost_usd) if ticket.hit.cost_usd is not None else None
+        if ticket.routed_from and usage is not None and price.cost_usd is not None and ticket.rule:
+            original = self.prices.price(provider, ticket.routed_from, usage, context, now).cost_usd
+            if original is not None:
+                saved = original - price.cost_usd
+                name = ticket.rule.name
+                self.routing_stats.saved[name] = self.routing_stats.saved.get(name, Decimal(0)) + saved
+                return saved
+        return None
+
+    def store(self, ticket: Ticket, code: int, phrase: bytes, headers: Headers, body: bytes, price: Price, model: str | None, now: float) -> None:
+        """
+        Keep a 200 answer to a cacheable call.
+        """
+        if self.cache is None or ticket.cache_key is None or ticket.hit is not None or code != 200:
+            return
+        kept = [
+            (name, list(values))
+            for name, values in headers.getAllRawHeaders()
+            if not name.lower().startswith(b"x-modeltrack-")
+        ]
+        cost = None if price.cost_usd is None else str(price.cost_usd)
+        self.cache.put(ticket.cache_key, Entry(code, phrase, kept, body, now, cost, model))
+
+
+def _opted_out(headers: Headers, routing: Routing) -> bool:
+    values = headers.getRawHeaders(routing.opt_out_header.encode("latin-1"))
+    return bool(values) and values[-1].strip().lower() in (b"true", b"1", b"yes")

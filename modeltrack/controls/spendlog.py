@@ -1,0 +1,95 @@
+"""
+Rebuilding the budget ledger's spend from the event log at start-up.
+
+Sealed segments never change, so each one's spend is summed once and kept in a msgpack
+checkpoint (C{<data-dir>/state/ledger.msgpack}); a restart reads the checkpoint and
+scans only the live file and segments it has not seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import msgpack
+from twisted.logger import Logger
+
+from modeltrack.controls.budgets import BudgetLedger
+from modeltrack.journal import LIVE_NAME
+
+log = Logger()
+
+Rows = dict[tuple[str, str, str, str], Decimal]
+
+
+def scan(path: Path) -> Rows:
+    """
+    Spend per (team, app, feature, day) in one event log file. A torn last line
+    (a crash mid-write) is skipped.
+    """
+    rows: Rows = {}
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            team, cost = event.get("team"), event.get("cost_usd")
+            if not team or not cost:
+                continue
+            key = (team, event.get("app") or "", event.get("feature") or "", event["timestamp"][:10])
+            rows[key] = rows.get(key, Decimal(0)) + Decimal(str(cost))
+    return rows
+
+
+def _segment_month(name: str) -> str:
+    # events-20261128T000000.000000Z.jsonl -> 2026-11
+    return f"{name[7:11]}-{name[11:13]}"
+
+
+def rebuild(ledger: BudgetLedger, data_dir: Path, month: str) -> None:
+    """
+    Load this month's spend (C{month} is YYYY-MM) into C{ledger}.
+    """
+    checkpoint = data_dir / "state" / "ledger.msgpack"
+    known = _load(checkpoint)
+    kept: dict[str, list[list[str]]] = {}
+    total: Rows = {}
+    for segment in sorted(data_dir.glob("events-*.jsonl")):
+        if _segment_month(segment.name) < month:
+            continue  # the journal seals at UTC midnight: nothing of this month in there
+        rows = known.get(segment.name)
+        if rows is None:
+            rows = [[*key, str(cost)] for key, cost in scan(segment).items()]
+        kept[segment.name] = rows
+        for team, app, feature, day, cost in rows:
+            key = (team, app, feature, day)
+            total[key] = total.get(key, Decimal(0)) + Decimal(cost)
+    live = data_dir / LIVE_NAME
+    if live.exists():
+        for key, cost in scan(live).items():
+            total[key] = total.get(key, Decimal(0)) + cost
+    ledger.load_daily({k: v for k, v in total.items() if k[3][:7] == month})
+    _save(checkpoint, kept)
+
+
+def _load(path: Path) -> dict[str, list[list[str]]]:
+    try:
+        data = msgpack.unpackb(path.read_bytes())
+        if not isinstance(data, dict):
+            raise ValueError("not a map")
+        return data
+    except FileNotFoundError:
+        return {}
+    except Exception as e:
+        log.warn("Ignoring an unreadable ledger checkpoint {path}: {error}", path=str(path), error=str(e))
+        return {}
+
+
+def _save(path: Path, data: dict[str, list[list[str]]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(msgpack.packb(data))
+    os.replace(temporary, path)
