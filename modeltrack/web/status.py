@@ -1,6 +1,7 @@
 """
-C{/healthz} (the process answers), C{/readyz} (listening and the event log writable)
-and C{/stats} (running totals).
+C{/healthz} (the process answers), C{/readyz} (listening and the event log writable),
+C{/stats} (running totals), and the controls' C{/budgets}, C{/cache/stats} and
+C{/routing/stats}.
 """
 
 from __future__ import annotations
