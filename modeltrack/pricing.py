@@ -62,7 +62,7 @@ class PriceBook:
         LinearPrice(info.get_prices(datetime.now(timezone.utc)))
         self._overrides: dict[str, LinearPrice] = {}
         self.set_overrides(overrides)
-        self._rates: dict[tuple[str, str, tuple[tuple[str, str], ...], str], LinearPrice | None] = {}
+        self._rates: dict[tuple[str, str, tuple[tuple[str, str], ...], int], LinearPrice | None] = {}
 
     def set_overrides(self, overrides: dict[str, ModelPrice] | None) -> None:
         """
@@ -101,7 +101,7 @@ class PriceBook:
     ) -> LinearPrice | None:
         # Price data changes with the date (price cuts, new variants); the minute is
         # fine enough for any constraint genai-prices has.
-        key = (provider, model, tuple(sorted(context.items())), when.strftime("%Y%m%d%H%M"))
+        key = (provider, model, tuple(sorted(context.items())) if context else (), int(when.timestamp()) // 60)
         try:
             return self._rates[key]
         except KeyError:

@@ -69,7 +69,7 @@ class Budget:
 
 
 def day_of(when: datetime) -> str:
-    return when.strftime("%Y-%m-%d")
+    return when.date().isoformat()  # YYYY-MM-DD, cheaper than strftime
 
 
 @dataclass(slots=True)

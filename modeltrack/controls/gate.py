@@ -45,6 +45,8 @@ class Ticket:
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def event_fields(self, saved: Decimal | None) -> dict[str, Any]:
+        if self is NO_TICKET:
+            return _NO_CONTROL_FIELDS
         budget = self.admission.budget
         return {
             "budget_scope": budget.scope if budget else None,
@@ -58,6 +60,15 @@ class Ticket:
 
 
 NO_TICKET = Ticket()
+_NO_CONTROL_FIELDS: dict[str, Any] = {
+    "budget_scope": None,
+    "budget_status": None,
+    "routed": False,
+    "routed_from": None,
+    "routing_rule": None,
+    "cache_hit": False,
+    "saved_usd": None,
+}
 
 
 class Gate:
@@ -73,6 +84,13 @@ class Gate:
         self.routing = routing
         self.routing_stats = RoutingStats()
         self.cache = cache
+
+    @property
+    def idle(self) -> bool:
+        """
+        No control is configured: calls need no admission.
+        """
+        return not self.ledger.budgets and self.routing is None and self.cache is None
 
     def admit(
         self,

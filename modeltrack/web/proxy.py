@@ -199,7 +199,6 @@ class Exchange(Protocol):
     def start(self) -> None:
         resource = self._resource
         request = self.request
-        request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         request.notifyFinish().addErrback(self._lost_client)
         if self.endpoint.metered:
             self._labels = events.attribution(request.requestHeaders)
@@ -218,21 +217,10 @@ class Exchange(Protocol):
                 if not resource.journal.accepting:
                     message = "the event log is not writable; no call is made that cannot be recorded"
                     return self._respond(503, "overloaded_error", message, "rejected")
-                self.ticket = ticket = resource.gate.admit(
-                    self.endpoint.provider,
-                    self.endpoint.path,
-                    obj,
-                    body,
-                    request.requestHeaders,
-                    self._labels,
-                    datetime.fromtimestamp(resource.clock.seconds(), timezone.utc),
-                )
-                if ticket.refusal is not None:
-                    return self._respond(429, *ticket.refusal, "rejected")
-                if ticket.hit is not None:
-                    return self._answer_from_cache(ticket.hit)
-                if ticket.body is not None:
-                    body = ticket.body
+                if not resource.gate.idle:
+                    body = self._admit(obj, body)
+                    if body is None:
+                        return None
         query = request.uri.partition(b"?")[2]
         target = self._upstream_path.encode("latin-1") + (b"?" + query if query else b"")
         upstream = resource.upstreams[self.endpoint.provider]
@@ -243,6 +231,29 @@ class Exchange(Protocol):
         self._pending.addCallbacks(self._got_response, self._request_failed)
         self._pending.addErrback(self.crashed)
         return None
+
+    def _admit(self, obj: dict[str, Any], body: bytes) -> bytes | None:
+        """
+        Put the call to the controls: the bytes to forward, or L{None} if it was
+        answered here (refused, or from the cache).
+        """
+        resource = self._resource
+        self.ticket = ticket = resource.gate.admit(
+            self.endpoint.provider,
+            self.endpoint.path,
+            obj,
+            body,
+            self.request.requestHeaders,
+            self._labels,
+            datetime.fromtimestamp(resource.clock.seconds(), timezone.utc),
+        )
+        if ticket.refusal is not None:
+            self._respond(429, *ticket.refusal, "rejected")
+            return None
+        if ticket.hit is not None:
+            self._answer_from_cache(ticket.hit)
+            return None
+        return body if ticket.body is None else ticket.body
 
     def _read_request(self, body: bytes) -> tuple[dict[str, Any] | None, bytes]:
         """
@@ -441,6 +452,7 @@ class Exchange(Protocol):
         """
         self.status = code
         if not self._client_gone:
+            self.request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
             self.request.write(json_response(self.request, code, self.endpoint.error_body(error_type, message)))
         self._end(outcome, finish=True, error_type=error_type)
 
