@@ -29,6 +29,19 @@ LABEL_LIMIT = 128
 NO_LABELS: dict[str, str | None] = {field: None for _, field in ATTRIBUTION_HEADERS}
 _CONTROL = dict.fromkeys(list(range(32)) + [127], None)
 
+#: The controls' fields of an event no control acted on; set by the controls otherwise
+#: (modeltrack.controls.gate.Ticket.event_fields).
+NO_CONTROLS: dict[str, Any] = {
+    "budget_scope": None,
+    "budget_status": None,
+    "routed": False,
+    "routed_from": None,
+    "routing_rule": None,
+    "cache_hit": False,
+    "saved_usd": None,
+}
+
+
 def attribution(headers: Headers) -> dict[str, str | None]:
     """
     The C{X-ModelTrack-*} labels of a request: control characters removed, length
@@ -88,14 +101,7 @@ def cost_event(
         "ttfb_ms": None if ttfb_ms is None else round(ttfb_ms, 3),
         **labels,
         "error_type": reading.error_type,
-        # Set by the controls (modeltrack.controls.gate.Ticket.event_fields).
-        "budget_scope": None,
-        "budget_status": None,
-        "routed": False,
-        "routed_from": None,
-        "routing_rule": None,
-        "cache_hit": False,
-        "saved_usd": None,
+        **NO_CONTROLS,
     }
 
 

@@ -17,6 +17,7 @@ from twisted.web.http_headers import Headers
 from modeltrack.controls.budgets import Admission, BudgetLedger, day_of
 from modeltrack.controls.cache import Entry, ResponseCache
 from modeltrack.controls.routing import Routing, RoutingStats, Rule
+from modeltrack.events import NO_CONTROLS
 from modeltrack.pricing import Price, PriceBook
 from modeltrack.usage import Usage, count
 
@@ -46,7 +47,7 @@ class Ticket:
 
     def event_fields(self, saved: Decimal | None) -> dict[str, Any]:
         if self is NO_TICKET:
-            return _NO_CONTROL_FIELDS
+            return NO_CONTROLS
         budget = self.admission.budget
         return {
             "budget_scope": budget.scope if budget else None,
@@ -60,15 +61,6 @@ class Ticket:
 
 
 NO_TICKET = Ticket()
-_NO_CONTROL_FIELDS: dict[str, Any] = {
-    "budget_scope": None,
-    "budget_status": None,
-    "routed": False,
-    "routed_from": None,
-    "routing_rule": None,
-    "cache_hit": False,
-    "saved_usd": None,
-}
 
 
 class Gate:
