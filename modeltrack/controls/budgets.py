@@ -105,9 +105,6 @@ class Admission:
         ).encode("utf-8", "replace")
 
 
-NO_BUDGET = Admission()
-
-
 class BudgetLedger:
     def __init__(self, budgets: Iterable[Budget] = ()) -> None:
         self._budgets: list[Budget] = []
@@ -156,7 +153,7 @@ class BudgetLedger:
         C{estimate} is L{None} for a model with no known price: admitted, flagged.
         """
         if budget is None:
-            return NO_BUDGET
+            return Admission()
         period = budget.period_of(day)
         spend, reserved, percent = self.standing(budget, day)
         admission = Admission(budget, period, Decimal(0), "ok", percent, spend)
@@ -214,9 +211,6 @@ class BudgetLedger:
         """
         self._daily = {k: v for k, v in self._daily.items() if k[3][:7] >= month}
         self._spend = {k: v for k, v in self._spend.items() if k[1][:7] >= month}
-
-    def daily(self) -> dict[tuple[str, str, str, str], Decimal]:
-        return dict(self._daily)
 
     def load_daily(self, rows: dict[tuple[str, str, str, str], Decimal]) -> None:
         for (team, app, feature, day), cost in rows.items():
