@@ -37,6 +37,7 @@ class Settings:
     drain_seconds: float = 30.0
     pool_size: int = 64
     access_log: bool = False
+    ca_bundle: Path | None = None
     cache: bool = False
     cache_sampled: bool = False
     cache_entries: int = 10_000
@@ -75,6 +76,7 @@ class Options(usage.Options):
         ["idle-timeout", None, "300", "Longest silence, in seconds, between two chunks of a response."],
         ["drain-seconds", None, "30", "On stop, seconds to let in-flight calls finish before aborting them."],
         ["pool-size", None, "64", "Idle upstream connections kept per provider."],
+        ["ca-bundle", None, None, "PEM file of the CAs that upstream certificates must chain to, instead of the system trust store (e.g. a corporate egress proxy's CA)."],
         ["cache-entries", None, "10000", "Most answers the response cache keeps."],
         ["cache-mb", None, "256", "Most MiB the response cache keeps."],
         ["cache-ttl", None, "3600", "Seconds a cached answer is served."],
@@ -131,6 +133,7 @@ def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
         drain_seconds=_positive(options, "drain-seconds", allow_zero=True),
         pool_size=int(_positive(options, "pool-size")),
         access_log=bool(options["access-log"]),
+        ca_bundle=_check_ca_bundle(options["ca-bundle"]),
         cache=bool(options["cache"]),
         cache_sampled=bool(options["cache-sampled"]),
         cache_entries=int(_positive(options, "cache-entries")),
@@ -175,3 +178,15 @@ def _check_data_dir(path: Path) -> None:
             pass
     except OSError as e:
         raise ConfigError(f"--data-dir: {str(path)!r} is not writable: {e.strerror or e}") from None
+
+
+def _check_ca_bundle(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    from modeltrack.web.upstream import load_trust_root
+
+    try:
+        load_trust_root(Path(path))
+    except Exception as e:
+        raise ConfigError(f"--ca-bundle: {path!r} is not a readable PEM bundle of certificates: {e}") from None
+    return Path(path).resolve()

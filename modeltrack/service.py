@@ -33,7 +33,7 @@ from modeltrack.stats import Stats
 from modeltrack.web.proxy import ProxyResource, Timeouts
 from modeltrack.web.site import ProxySite
 from modeltrack.web.status import Readiness
-from modeltrack.web.upstream import Upstream, make_agent, make_pool
+from modeltrack.web.upstream import Upstream, load_trust_root, make_agent, make_pool
 
 log = Logger()
 
@@ -56,10 +56,13 @@ class ModeltrackService(Service):
         self.readiness = Readiness()
         self._pools = []
         upstreams = {}
+        trust_root = None if settings.ca_bundle is None else load_trust_root(settings.ca_bundle)
         for provider, url in ((openai.NAME, settings.openai_url), (anthropic.NAME, settings.anthropic_url)):
             pool = make_pool(reactor, settings.pool_size)
             self._pools.append(pool)
-            upstreams[provider] = Upstream(url, make_agent(reactor, pool, url, settings.connect_timeout))
+            upstreams[provider] = Upstream(
+                url, make_agent(reactor, pool, url, settings.connect_timeout, trust_root)
+            )
         prices = PriceBook()
         cache = None
         if settings.cache:

@@ -382,6 +382,11 @@ class Exchange(Protocol):
             message = f"could not connect to {origin} within {seconds:g} seconds"
             self._respond(504, "timeout_error", message, "upstream_timeout")
             return None
+        if _tls_failure(failure):
+            message = f"the TLS certificate of {origin} could not be verified: {_describe(failure)}"
+            log.warn("Upstream TLS error: {message}", message=message)
+            self._respond(502, "api_error", message, "upstream_tls_error")
+            return None
         message = f"could not reach {origin}: {_describe(failure)}"
         log.warn("Upstream unreachable: {message}", message=message)
         self._respond(502, "api_error", message, "upstream_unreachable")
@@ -534,6 +539,20 @@ class _Discard(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.stopProducing()
+
+
+def _tls_failure(failure: Failure) -> bool:
+    """
+    Did the connection fail because the upstream's certificate was refused (untrusted,
+    expired, or for another hostname)?
+    """
+    from OpenSSL.SSL import Error as SSLError
+    from service_identity import VerificationError
+
+    for reason in getattr(failure.value, "reasons", None) or [failure]:
+        if reason.check(SSLError, VerificationError):
+            return True
+    return False
 
 
 def _describe(failure: Failure) -> str:

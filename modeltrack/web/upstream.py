@@ -5,6 +5,8 @@ header hygiene of a reverse proxy.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, succeed
@@ -17,6 +19,7 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.web.client import (
     URI,
     Agent,
@@ -160,7 +163,14 @@ class OriginEndpoint:
     any other host.
     """
 
-    def __init__(self, reactor: object, base_url: str, connect_timeout: float) -> None:
+    def __init__(
+        self, reactor: object, base_url: str, connect_timeout: float, trust_root: Any = None
+    ) -> None:
+        """
+        @param trust_root: the CAs an https origin's certificate must chain to (from
+            C{--ca-bundle}); the system trust store when L{None}. The hostname is always
+            verified (service-identity).
+        """
         parts = urlsplit(base_url)
         self.scheme = parts.scheme.encode("ascii")
         self.host = (parts.hostname or "").encode("idna")
@@ -174,7 +184,7 @@ class OriginEndpoint:
             # A name: resolved per new connection (pooled connections are reused).
             endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=connect_timeout)
         if parts.scheme == "https":
-            creator = BrowserLikePolicyForHTTPS().creatorForNetloc(self.host, self.port)
+            creator = BrowserLikePolicyForHTTPS(trust_root).creatorForNetloc(self.host, self.port)
             endpoint = wrapClientTLS(creator, endpoint)
         self._endpoint = endpoint
 
@@ -185,8 +195,24 @@ class OriginEndpoint:
 
 
 def make_agent(
-    reactor: object, pool: HTTPConnectionPool, base_url: str, connect_timeout: float
+    reactor: object,
+    pool: HTTPConnectionPool,
+    base_url: str,
+    connect_timeout: float,
+    trust_root: Any = None,
 ) -> IAgent:
     return Agent.usingEndpointFactory(
-        reactor, OriginEndpoint(reactor, base_url, connect_timeout), pool=pool
+        reactor, OriginEndpoint(reactor, base_url, connect_timeout, trust_root), pool=pool
     )
+
+
+def load_trust_root(path: Path) -> Any:
+    """
+    A trust root from a PEM bundle of one or more CA certificates (C{--ca-bundle}).
+    """
+    pem = path.read_bytes()
+    blocks = [block + b"-----END CERTIFICATE-----\n" for block in pem.split(b"-----END CERTIFICATE-----")[:-1]]
+    certificates = [Certificate.loadPEM(block.strip() + b"\n") for block in blocks]
+    if not certificates:
+        raise ValueError("no PEM certificate in it")
+    return trustRootFromCertificates(certificates)
