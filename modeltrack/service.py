@@ -6,6 +6,7 @@ stops them in the order that loses nothing: stop accepting, let in-flight calls 
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import sys
@@ -28,6 +29,7 @@ from modeltrack.controls.spendlog import rebuild
 from modeltrack.journal import Journal
 from modeltrack.options import Settings
 from modeltrack.pricing import PriceBook
+from modeltrack.sdnotify import notify
 from modeltrack.providers import anthropic, openai
 from modeltrack.stats import Stats
 from modeltrack.web.proxy import ProxyResource, Timeouts
@@ -123,6 +125,8 @@ class ModeltrackService(Service):
 
     def _listening(self, _: object) -> None:
         self.readiness.listening = True
+        # Listening and the event log open: tell systemd (Type=notify) we are ready.
+        notify(b"READY=1\nMAINPID=%d" % os.getpid())
         for port in self.ports:
             log.info("modeltrack listening on {address}", address=str(port.getHost()))
 
@@ -160,6 +164,7 @@ class ModeltrackService(Service):
         return deferToThread(write_atomically, self._cache_path, snapshot.snapshot())
 
     def stopService(self) -> Deferred[object]:
+        notify(b"STOPPING=1")
         super().stopService()
         signal.signal(signal.SIGHUP, self._previous_sighup)
         self._polling.stop()
