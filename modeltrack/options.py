@@ -38,6 +38,8 @@ class Settings:
     pool_size: int = 64
     access_log: bool = False
     ca_bundle: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     cache: bool = False
     cache_sampled: bool = False
     cache_entries: int = 10_000
@@ -76,6 +78,8 @@ class Options(usage.Options):
         ["idle-timeout", None, "300", "Longest silence, in seconds, between two chunks of a response."],
         ["drain-seconds", None, "30", "On stop, seconds to let in-flight calls finish before aborting them."],
         ["pool-size", None, "64", "Idle upstream connections kept per provider."],
+        ["tls-cert", None, None, "PEM certificate (and chain) to serve TLS on every --listen endpoint; reloaded on SIGHUP."],
+        ["tls-key", None, None, "PEM private key for --tls-cert."],
         ["ca-bundle", None, None, "PEM file of the CAs that upstream certificates must chain to, instead of the system trust store (e.g. a corporate egress proxy's CA)."],
         ["cache-entries", None, "10000", "Most answers the response cache keeps."],
         ["cache-mb", None, "256", "Most MiB the response cache keeps."],
@@ -134,6 +138,7 @@ def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
         pool_size=int(_positive(options, "pool-size")),
         access_log=bool(options["access-log"]),
         ca_bundle=_check_ca_bundle(options["ca-bundle"]),
+        **_check_tls(options["tls-cert"], options["tls-key"]),
         cache=bool(options["cache"]),
         cache_sampled=bool(options["cache-sampled"]),
         cache_entries=int(_positive(options, "cache-entries")),
@@ -190,3 +195,17 @@ def _check_ca_bundle(path: str | None) -> Path | None:
     except Exception as e:
         raise ConfigError(f"--ca-bundle: {path!r} is not a readable PEM bundle of certificates: {e}") from None
     return Path(path).resolve()
+
+
+def _check_tls(cert: str | None, key: str | None) -> dict[str, Path | None]:
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        raise ConfigError("--tls-cert: --tls-cert and --tls-key go together")
+    from modeltrack.web.tls import ReloadableServerTLS
+
+    try:
+        ReloadableServerTLS(Path(cert), Path(key))
+    except Exception as e:
+        raise ConfigError(f"--tls-cert: {cert!r} and {key!r} do not make a usable certificate and key: {e}") from None
+    return {"tls_cert": Path(cert).resolve(), "tls_key": Path(key).resolve()}

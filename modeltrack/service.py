@@ -35,6 +35,7 @@ from modeltrack.stats import Stats
 from modeltrack.web.proxy import ProxyResource, Timeouts
 from modeltrack.web.site import ProxySite
 from modeltrack.web.status import Readiness
+from modeltrack.web.tls import ReloadableServerTLS
 from modeltrack.web.upstream import Upstream, load_trust_root, make_agent, make_pool
 
 log = Logger()
@@ -92,6 +93,9 @@ class ModeltrackService(Service):
             max_body=settings.max_body,
         )
         self.site = ProxySite(self.resource, reactor, settings.max_body, settings.access_log)
+        self.tls = None
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            self.tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key)
         self.ports: list[Any] = []
 
     def startService(self) -> None:
@@ -113,6 +117,8 @@ class ModeltrackService(Service):
         listening = []
         for description in self.settings.listen:
             endpoint = endpoints.serverFromString(self._reactor, description)
+            if self.tls is not None:
+                endpoint = endpoints.wrapServerTLS(self.tls, endpoint)
             listening.append(endpoint.listen(self.site).addCallback(self.ports.append))
         self._early_failure: str | None = None
         gatherResults(listening, consumeErrors=True).addCallbacks(
@@ -148,8 +154,10 @@ class ModeltrackService(Service):
         self._reactor.callFromThread(self._reload_on_signal)
 
     def _reload_on_signal(self) -> None:
-        log.info("SIGHUP: reloading budgets, routing and pricing")
+        log.info("SIGHUP: reloading budgets, routing, pricing and the TLS certificate")
         self.control_files.reload(force=True)
+        if self.tls is not None:
+            self.tls.reload()
 
     def _poll(self) -> None:
         self.control_files.reload()
