@@ -179,6 +179,8 @@ class ModeltrackService(Service):
         if self.gate.cache is not None:
             self._snapshots.stop()
         self.readiness.listening = False
+        self.resource.draining = True
+        self.site.close_idle_connections()
         d: Deferred[Any] = DeferredList([port.stopListening() or succeed(None) for port in self.ports])
         self.ports = []
         d.addCallback(lambda _: self.resource.drain(self.settings.drain_seconds))

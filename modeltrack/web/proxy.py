@@ -91,6 +91,8 @@ class ProxyResource(Resource):
         self.timeouts = timeouts
         self.max_body = max_body
         self.in_flight: set[Exchange] = set()
+        #: Set when a stop begins: every response then closes its connection.
+        self.draining = False
         self._drain_waiters: list[Deferred[None]] = []
 
     def drain(self, seconds: float) -> Deferred[None]:
@@ -308,6 +310,8 @@ class Exchange(Protocol):
         request.setResponseCode(response.code, response.phrase)
         request.responseHeaders = for_client(response.headers, not self.meter.strips)
         request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
+        if resource.draining:
+            request.setHeader(b"connection", b"close")
         for name, value in self.ticket.response_headers:
             request.setHeader(name, value)
         if self.ticket.cache_key is not None and response.code == 200:

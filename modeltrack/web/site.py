@@ -5,6 +5,7 @@ whose access log never holds a query string, a header or a body.
 
 from __future__ import annotations
 
+import weakref
 from io import BytesIO
 
 from twisted.internet.interfaces import IReactorTime
@@ -80,6 +81,31 @@ class ProxySite(server.Site):
         self.max_body = max_body
         self.access_log_on = access_log
         self.displayTracebacks = False
+        self.connections: weakref.WeakSet[object] = weakref.WeakSet()
+
+    def buildProtocol(self, addr: object) -> object:
+        protocol = super().buildProtocol(addr)
+        self.connections.add(protocol)
+        return protocol
+
+    def close_idle_connections(self) -> None:
+        """
+        For a stop: close every client connection with no request in progress, and make
+        the busy ones close once their response is done, so that no new request arrives
+        on a kept-alive connection while the process drains (it would find the event log
+        closing and be refused, and the client would retry it elsewhere: one call, two
+        events).
+        """
+        for protocol in list(self.connections):
+            # The HTTP/1.1 channel sits inside Twisted's protocol-negotiating wrapper.
+            channel = getattr(protocol, "_channel", protocol)
+            transport = getattr(channel, "transport", None)
+            if transport is None:
+                continue
+            if getattr(channel, "requests", None):
+                channel.persistent = False
+            else:
+                transport.loseConnection()
 
     def log(self, request: ProxyRequest) -> None:
         """
