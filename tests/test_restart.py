@@ -67,12 +67,13 @@ async def test_sigterm_under_load_with_a_second_instance(tmp_path: Path, upstrea
     errors: list[BaseException] = []
     lock = threading.Lock()
     progress = threading.Semaphore(0)
+    stop = threading.Event()
 
     def worker(streaming: bool) -> None:
         # The SDKs' own retry policy (2 retries, on connection errors only, before any
         # answer): what an application pointing at modeltrack gets.
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-x")
-        for _ in range(60):
+        while not stop.is_set():
             try:
                 if streaming:
                     chunks = list(client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True))
@@ -95,16 +96,19 @@ async def test_sigterm_under_load_with_a_second_instance(tmp_path: Path, upstrea
         b = await deferToThread(start, listener, tmp_path / "b", upstream.url)
         a.send_signal(signal.SIGTERM)
         await deferToThread(a.wait, 60)
+        for _ in range(40):  # and some through B alone
+            await deferToThread(progress.acquire)
+    finally:
+        stop.set()
         for thread in threads:
             await deferToThread(thread.join, 120)
-    finally:
         for process in (a, locals().get("b")):
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(60)
         listener.close()
     assert errors == []
-    assert calls["made"] == 240
+    assert calls["made"] >= 80
     from_a, from_b = events(tmp_path / "a"), events(tmp_path / "b")
     assert from_a and from_b, "both instances served"
     outcomes = Counter((name, e["outcome"]) for name, found in (("a", from_a), ("b", from_b)) for e in found)
