@@ -479,6 +479,10 @@ class Exchange(Protocol):
                 request.transport.abortConnection()
             elif finish:
                 request.finish()
+                if self._resource.draining:
+                    # Stopping: no further request may come on this connection (see
+                    # ProxySite.close_idle_connections); it closes once the answer is out.
+                    request.transport.loseConnection()
         if error_type is not None and self.meter.reading.error_type is None:
             self.meter.reading.error_type = error_type
         self._record(outcome)
