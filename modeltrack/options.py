@@ -46,6 +46,7 @@ class Settings:
     cache_bytes: int = 256 << 20
     cache_ttl: float = 3600.0
     config_poll_seconds: float = 2.0
+    log_format: str = "text"
 
 
 class ConfigError(Exception):
@@ -84,6 +85,7 @@ class Options(usage.Options):
         ["cache-entries", None, "10000", "Most answers the response cache keeps."],
         ["cache-mb", None, "256", "Most MiB the response cache keeps."],
         ["cache-ttl", None, "3600", "Seconds a cached answer is served."],
+        ["log-format", None, "text", "text (one line per event: time, namespace, level, message) or json (one JSON object per line, for log shippers)."],
         ["config-poll-seconds", None, "2", "How often budgets.json, routing.json and pricing.json are checked for changes."],
     ]
 
@@ -145,6 +147,7 @@ def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
         cache_bytes=int(_positive(options, "cache-mb") * (1 << 20)),
         cache_ttl=_positive(options, "cache-ttl"),
         config_poll_seconds=_positive(options, "config-poll-seconds"),
+        log_format=_check_log_format(options["log-format"]),
     )
 
 
@@ -209,3 +212,9 @@ def _check_tls(cert: str | None, key: str | None) -> dict[str, Path | None]:
     except Exception as e:
         raise ConfigError(f"--tls-cert: {cert!r} and {key!r} do not make a usable certificate and key: {e}") from None
     return {"tls_cert": Path(cert).resolve(), "tls_key": Path(key).resolve()}
+
+
+def _check_log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ConfigError(f"--log-format: {value!r} is not one of text, json")
+    return value

@@ -19,7 +19,7 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
 
 from modeltrack.controls.budgets import BudgetLedger
 from modeltrack.controls.cache import ResponseCache, load_secret, load_snapshot, write_atomically
@@ -97,6 +97,16 @@ class ModeltrackService(Service):
         if settings.tls_cert is not None and settings.tls_key is not None:
             self.tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key)
         self.ports: list[Any] = []
+
+    def setServiceParent(self, parent: Any) -> None:
+        """
+        twistd hands its application in here before it starts logging; an
+        L{ILogObserver} set on the application is the documented way for a plugin to
+        choose how logs are written.
+        """
+        if self.settings.log_format == "json":
+            parent.setComponent(ILogObserver, jsonFileLogObserver(sys.stdout, recordSeparator=""))
+        super().setServiceParent(parent)
 
     def startService(self) -> None:
         _raise_open_files_limit()

@@ -133,3 +133,34 @@ async def test_run_serve_and_stop_gracefully(tmp_path: Path, upstream: Any) -> N
     log = "".join(output)
     assert "POST /v1/chat/completions 200" in log
     assert "sk-test" not in log
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_logs(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [*TWISTD, "-n", "--pidfile=", "modeltrack", "--log-format", "json", "--access-log",
+         "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/tmp", env=environment(),
+    )
+    assert process.stdout is not None
+    lines = []
+    try:
+        while True:
+            line = await deferToThread(process.stdout.readline)
+            assert line, "".join(lines)
+            lines.append(line)
+            if "listening on" in line:
+                break
+        import urllib.request
+
+        await deferToThread(urllib.request.urlopen, f"http://127.0.0.1:{port}/healthz")
+        process.send_signal(signal.SIGTERM)
+        lines += (await deferToThread(process.stdout.read)).splitlines(keepends=True)
+        await deferToThread(process.wait, 30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    records = [json.loads(line) for line in lines if line.strip()]
+    access = [r for r in records if r.get("log_namespace") == "modeltrack.access"]
+    assert access and access[0]["path"] == "/healthz" and access[0]["status"] == 200

@@ -15,6 +15,8 @@ from twisted.web import server
 from twisted.web.resource import IResource
 
 DEFAULT_MAX_BODY = 32 << 20
+#: Module level: a Logger that is a class attribute takes its class's name as namespace.
+access_logger = Logger(namespace="modeltrack.access")
 
 
 class ProxyRequest(server.Request):
@@ -66,7 +68,6 @@ class ProxySite(server.Site):
     """
 
     requestFactory = ProxyRequest
-    access_log = Logger(namespace="modeltrack.access")
 
     def __init__(
         self,
@@ -115,7 +116,7 @@ class ProxySite(server.Site):
         if not self.access_log_on:
             return
         request_id = request.responseHeaders.getRawHeaders(b"x-modeltrack-request-id", [b"-"])[0]
-        self.access_log.info(
+        access_logger.info(
             "{method} {path} {status} {bytes}B {duration_ms}ms {request_id}",
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("ascii", "replace")[:256],
