@@ -123,6 +123,11 @@ class ModeltrackService(Service):
         self._polling.clock = self._reactor
         self._polling.start(self.settings.config_poll_seconds, now=False)
         self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        # Once the reactor has installed its own handlers, take SIGTERM: a stop asked
+        # for by the service manager is the normal end of this process, and should exit
+        # 0 after draining (twistd re-raises the signal it stopped for otherwise).
+        self._previous_sigterm: Any = None
+        self._reactor.callWhenRunning(self._take_sigterm)
         super().startService()
         listening = []
         for description in self.settings.listen:
@@ -163,6 +168,18 @@ class ModeltrackService(Service):
         # onto the reactor properly before touching anything.
         self._reactor.callFromThread(self._reload_on_signal)
 
+    def _take_sigterm(self) -> None:
+        if self.running:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._sigterm)
+
+    def _sigterm(self, signum: int, frame: object) -> None:
+        self._reactor.callFromThread(self._stop_reactor)
+
+    def _stop_reactor(self) -> None:
+        log.info("SIGTERM: stopping")
+        if self._reactor.running:
+            self._reactor.stop()
+
     def _reload_on_signal(self) -> None:
         log.info("SIGHUP: reloading budgets, routing, pricing and the TLS certificate")
         self.control_files.reload(force=True)
@@ -185,6 +202,8 @@ class ModeltrackService(Service):
         notify(b"STOPPING=1")
         super().stopService()
         signal.signal(signal.SIGHUP, self._previous_sighup)
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
         self._polling.stop()
         if self.gate.cache is not None:
             self._snapshots.stop()
