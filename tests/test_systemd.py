@@ -27,16 +27,22 @@ TWISTD = str(Path(sys.executable).parent / "twistd")
 
 def test_units_verify(tmp_path: Path) -> None:
     """
-    systemd-analyze verify on every unit, with the install path pointing at this venv
-    (verify checks that ExecStart's program exists).
+    systemd-analyze verify on every unit and the TLS drop-in, with the install path
+    pointing at this venv (verify checks that ExecStart's program exists).
     """
     venv = str(Path(sys.executable).parent.parent)
     for unit in (REPO / "systemd").glob("modeltrack.*"):
         text = unit.read_text().replace("/opt/modeltrack/venv", venv)
         (tmp_path / unit.name).write_text(text)
-    units = sorted(str(p) for p in tmp_path.glob("modeltrack.*"))
+    dropins = tmp_path / "modeltrack.service.d"
+    dropins.mkdir()
+    (dropins / "tls.conf").write_text((REPO / "systemd" / "tls.conf").read_text().replace("/opt/modeltrack/venv", venv))
+    units = sorted(str(p) for p in tmp_path.glob("modeltrack.*") if p.is_file())
     assert len(units) == 2
-    done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True)
+    # The unit path makes verify read the drop-in directory too (a trailing ":" keeps
+    # the system's own unit directories after it).
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}
+    done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     problems = [line for line in done.stderr.splitlines() if "modeltrack" in line]
     assert problems == [], problems

@@ -48,7 +48,7 @@ def make_ca(common: str) -> tuple[Any, x509.Certificate]:
     return key, cert
 
 
-def make_server(ca_key: Any, ca_cert: x509.Certificate, hostname: str) -> bytes:
+def make_server(ca_key: Any, ca_cert: x509.Certificate, hostname: str, expired: bool = False) -> bytes:
     """
     A server certificate for C{hostname} signed by the CA, with its key, as PEM.
     """
@@ -59,8 +59,8 @@ def make_server(ca_key: Any, ca_cert: x509.Certificate, hostname: str) -> bytes:
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=1))
-        .not_valid_after(NOW + datetime.timedelta(days=30))
+        .not_valid_before(NOW - datetime.timedelta(days=60))
+        .not_valid_after(NOW - datetime.timedelta(days=1) if expired else NOW + datetime.timedelta(days=30))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -71,8 +71,8 @@ def make_server(ca_key: Any, ca_cert: x509.Certificate, hostname: str) -> bytes:
 @pytest.fixture
 def tls_upstream(reactor: Any, tmp_path: Path) -> Any:
     """
-    Three TLS upstreams: trusted for localhost, trusted but for another hostname, and
-    signed by a CA the proxy does not trust. Yields (ports, CA bundle path).
+    Four TLS upstreams: trusted for localhost, trusted but for another hostname, signed
+    by a CA the proxy does not trust, and trusted but expired. Yields (ports, CA bundle path).
     """
     ca_key, ca_cert = make_ca("modeltrack test CA")
     rogue_key, rogue_cert = make_ca("untrusted CA")
@@ -84,6 +84,7 @@ def tls_upstream(reactor: Any, tmp_path: Path) -> Any:
         ("trusted", make_server(ca_key, ca_cert, "localhost")),
         ("wrong-hostname", make_server(ca_key, ca_cert, "api.example.com")),
         ("untrusted", make_server(rogue_key, rogue_cert, "localhost")),
+        ("expired", make_server(ca_key, ca_cert, "localhost", expired=True)),
     ):
         options = ssl.PrivateCertificate.loadPEM(pem).options()
         port = reactor.listenSSL(0, Site(FakeUpstream()), options, interface="127.0.0.1")
@@ -113,4 +114,9 @@ async def test_only_a_verified_upstream_is_used(reactor: Any, tmp_path: Path, tl
             outcomes[name] = event["outcome"]
         finally:
             await proxy.service.stopService()
-    assert outcomes == {"trusted": "ok", "wrong-hostname": "upstream_tls_error", "untrusted": "upstream_tls_error"}
+    assert outcomes == {
+        "trusted": "ok",
+        "wrong-hostname": "upstream_tls_error",
+        "untrusted": "upstream_tls_error",
+        "expired": "upstream_tls_error",
+    }
