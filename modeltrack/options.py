@@ -39,6 +39,7 @@ class Settings:
     access_log: bool = False
     ca_bundle: Path | None = None
     tls_cert: Path | None = None
+    listen_tls: tuple[str, ...] = ()
     tls_key: Path | None = None
     cache: bool = False
     cache_sampled: bool = False
@@ -79,7 +80,7 @@ class Options(usage.Options):
         ["idle-timeout", None, "300", "Longest silence, in seconds, between two chunks of a response."],
         ["drain-seconds", None, "30", "On stop, seconds to let in-flight calls finish before aborting them."],
         ["pool-size", None, "64", "Idle upstream connections kept per provider."],
-        ["tls-cert", None, None, "PEM certificate (and chain) to serve TLS on every --listen endpoint; reloaded on SIGHUP."],
+        ["tls-cert", None, None, "PEM certificate (and chain) served on the --listen-tls endpoints; reloaded on SIGHUP."],
         ["tls-key", None, None, "PEM private key for --tls-cert."],
         ["ca-bundle", None, None, "PEM file of the CAs that upstream certificates must chain to, instead of the system trust store (e.g. a corporate egress proxy's CA)."],
         ["cache-entries", None, "10000", "Most answers the response cache keeps."],
@@ -92,12 +93,19 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["listen-tls"] = []
 
     def opt_listen(self, description: str) -> None:
         """
         Twisted endpoint to listen on; repeatable [env MODELTRACK_LISTEN, space-separated; default tcp:8080:interface=127.0.0.1].
         """
         self["listen"].append(description)
+
+    def opt_listen_tls(self, description: str) -> None:
+        """
+        Twisted endpoint to serve TLS on (with --tls-cert and --tls-key), e.g. tcp:8443 or systemd:domain=INET:name=proxy; repeatable, alongside --listen.
+        """
+        self["listen-tls"].append(description)
 
     def postOptions(self) -> None:
         try:
@@ -110,11 +118,14 @@ class Options(usage.Options):
 
 
 def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
-    listen = tuple(options["listen"]) or tuple(
-        environ.get("MODELTRACK_LISTEN", "").split()
-    ) or (DEFAULT_LISTEN,)
-    for description in listen:
+    listen_tls = tuple(options["listen-tls"])
+    listen = tuple(options["listen"]) or tuple(environ.get("MODELTRACK_LISTEN", "").split())
+    if not listen and not listen_tls:
+        listen = (DEFAULT_LISTEN,)
+    for description in listen + listen_tls:
         _check_endpoint(description)
+    if listen_tls and not (options["tls-cert"] and options["tls-key"]):
+        raise ConfigError("--listen-tls: needs --tls-cert and --tls-key")
     data_dir = Path(options["data-dir"] or environ.get("MODELTRACK_DATA_DIR") or "data")
     _check_data_dir(data_dir)
     fsync = options["fsync"]
@@ -122,6 +133,7 @@ def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
         raise ConfigError(f"--fsync: {fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
     return Settings(
         listen=listen,
+        listen_tls=listen_tls,
         data_dir=data_dir.resolve(),
         openai_url=_check_url(
             "--openai-url", options["openai-url"] or environ.get("MODELTRACK_OPENAI_URL") or DEFAULT_OPENAI_URL

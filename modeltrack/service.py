@@ -130,9 +130,11 @@ class ModeltrackService(Service):
         self._reactor.callWhenRunning(self._take_sigterm)
         super().startService()
         listening = []
-        for description in self.settings.listen:
+        for description, tls in [(d, False) for d in self.settings.listen] + [
+            (d, True) for d in self.settings.listen_tls
+        ]:
             endpoint = endpoints.serverFromString(self._reactor, description)
-            if self.tls is not None:
+            if tls:
                 endpoint = endpoints.wrapServerTLS(self.tls, endpoint)
             listening.append(endpoint.listen(self.site).addCallback(self.ports.append))
         self._early_failure: str | None = None

@@ -45,8 +45,17 @@ async def test_tls_listener_and_reload(reactor: Any, tmp_path: Path, upstream: A
 
     bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     cert, key = write_pair(make_server(ca_key, ca_cert, "localhost"), tmp_path)
-    proxy = start_proxy(reactor, tmp_path / "data", upstream.url, tls_cert=cert, tls_key=key)
-    port = proxy.service.ports[0].getHost().port
+    proxy = start_proxy(
+        reactor, tmp_path / "data", upstream.url, tls_cert=cert, tls_key=key,
+        listen_tls=("tcp:0:interface=127.0.0.1",),
+    )
+    plain, tls_port = proxy.service.ports
+    port = tls_port.getHost().port
+    # The plain listener beside it still speaks plain HTTP.
+    import urllib.request
+
+    health = await deferToThread(urllib.request.urlopen, f"http://127.0.0.1:{plain.getHost().port}/healthz")
+    assert health.status == 200
     context = ssl.create_default_context(cafile=str(bundle))
     try:
         client = openai.OpenAI(

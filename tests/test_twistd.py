@@ -60,6 +60,9 @@ def test_twistd_lists_and_documents_the_plugin() -> None:
         (["--data-dir", "/etc/hostname/data"], "--data-dir"),
         (["--fsync", "sometimes"], "--fsync"),
         (["--rotate-mb", "-1"], "--rotate-mb"),
+        (["--listen-tls", "tcp:0"], "--listen-tls"),
+        (["--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname"], "--tls-cert"),
+        (["--log-format", "xml"], "--log-format"),
     ],
 )
 def test_bad_values_stop_start_up_with_one_line(args: list[str], option: str, tmp_path: Path) -> None:
