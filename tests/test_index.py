@@ -1,0 +1,73 @@
+"""
+The SQLite index and `modeltrack report`: incremental, idempotent, rotation-safe, a torn
+last line left for the next pass, exact sums.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+from modeltrack import cli, index
+from modeltrack.journal import SegmentFile
+
+
+def event(n: int, team: str, cost: str | None, day: str = "2026-11-27") -> bytes:
+    record = {
+        "timestamp": f"{day}T10:00:{n % 60:02d}.000000Z", "request_id": f"mt_{n}", "provider": "openai",
+        "endpoint": "/v1/chat/completions", "model": "gpt-4o-2024-08-06", "team": team, "app": "bot",
+        "feature": None, "session_id": "s1", "outcome": "ok", "input_tokens": 1200, "output_tokens": 300,
+        "cache_read_tokens": 1024, "cache_write_tokens": 0, "reasoning_tokens": 64,
+        "cost_usd": None if cost is None else float(cost), "priced": cost is not None, "saved_usd": None,
+        "cache_hit": False, "latency_ms": 5.0,
+    }
+    return json.dumps(record).encode() + b"\n"
+
+
+def test_incremental_idempotent_rotation_safe(tmp_path: Path) -> None:
+    segment = SegmentFile(tmp_path, rotate_bytes=2_000)
+    segment.open()
+    for n in range(10):
+        segment.append(event(n, "ml" if n % 2 else "web", "0.00472"))
+    db = index.connect(tmp_path)
+    index.update(db, tmp_path)
+    with open(tmp_path / "events.jsonl", "ab") as f:
+        f.write(event(10, "ml", None)[:40])  # being written: a torn line
+    index.update(db, tmp_path)
+    assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 10
+    with open(tmp_path / "events.jsonl", "ab") as f:
+        f.write(event(10, "ml", None)[40:])
+    for n in range(11, 20):
+        segment.append(event(n, "ml", "0.00472"))  # seals and rotates along the way
+    segment.close()
+    index.update(db, tmp_path)
+    index.update(db, tmp_path)
+    assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 20
+    rows = {r["team"]: r for r in index.report(db, ["team"])}
+    assert rows["ml"]["requests"] == 15 and rows["ml"]["unpriced"] == 1
+    assert Decimal(rows["ml"]["cost_usd"]) == 14 * Decimal("0.00472")
+    assert Decimal(rows["web"]["cost_usd"]) == 5 * Decimal("0.00472")
+
+
+def test_report_command(tmp_path: Path, capsys) -> None:
+    (tmp_path / "events.jsonl").write_bytes(
+        event(1, "ml", "0.1", "2026-10-31") + event(2, "ml", "0.2", "2026-11-01") + event(3, "web", "0.3", "2026-11-02")
+    )
+    assert cli.main(["report", "--data-dir", str(tmp_path), "--month", "2026-11", "--by", "team,day", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["team"], r["day"], r["cost_usd"]) for r in rows] == [("web", "2026-11-02", "0.3"), ("ml", "2026-11-01", "0.2")]
+    assert cli.main(["report", "--data-dir", str(tmp_path), "--by", "colour"]) == 2
+    assert "unknown --by key 'colour'" in capsys.readouterr().err
+    assert cli.main(["report", "--data-dir", str(tmp_path / "missing")]) == 2
+    assert cli.main(["report", "--data-dir", str(tmp_path), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "team,requests,input_tokens,output_tokens,cost_usd,saved_usd,unpriced"
+
+
+def test_malformed_date_is_refused(tmp_path: Path, capsys) -> None:
+    import pytest
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["report", "--data-dir", str(tmp_path), "--since", "28/11/2026"])
+    assert exited.value.code == 2
+    assert "is not a date (YYYY-MM-DD)" in capsys.readouterr().err
