@@ -71,3 +71,22 @@ def test_malformed_date_is_refused(tmp_path: Path, capsys) -> None:
         cli.main(["report", "--data-dir", str(tmp_path), "--since", "28/11/2026"])
     assert exited.value.code == 2
     assert "is not a date (YYYY-MM-DD)" in capsys.readouterr().err
+
+
+def test_check_and_price(tmp_path: Path, capsys) -> None:
+    (tmp_path / "budgets.json").write_text('{"budgets": [{"team": "ml", "monthly_limit": -5}]}')
+    (tmp_path / "pricing.json").write_text('{"models": {"acme-llm": {"input_mtok": 1, "output_mtok": 2}}}')
+    assert cli.main(["check", "--data-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "budgets.json: budgets[0] (team ml): monthly_limit must be a non-negative number",
+        "routing.json: absent (off)",
+        "pricing.json: ok",
+    ]
+    assert cli.main(["price", "acme-llm", "--data-dir", str(tmp_path)]) == 0
+    assert "acme-llm: pricing.json" in capsys.readouterr().out
+    assert cli.main(["price", "claude-sonnet-4-5", "--data-dir", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert "genai-prices (anthropic claude-sonnet-4-5)" in shown
+    assert "input_mtok: 3 (above 200000 input tokens: 6)" in shown
+    assert cli.main(["price", "no-such-model", "--data-dir", str(tmp_path)]) == 1
