@@ -37,8 +37,7 @@ class Endpoint:
     injects_usage: bool = False
 
     def error_body(self, error_type: str, message: str) -> dict[str, Any]:
-        shape = anthropic.error_body if self.provider == anthropic.NAME else openai.error_body
-        return shape(error_type, message)
+        return error_body(self.provider, error_type, message)
 
 
 _ENDPOINTS = (
@@ -78,6 +77,24 @@ _MODELS = "/v1/models"
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,255}")
 
 
+def provider_by_auth(headers: Headers) -> str:
+    """
+    The provider a caller speaks to, by its auth header style: C{x-api-key} or
+    C{anthropic-version} mean Anthropic.
+    """
+    if headers.hasHeader(b"x-api-key") or headers.hasHeader(b"anthropic-version"):
+        return anthropic.NAME
+    return openai.NAME
+
+
+def error_body(provider: str, error_type: str, message: str) -> dict[str, Any]:
+    """
+    An error in the provider's own shape.
+    """
+    shape = anthropic.error_body if provider == anthropic.NAME else openai.error_body
+    return shape(error_type, message)
+
+
 def match(method: bytes, path: str, headers: Headers) -> tuple[Endpoint, str] | None:
     """
     The endpoint serving C{method path}, with the path to send upstream, or L{None}.
@@ -99,10 +116,7 @@ def match(method: bytes, path: str, headers: Headers) -> tuple[Endpoint, str] | 
         path = _MODELS  # one model: GET /v1/models/{id}
     if provider is None:
         if path == _MODELS:
-            anthropic_style = headers.hasHeader(b"x-api-key") or headers.hasHeader(
-                b"anthropic-version"
-            )
-            provider = anthropic.NAME if anthropic_style else openai.NAME
+            provider = provider_by_auth(headers)
         else:
             provider = anthropic.NAME if path in _ANTHROPIC_ONLY_PATHS else openai.NAME
     endpoint = _BY_ROUTE.get((provider, method, path))

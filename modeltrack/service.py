@@ -82,7 +82,6 @@ class ModeltrackService(Service):
         self.resource = ProxyResource(
             upstreams=upstreams,
             journal=self.journal,
-            prices=prices,
             gate=self.gate,
             stats=self.stats,
             readiness=self.readiness,

@@ -154,7 +154,6 @@ class Harness:
         self.resource = ProxyResource(
             upstreams=upstreams,
             journal=self.journal,  # type: ignore[arg-type]
-            prices=prices,
             gate=self.gate,
             stats=self.stats,
             readiness=self.readiness,

@@ -11,7 +11,6 @@ from typing import Any
 
 import anthropic
 import openai
-import pytest
 import pytest_twisted
 from twisted.logger import formatEvent, globalLogPublisher
 

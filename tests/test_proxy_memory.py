@@ -300,7 +300,7 @@ def test_a_pricing_failure_records_the_event_unpriced(monkeypatch) -> None:
     def broken(*args: object) -> None:
         raise RuntimeError("price data bug")
 
-    monkeypatch.setattr(h.resource.prices, "price", broken)
+    monkeypatch.setattr(h.gate.prices, "price", broken)
     _, transport = h.send("POST", "/v1/chat/completions", CHAT)
     response = FakeResponse(200, JSON)
     h.agent.calls[0].deferred.callback(response)

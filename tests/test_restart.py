@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-import os
 import signal
 import socket
 import subprocess

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.fakes import ANTHROPIC_USAGE, CHAT_USAGE, RESPONSES_USAGE
+from tests.fakes import ANTHROPIC_USAGE, RESPONSES_USAGE
 
 OPENAI_KEY = "sk-test-openai-0123456789"
 ANTHROPIC_KEY = "sk-ant-test-0123456789"

@@ -31,8 +31,7 @@ from modeltrack import events, routes
 from modeltrack.controls.cache import Entry
 from modeltrack.controls.gate import NO_TICKET, Gate
 from modeltrack.journal import Journal
-from modeltrack.pricing import UNPRICED, Price, PriceBook
-from modeltrack.providers import anthropic
+from modeltrack.pricing import UNPRICED, Price
 from modeltrack.providers.meter import BodyMeter, RelayOnly
 from modeltrack.stats import Stats
 from modeltrack.usage import Reading, text
@@ -72,8 +71,7 @@ class ProxyResource(Resource):
         *,
         upstreams: dict[str, Upstream],
         journal: Journal,
-        prices: PriceBook,
-        gate: Gate | None = None,
+        gate: Gate,
         stats: Stats,
         readiness: Readiness,
         clock: IReactorTime,
@@ -83,8 +81,7 @@ class ProxyResource(Resource):
         super().__init__()
         self.upstreams = upstreams
         self.journal = journal
-        self.prices = prices
-        self.gate = gate or Gate(prices)
+        self.gate = gate
         self.stats = stats
         self.readiness = readiness
         self.clock = clock
@@ -152,12 +149,8 @@ def _error(request: Request, code: int, error_type: str, message: str) -> bytes:
     An error from the proxy itself, in the shape of the provider the caller speaks to
     (guessed from its auth headers when no route matched).
     """
-    headers = request.requestHeaders
-    if headers.hasHeader(b"x-api-key") or headers.hasHeader(b"anthropic-version"):
-        body = anthropic.error_body(error_type, message)
-    else:
-        body = {"error": {"message": message, "type": error_type, "param": None, "code": None}}
-    return json_response(request, code, body)
+    provider = routes.provider_by_auth(request.requestHeaders)
+    return json_response(request, code, routes.error_body(provider, error_type, message))
 
 
 @implementer(IPushProducer)
@@ -499,7 +492,7 @@ class Exchange(Protocol):
         price = _NO_USAGE
         if reading.usage is not None:
             try:
-                price = resource.prices.price(
+                price = resource.gate.prices.price(
                     self.endpoint.provider, model, reading.usage, reading.price_context, when
                 )
             except Exception:
