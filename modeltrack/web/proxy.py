@@ -88,6 +88,9 @@ class ProxyResource(Resource):
         self.timeouts = timeouts
         self.max_body = max_body
         self.in_flight: set[Exchange] = set()
+        #: Every request from its first line to its end, so a drain also waits for
+        #: one still arriving (it has no exchange yet).
+        self.open_requests: set[Request] = set()
         #: Set when a stop begins: every response then closes its connection.
         self.draining = False
         self._drain_waiters: list[Deferred[None]] = []
@@ -97,7 +100,7 @@ class ProxyResource(Resource):
         Fires once every exchange in flight has ended; those still running after
         C{seconds} are aborted (each recorded with outcome C{shutdown}).
         """
-        if not self.in_flight:
+        if not self.in_flight and not self.open_requests:
             return succeed(None)
         drained: Deferred[None] = Deferred()
         self._drain_waiters.append(drained)
@@ -113,10 +116,27 @@ class ProxyResource(Resource):
     def _abort_all(self) -> None:
         for exchange in list(self.in_flight):
             exchange.abort()
+        for request in list(self.open_requests):
+            if request.channel is not None:
+                request.channel.transport.abortConnection()
+        # Torn down: their connections are going, whenever the transport gets to it.
+        self.open_requests.clear()
+        self._check_drained()
+
+    def track(self, request: Request) -> None:
+        self.open_requests.add(request)
+        request.notifyFinish().addBoth(self._untrack, request)
+
+    def _untrack(self, result: object, request: Request) -> None:
+        self.open_requests.discard(request)
+        self._check_drained()
 
     def forget(self, exchange: Exchange) -> None:
         self.in_flight.discard(exchange)
-        if not self.in_flight and self._drain_waiters:
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if not self.in_flight and not self.open_requests and self._drain_waiters:
             waiters, self._drain_waiters = self._drain_waiters, []
             for waiter in waiters:
                 waiter.callback(None)

@@ -29,6 +29,11 @@ class ProxyRequest(server.Request):
     too_large = False
     started = 0.0
 
+    def __init__(self, channel: object, *args: object, **kwargs: object) -> None:
+        super().__init__(channel, *args, **kwargs)
+        # From its first line on, so a stop waits for a request still arriving.
+        channel.site.resource.track(self)  # type: ignore[attr-defined]
+
     def gotLength(self, length: int | None) -> None:
         site: ProxySite = self.channel.site
         self.started = site.clock.seconds()
