@@ -6,6 +6,11 @@ The C{modeltrack} command: reads a data dir (no proxy needs to run).
     modeltrack price  MODEL [--provider openai|anthropic] [--data-dir DIR]
     modeltrack report [--data-dir DIR] [--since DATE] [--until DATE] [--month YYYY-MM]
                       [--by team,app,feature,model,provider,day] [--format table|csv|json]
+    modeltrack sessions [--data-dir DIR] [--top N] [--since DATE] [--until DATE] [--month YYYY-MM]
+                        [--format table|csv|json]
+
+Every command that reads events first brings the index up to date, with a progress bar
+on a terminal when there is much to read.
 
 Exit codes: 0 done, 1 a config file has problems (check) or a model has no price
 (price), 2 bad arguments or a missing data dir.
@@ -48,23 +53,38 @@ def _month(value: str) -> tuple[str, str]:
     return first.isoformat(), following.isoformat()
 
 
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return int(value)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="modeltrack", description="Reports from a modeltrack data dir.")
     commands = top.add_subparsers(dest="command", required=True)
     for name, helptext in (
         ("index", "bring the SQLite index up to date"),
         ("report", "spend per group"),
+        ("sessions", "the most expensive sessions"),
         ("check", "validate budgets.json, routing.json and pricing.json"),
         ("price", "the per-million-token prices a model is charged at, and where they come from"),
     ):
         command = commands.add_parser(name, help=helptext)
         command.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MODELTRACK_DATA_DIR") or "data"))
-    report = commands.choices["report"]
-    report.add_argument("--since", type=_day, help="first day, inclusive (YYYY-MM-DD)")
-    report.add_argument("--until", type=_day, help="last day, exclusive (YYYY-MM-DD)")
-    report.add_argument("--month", type=_month, help="a calendar month (YYYY-MM)")
-    report.add_argument("--by", default="team", help="group keys, comma-separated: " + ",".join(index.GROUP_KEYS))
-    report.add_argument("--format", choices=("table", "csv", "json"), default="table")
+        if name in ("index", "report", "sessions"):
+            command.add_argument(
+                "--progress", action=argparse.BooleanOptionalAction, default=None,
+                help="show a progress bar while indexing (default: on a terminal, when over 4 MiB are new)",
+            )
+        if name in ("report", "sessions"):
+            command.add_argument("--since", type=_day, help="first day, inclusive (YYYY-MM-DD)")
+            command.add_argument("--until", type=_day, help="last day, exclusive (YYYY-MM-DD)")
+            command.add_argument("--month", type=_month, help="a calendar month (YYYY-MM)")
+            command.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    commands.choices["report"].add_argument(
+        "--by", default="team", help="group keys, comma-separated: " + ",".join(index.GROUP_KEYS)
+    )
+    commands.choices["sessions"].add_argument("--top", type=_count, default=20, help="how many sessions (default 20)")
     price = commands.choices["price"]
     price.add_argument("model")
     price.add_argument("--provider", choices=("openai", "anthropic"), default=None)
@@ -80,22 +100,54 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.data_dir)
     if args.command == "price":
         return show_price(args.data_dir, args.model, args.provider)
+    if args.command == "report":
+        by = [key for key in args.by.split(",") if key]
+        try:
+            index.check_keys(by)
+        except ValueError as e:
+            print(f"modeltrack: --by: {e}", file=sys.stderr)
+            return 2
     db = index.connect(args.data_dir)
-    read = index.update(db, args.data_dir)
+    read = update_with_progress(db, args.data_dir, args.progress)
     if args.command == "index":
         print(f"indexed {read} event lines")
         return 0
     since, until = args.since, args.until
     if args.month:
         since, until = args.month
-    by = [key for key in args.by.split(",") if key]
-    try:
-        rows = index.report(db, by, since, until)
-    except ValueError as e:
-        print(f"modeltrack: --by: {e}", file=sys.stderr)
-        return 2
-    sys.stdout.write(render(rows, by, args.format))
+    if args.command == "sessions":
+        rows = index.sessions(db, args.top, since, until)
+        if args.format != "json":
+            for row in rows:
+                row["models"] = " ".join(row["models"])
+                row["teams"] = " ".join(row["teams"])
+        columns = ["session_id", "teams", "models", "first_call", "duration_seconds", *TOTAL_COLUMNS]
+        sys.stdout.write(render(rows, columns, args.format))
+        return 0
+    rows = index.report(db, by, since, until)
+    sys.stdout.write(render(rows, by + TOTAL_COLUMNS, args.format))
     return 0
+
+
+#: New bytes above which a terminal gets a progress bar.
+PROGRESS_BYTES = 4 << 20
+
+
+def update_with_progress(db: Any, data_dir: Path, show: bool | None) -> int:
+    if show is None:
+        show = sys.stderr.isatty() and sum(size - offset for _, _, offset, size, _ in index.pending(db, data_dir)) > PROGRESS_BYTES
+    if not show:
+        return index.update(db, data_dir)
+    read = index.update(db, data_dir, _progress_bar)
+    sys.stderr.write("\n")
+    return read
+
+
+def _progress_bar(done: int, total: int) -> None:
+    fraction = done / total if total else 1.0
+    filled = int(fraction * 30)
+    sys.stderr.write(f"\rindexing [{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {done >> 20}/{total >> 20} MiB")
+    sys.stderr.flush()
 
 
 def check(data_dir: Path) -> int:
@@ -147,13 +199,15 @@ def show_price(data_dir: Path, model: str, provider: str | None) -> int:
     return 0
 
 
-def render(rows: list[dict[str, Any]], by: list[str], form: str) -> str:
+TOTAL_COLUMNS = ["requests", "input_tokens", "output_tokens", "cost_usd", "saved_usd", "unpriced"]
+
+
+def render(rows: list[dict[str, Any]], columns: list[str], form: str) -> str:
     if form == "json":
         return json.dumps(rows, indent=1) + "\n"
-    columns = by + ["requests", "input_tokens", "output_tokens", "cost_usd", "saved_usd", "unpriced"]
     if form == "csv":
         out = io.StringIO()
-        writer = csv.DictWriter(out, columns)
+        writer = csv.DictWriter(out, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         return out.getvalue()

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from modeltrack.journal import LIVE_NAME
 
@@ -109,41 +110,113 @@ def _whole_lines(path: Path, offset: int) -> Iterator[tuple[bytes, int]]:
             yield line, offset
 
 
-def update(db: sqlite3.Connection, data_dir: Path) -> int:
+#: Rows written per transaction: bounds memory on a large segment.
+_BATCH = 5_000
+
+
+def pending(db: sqlite3.Connection, data_dir: Path) -> list[tuple[Path, int, int, int, bool]]:
     """
-    Bring the index up to date with the event log; returns how many lines were read.
-    Run it off the reactor thread (SQLite and file I/O block).
+    What an update would read: (file, inode, offset to start at, size, sealed) for
+    each file with something new, oldest first.
     """
     known = {name: (inode, offset, sealed) for name, inode, offset, sealed in db.execute("SELECT * FROM sources")}
-    read = 0
-    files = sorted(data_dir.glob("events-*.jsonl")) + [data_dir / LIVE_NAME]
-    for path in files:
-        if not path.exists():
-            continue
-        sealed = path.name != LIVE_NAME
-        inode = os.stat(path).st_ino
+    work = []
+    for path in sorted(data_dir.glob("events-*.jsonl")) + [data_dir / LIVE_NAME]:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            continue  # sealed between the listing and now: found as a segment next time
         previous = known.get(path.name)
         if previous is not None and previous[2]:
             continue  # a sealed segment never changes
-        offset = previous[1] if previous is not None and previous[0] == inode else 0
-        rows = []
-        for line, offset_after in _whole_lines(path, offset):
-            try:
-                rows.append(_row(json.loads(line)))
-            except (ValueError, KeyError):
-                pass  # not an event line; skipped, never fatal
-            offset = offset_after
-            read += 1
-        with db:
-            db.executemany(_INSERT, rows)
-            db.execute(
-                "INSERT OR REPLACE INTO sources (name, inode, offset, sealed) VALUES (?, ?, ?, ?)",
-                (path.name, inode, offset, int(sealed)),
-            )
+        offset = previous[1] if previous is not None and previous[0] == stat.st_ino else 0
+        if stat.st_size > offset or previous is None:
+            work.append((path, stat.st_ino, offset, stat.st_size, path.name != LIVE_NAME))
+    return work
+
+
+def update(
+    db: sqlite3.Connection, data_dir: Path, progress: Callable[[int, int], None] | None = None
+) -> int:
+    """
+    Bring the index up to date with the event log; returns how many lines were read.
+    C{progress(done, total)} is told the bytes read so far. Run it off the reactor
+    thread (SQLite and file I/O block).
+    """
+    work = pending(db, data_dir)
+    total = sum(size - offset for _, _, offset, size, _ in work)
+    done = read = 0
+    for path, inode, offset, _, sealed in work:
+        rows: list[tuple[Any, ...]] = []
+        start = offset
+        try:
+            for line, offset_after in _whole_lines(path, offset):
+                try:
+                    rows.append(_row(json.loads(line)))
+                except (ValueError, KeyError, TypeError):
+                    pass  # not an event line; skipped, never fatal
+                offset = offset_after
+                read += 1
+                if len(rows) >= _BATCH:
+                    _commit(db, rows, path.name, inode, offset, False)
+                    rows = []
+                    if progress is not None:
+                        progress(done + offset - start, total)
+        except FileNotFoundError:
+            continue  # the live file was sealed under us: read as a segment next time
+        _commit(db, rows, path.name, inode, offset, sealed)
+        done += offset - start
+        if progress is not None:
+            progress(done, total)
     return read
 
 
+def _commit(db: sqlite3.Connection, rows: list[tuple[Any, ...]], name: str, inode: int, offset: int, sealed: bool) -> None:
+    with db:
+        db.executemany(_INSERT, rows)
+        db.execute(
+            "INSERT OR REPLACE INTO sources (name, inode, offset, sealed) VALUES (?, ?, ?, ?)",
+            (name, inode, offset, int(sealed)),
+        )
+
+
 GROUP_KEYS = {"team": "team", "app": "app", "feature": "feature", "model": "model", "provider": "provider", "day": "day"}
+
+
+_TOTALS = "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_pico), SUM(saved_pico), SUM(1 - priced)"
+
+
+def _usd(pico: int | None) -> str:
+    return str(Decimal(pico or 0) / PICO)
+
+
+def _totals(record: tuple[Any, ...]) -> dict[str, Any]:
+    requests, tokens_in, tokens_out, cost, saved, unpriced = record
+    return {
+        "requests": requests,
+        "input_tokens": tokens_in or 0,
+        "output_tokens": tokens_out or 0,
+        "cost_usd": _usd(cost),
+        "saved_usd": _usd(saved),
+        "unpriced": unpriced or 0,
+    }
+
+
+def _between(since: str | None, until: str | None) -> tuple[str, list[str]]:
+    where, params = [], []
+    if since:
+        where.append("day >= ?")
+        params.append(since)
+    if until:
+        where.append("day < ?")
+        params.append(until)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
+def check_keys(by: list[str]) -> None:
+    for key in by:
+        if key not in GROUP_KEYS:
+            raise ValueError(f"unknown --by key {key!r}: use {', '.join(GROUP_KEYS)}")
 
 
 def report(
@@ -152,41 +225,50 @@ def report(
     """
     Spend per group between C{since} (inclusive) and C{until} (exclusive), both
     YYYY-MM-DD; each row has its group keys and requests, tokens, cost_usd, saved_usd,
-    unpriced.
+    unpriced. The CLI, the admin API and the dashboard all read through here.
     """
-    for key in by:
-        if key not in GROUP_KEYS:
-            raise ValueError(f"unknown --by key {key!r}: use {', '.join(GROUP_KEYS)}")
+    check_keys(by)
     columns = [GROUP_KEYS[key] for key in by]
-    where, params = [], []
-    if since:
-        where.append("day >= ?")
-        params.append(since)
-    if until:
-        where.append("day < ?")
-        params.append(until)
-    select = ", ".join(columns + [
-        "COUNT(*)", "SUM(input_tokens)", "SUM(output_tokens)", "SUM(cost_pico)",
-        "SUM(saved_pico)", "SUM(1 - priced)",
-    ])
-    query = f"SELECT {select} FROM events"
-    if where:
-        query += " WHERE " + " AND ".join(where)
+    where, params = _between(since, until)
+    query = f"SELECT {', '.join(columns + [_TOTALS])} FROM events{where}"
     if columns:
-        query += f" GROUP BY {', '.join(columns)} ORDER BY SUM(cost_pico) DESC"
+        query += f" GROUP BY {', '.join(columns)} ORDER BY SUM(cost_pico) DESC, {', '.join(columns)}"
     rows = []
     for record in db.execute(query, params):
-        keys = dict(zip(by, record[: len(by)]))
-        requests, tokens_in, tokens_out, cost, saved, unpriced = record[len(by):]
-        if not requests:
-            continue
+        totals = _totals(record[len(by):])
+        if totals["requests"]:
+            rows.append({**dict(zip(by, record[: len(by)])), **totals})
+    return rows
+
+
+def sessions(
+    db: sqlite3.Connection, top: int, since: str | None = None, until: str | None = None
+) -> list[dict[str, Any]]:
+    """
+    The C{top} most expensive sessions: their calls, models, first and last call and
+    duration in seconds, with the same totals as L{report}.
+    """
+    where, params = _between(since, until)
+    where = (where + " AND" if where else " WHERE") + " session_id IS NOT NULL"
+    query = (
+        f"SELECT session_id, GROUP_CONCAT(DISTINCT model), GROUP_CONCAT(DISTINCT team), "
+        f"MIN(timestamp), MAX(timestamp), {_TOTALS} FROM events{where} "
+        f"GROUP BY session_id ORDER BY SUM(cost_pico) DESC, session_id LIMIT ?"
+    )
+    rows = []
+    for session, models, teams, first, last, *totals in db.execute(query, [*params, top]):
+        started, ended = _instant(first), _instant(last)
         rows.append({
-            **keys,
-            "requests": requests,
-            "input_tokens": tokens_in or 0,
-            "output_tokens": tokens_out or 0,
-            "cost_usd": str(Decimal(cost or 0) / PICO),
-            "saved_usd": str(Decimal(saved or 0) / PICO),
-            "unpriced": unpriced or 0,
+            "session_id": session,
+            "models": sorted((models or "").split(",")) if models else [],
+            "teams": sorted(teams.split(",")) if teams else [],
+            "first_call": first,
+            "last_call": last,
+            "duration_seconds": round((ended - started).total_seconds(), 3),
+            **_totals(tuple(totals)),
         })
     return rows
+
+
+def _instant(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))

@@ -9,6 +9,8 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from modeltrack import cli, index
 from modeltrack.journal import SegmentFile
 
@@ -90,3 +92,42 @@ def test_check_and_price(tmp_path: Path, capsys) -> None:
     assert "genai-prices (anthropic claude-sonnet-4-5)" in shown
     assert "input_mtok: 3 (above 200000 input tokens: 6)" in shown
     assert cli.main(["price", "no-such-model", "--data-dir", str(tmp_path)]) == 1
+
+
+def session_event(n: int, session: str, model: str, cost: str, second: int) -> bytes:
+    record = json.loads(event(n, "ml", cost))
+    record.update(session_id=session, model=model, timestamp=f"2026-11-27T10:{second // 60:02d}:{second % 60:02d}.000000Z")
+    return json.dumps(record).encode() + b"\n"
+
+
+def test_sessions_command(tmp_path: Path, capsys) -> None:
+    (tmp_path / "events.jsonl").write_bytes(
+        session_event(1, "cheap", "gpt-4o-mini", "0.001", 0)
+        + session_event(2, "dear", "gpt-4o", "0.5", 10)
+        + session_event(3, "dear", "gpt-4o-mini", "0.25", 130)
+        + session_event(4, "middle", "gpt-4o", "0.1", 5)
+    )
+    assert cli.main(["sessions", "--data-dir", str(tmp_path), "--top", "2", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["session_id"], r["requests"], r["cost_usd"]) for r in rows] == [("dear", 2, "0.75"), ("middle", 1, "0.1")]
+    assert rows[0]["models"] == ["gpt-4o", "gpt-4o-mini"] and rows[0]["duration_seconds"] == 120.0
+    assert cli.main(["sessions", "--data-dir", str(tmp_path), "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("session_id,teams,models,first_call,duration_seconds,requests")
+    assert lines[1].startswith("dear,ml,gpt-4o gpt-4o-mini,2026-11-27T10:00:10.000000Z,120.0,2,")
+    with pytest.raises(SystemExit):
+        cli.main(["sessions", "--data-dir", str(tmp_path), "--top", "0"])
+    assert "is not a positive whole number" in capsys.readouterr().err
+
+
+def test_index_progress_bar(tmp_path: Path, capsys) -> None:
+    (tmp_path / "events.jsonl").write_bytes(b"".join(event(n, "ml", "0.001") for n in range(12_000)))
+    assert cli.main(["index", "--data-dir", str(tmp_path), "--progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "indexed 12000 event lines\n"
+    steps = captured.err.strip("\n").split("\r")[1:]
+    assert len(steps) == 3  # two full batches, then the end of the file
+    assert steps[-1].startswith("indexing [" + "#" * 30 + "] 100%")
+    assert " 41%" in steps[0] or " 42%" in steps[0]
+    assert cli.main(["index", "--data-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr() == ("indexed 0 event lines\n", "")  # not a terminal, nothing new: no bar
