@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -71,8 +71,8 @@ _COLUMNS = (
 _INSERT = f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
-def connect(data_dir: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(data_dir / DB_NAME)
+def connect(data_dir: Path, check_same_thread: bool = True) -> sqlite3.Connection:
+    db = sqlite3.connect(data_dir / DB_NAME, check_same_thread=check_same_thread)
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(SCHEMA)
     return db
@@ -272,3 +272,77 @@ def sessions(
 
 def _instant(timestamp: str) -> datetime:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+
+
+def month_bounds(day: date) -> tuple[str, str]:
+    """
+    The first day of C{day}'s month and of the next, as YYYY-MM-DD.
+    """
+    first = day.replace(day=1)
+    following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+    return first.isoformat(), following.isoformat()
+
+
+def summary(db: sqlite3.Connection, today: date) -> dict[str, Any]:
+    """
+    Spend today and this month (UTC), per day of the month, and a month-end projection
+    at this month's daily average so far; read through L{report} like every other figure.
+    """
+    first, following = month_bounds(today)
+    days = report(db, ["day"], first, following)
+    days.sort(key=lambda row: row["day"])
+    month = report(db, [], first, following)
+    empty = _totals((0, 0, 0, 0, 0, 0))
+    month_totals = month[0] if month else empty
+    today_totals = next((row for row in days if row["day"] == today.isoformat()), empty)
+    days_in_month = (date.fromisoformat(following) - date.fromisoformat(first)).days
+    projection = Decimal(month_totals["cost_usd"]) / today.day * days_in_month
+    return {
+        "today": today.isoformat(),
+        "month": first[:7],
+        "today_totals": {k: v for k, v in today_totals.items() if k != "day"},
+        "month_totals": month_totals,
+        "projected_month_usd": str(projection.quantize(Decimal("0.000001"))),
+        "by_day": days,
+    }
+
+
+def recent(data_dir: Path, limit: int) -> list[dict[str, Any]]:
+    """
+    The last C{limit} events of the log, newest first, read from the end of the live
+    file and then of the newest segments.
+    """
+    found: list[dict[str, Any]] = []
+    for path in [data_dir / LIVE_NAME] + sorted(data_dir.glob("events-*.jsonl"), reverse=True):
+        for line in _last_lines(path, limit - len(found)):
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+        if len(found) >= limit:
+            break
+    return found
+
+
+def _last_lines(path: Path, count: int, block: int = 1 << 16) -> list[bytes]:
+    """
+    Up to C{count} whole lines from the end of C{path}, last first.
+    """
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return []
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        position, tail = end, b""
+        while position > 0:
+            position = max(0, position - block)
+            f.seek(position)
+            tail = f.read(end - position)
+            if tail.count(b"\n") > count:
+                break
+    lines = tail.split(b"\n")
+    lines.pop()  # after the last newline: empty, or a line still being written
+    if position > 0:
+        lines.pop(0)  # may have started before the block read
+    return [line for line in reversed(lines) if line][:count]

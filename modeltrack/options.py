@@ -20,6 +20,7 @@ from modeltrack.journal import FSYNC_POLICIES
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_OPENAI_URL = "https://api.openai.com"
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
+DEFAULT_ADMIN_LISTEN = "tcp:8081:interface=127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ class Settings:
     cache_ttl: float = 3600.0
     config_poll_seconds: float = 2.0
     log_format: str = "text"
+    #: None: no admin listener (tests and embedders build one only when asked).
+    admin_listen: str | None = None
+    admin_token: bytes | None = None
+    admin_token_file: Path | None = None
+    alert_webhook: str | None = None
+    index_seconds: float = 10.0
 
 
 class ConfigError(Exception):
@@ -88,6 +95,10 @@ class Options(usage.Options):
         ["cache-ttl", None, "3600", "Seconds a cached answer is served."],
         ["log-format", None, "text", "text (one line per event: time, namespace, level, message) or json (one JSON object per line, for log shippers)."],
         ["config-poll-seconds", None, "2", "How often budgets.json, routing.json and pricing.json are checked for changes."],
+        ["admin-listen", None, None, f"Twisted endpoint for the admin API, /metrics and the dashboard, or 'none' [env MODELTRACK_ADMIN_LISTEN, default {DEFAULT_ADMIN_LISTEN}]. Anything but loopback needs --admin-token-file."],
+        ["admin-token-file", None, None, "File holding the admin bearer token (re-read on SIGHUP) [env MODELTRACK_ADMIN_TOKEN_FILE]."],
+        ["alert-webhook", None, None, "URL to POST a JSON alert (Slack-compatible 'text') to when a budget passes its warning percent or its limit [env MODELTRACK_ALERT_WEBHOOK]."],
+        ["index-seconds", None, "10", "How often the SQLite index catches up with the event log (the admin API also catches up before each answer)."],
     ]
 
     def __init__(self) -> None:
@@ -160,6 +171,9 @@ def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
         cache_ttl=_positive(options, "cache-ttl"),
         config_poll_seconds=_positive(options, "config-poll-seconds"),
         log_format=_check_log_format(options["log-format"]),
+        **_check_admin(options, environ, listen + listen_tls),
+        alert_webhook=_check_webhook(options["alert-webhook"] or environ.get("MODELTRACK_ALERT_WEBHOOK") or None),
+        index_seconds=_positive(options, "index-seconds"),
     )
 
 
@@ -173,19 +187,23 @@ def _positive(options: usage.Options, name: str, allow_zero: bool = False) -> fl
     return value
 
 
-def _check_endpoint(description: str) -> None:
+def _check_endpoint(description: str, option: str = "--listen") -> None:
     from twisted.internet import endpoints, reactor
 
     try:
         endpoints.serverFromString(reactor, description)
     except Exception as e:
-        raise ConfigError(f"--listen: {description!r} is not a usable endpoint: {e}") from None
+        raise ConfigError(f"{option}: {description!r} is not a usable endpoint: {e}") from None
 
 
-def _check_url(option: str, url: str) -> str:
+def _check_url(option: str, url: str, keep_query: bool = False) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{option}: {url!r} is not an http:// or https:// URL")
+    if keep_query:
+        # A webhook URL often carries its secret in its path or query (Slack's do): it
+        # is used as given, and never logged.
+        return url
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ConfigError(f"{option}: {url!r} must not carry credentials, a query or a fragment")
     return url.rstrip("/")
@@ -230,3 +248,66 @@ def _check_log_format(value: str) -> str:
     if value not in ("text", "json"):
         raise ConfigError(f"--log-format: {value!r} is not one of text, json")
     return value
+
+
+def _check_admin(options: usage.Options, environ: dict[str, str], proxy_listen: tuple[str, ...]) -> dict[str, object]:
+    listen = options["admin-listen"] or environ.get("MODELTRACK_ADMIN_LISTEN") or DEFAULT_ADMIN_LISTEN
+    if listen.lower() == "none":
+        return {"admin_listen": None}
+    _check_endpoint(listen, "--admin-listen")
+    if listen in proxy_listen:
+        raise ConfigError(f"--admin-listen: {listen!r} is also a proxy listener; the admin side needs its own")
+    token_file = options["admin-token-file"] or environ.get("MODELTRACK_ADMIN_TOKEN_FILE") or None
+    token = None
+    if token_file is not None:
+        token = read_token(Path(token_file))
+    elif not is_loopback(listen):
+        raise ConfigError(
+            f"--admin-listen: {listen!r} is reachable from other hosts; give --admin-token-file, or listen on 127.0.0.1"
+        )
+    return {
+        "admin_listen": listen,
+        "admin_token": token,
+        "admin_token_file": None if token_file is None else Path(token_file).resolve(),
+    }
+
+
+def read_token(path: Path) -> bytes:
+    """
+    The admin token in C{path}, without surrounding whitespace; refused if short.
+    """
+    try:
+        token = path.read_bytes().strip()
+    except OSError as e:
+        raise ConfigError(f"--admin-token-file: {str(path)!r} cannot be read: {e.strerror or e}") from None
+    if len(token) < 16 or any(byte < 33 or byte > 126 for byte in token):
+        raise ConfigError(f"--admin-token-file: {str(path)!r} must hold one token of 16 or more printable characters")
+    return token
+
+
+def is_loopback(description: str) -> bool:
+    """
+    Whether an endpoint only accepts connections from this host: TCP bound to a
+    loopback address, or a UNIX socket. Anything else (all interfaces, systemd:,
+    ssl:...) counts as reachable.
+    """
+    import ipaddress
+    import re
+
+    fields = [field.replace("\\:", ":") for field in re.split(r"(?<!\\):", description)]
+    kind = fields[0].lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6"):
+        return False
+    interface = next((f.partition("=")[2] for f in fields[1:] if f.startswith("interface=")), "")
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_webhook(url: str | None) -> str | None:
+    return None if url is None else _check_url("--alert-webhook", url, keep_query=True)

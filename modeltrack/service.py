@@ -21,13 +21,18 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
 
+from modeltrack.admin.api import AdminAPI
+from modeltrack.admin.site import admin_site
+from modeltrack.alerts import BudgetAlerts
 from modeltrack.controls.budgets import BudgetLedger
 from modeltrack.controls.cache import ResponseCache, load_secret, load_snapshot, write_atomically
 from modeltrack.controls.files import ControlFiles
 from modeltrack.controls.gate import Gate
 from modeltrack.controls.spendlog import rebuild
+from modeltrack.indexer import Indexer
 from modeltrack.journal import Journal
-from modeltrack.options import Settings
+from modeltrack.metrics import Metrics
+from modeltrack.options import ConfigError, Settings, read_token
 from modeltrack.pricing import PriceBook
 from modeltrack.sdnotify import notify
 from modeltrack.providers import anthropic, openai
@@ -77,8 +82,20 @@ class ModeltrackService(Service):
                 ttl=settings.cache_ttl,
                 sampled=settings.cache_sampled,
             )
-        self.gate = Gate(prices, BudgetLedger(), None, cache)
+        alerts = None
+        if settings.alert_webhook is not None:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent
+
+            alerts = BudgetAlerts(settings.alert_webhook, HTTPClient(Agent(reactor)), reactor)
+        self.gate = Gate(prices, BudgetLedger(), None, cache, alerts)
         self.control_files = ControlFiles(settings.data_dir, self.gate)
+        self.indexer = Indexer(settings.data_dir, reactor, settings.index_seconds)
+        self.metrics = Metrics(self.journal, self.gate, reactor)
+        self.admin = None
+        if settings.admin_listen is not None:
+            api = AdminAPI(self.indexer, self.gate, settings.data_dir, reactor)
+            self.admin = admin_site(api, self.metrics, settings.admin_token)
         self.resource = ProxyResource(
             upstreams=upstreams,
             journal=self.journal,
@@ -90,6 +107,7 @@ class ModeltrackService(Service):
                 settings.connect_timeout, settings.headers_timeout, settings.idle_timeout
             ),
             max_body=settings.max_body,
+            metrics=self.metrics,
         )
         self.site = ProxySite(self.resource, reactor, settings.max_body, settings.access_log)
         self.tls = None
@@ -113,6 +131,9 @@ class ModeltrackService(Service):
         self.control_files.reload(force=True)
         now = datetime.fromtimestamp(self._reactor.seconds(), timezone.utc)
         rebuild(self.gate.ledger, self.settings.data_dir, now.strftime("%Y-%m"))
+        if self.gate.alerts is not None:
+            self.gate.alerts.seed(self.gate.ledger, now.date().isoformat())
+        self.indexer.start()
         if self.gate.cache is not None:
             load_snapshot(self.gate.cache, self._cache_path)
             self._snapshots = LoopingCall(self._save_cache)
@@ -136,6 +157,10 @@ class ModeltrackService(Service):
             if tls:
                 endpoint = endpoints.wrapServerTLS(self.tls, endpoint)
             listening.append(endpoint.listen(self.site).addCallback(self.ports.append))
+        self.admin_port: Any = None
+        if self.admin is not None:
+            endpoint = endpoints.serverFromString(self._reactor, self.settings.admin_listen)
+            listening.append(endpoint.listen(self.admin).addCallback(self._admin_listening))
         self._early_failure: str | None = None
         gatherResults(listening, consumeErrors=True).addCallbacks(
             self._listening, self._listen_failed
@@ -145,12 +170,17 @@ class ModeltrackService(Service):
             sys.stderr.write(f"modeltrack: --listen: {self._early_failure}\n")
             raise SystemExit(1)
 
+    def _admin_listening(self, port: Any) -> None:
+        self.admin_port = port
+
     def _listening(self, _: object) -> None:
         self.readiness.listening = True
         # Listening and the event log open: tell systemd (Type=notify) we are ready.
         notify(b"READY=1\nMAINPID=%d" % os.getpid())
         for port in self.ports:
             log.info("modeltrack listening on {address}", address=str(port.getHost()))
+        if self.admin_port is not None:
+            log.info("Admin API, /metrics and dashboard on {address}", address=str(self.admin_port.getHost()))
 
     def _listen_failed(self, failure: Any) -> None:
         error = getattr(failure.value, "subFailure", failure).getErrorMessage()
@@ -186,6 +216,12 @@ class ModeltrackService(Service):
         self.control_files.reload(force=True)
         if self.tls is not None:
             self.tls.reload()
+        token_file = self.settings.admin_token_file
+        if self.admin is not None and token_file is not None:
+            try:
+                self.admin.resource.set_token(read_token(token_file))
+            except ConfigError as e:
+                log.error("Admin token not reloaded, the previous one stays: {problem}", problem=str(e))
 
     def _poll(self) -> None:
         self.control_files.reload()
@@ -211,10 +247,13 @@ class ModeltrackService(Service):
         self.readiness.listening = False
         self.resource.draining = True
         self.site.close_idle_connections()
-        d: Deferred[Any] = DeferredList([port.stopListening() or succeed(None) for port in self.ports])
+        ports = self.ports + ([self.admin_port] if self.admin_port is not None else [])
+        d: Deferred[Any] = DeferredList([port.stopListening() or succeed(None) for port in ports])
         self.ports = []
+        self.admin_port = None
         d.addCallback(lambda _: self.resource.drain(self.settings.drain_seconds))
         d.addCallback(lambda _: self.journal.stop())
+        d.addCallback(lambda _: self.indexer.stop())
         if self.gate.cache is not None:
             d.addCallback(lambda _: self._save_cache())
         d.addCallback(lambda _: DeferredList([pool.closeCachedConnections() for pool in self._pools]))

@@ -43,6 +43,10 @@ class Proxy:
                 lines += [json.loads(line) for line in path.read_text().splitlines()]
         return lines
 
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.service.admin_port.getHost().port}"
+
     def flushed(self) -> Deferred[None]:
         return self.service.journal.flush()
 

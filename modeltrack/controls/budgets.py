@@ -137,6 +137,14 @@ class BudgetLedger:
                 return budget
         return None
 
+    def matching(self, team: str | None, app: str | None, feature: str | None) -> list[Budget]:
+        """
+        Every budget a call with these labels counts toward.
+        """
+        if not team:
+            return []
+        return [budget for budget in self._budgets if budget.matches(team, app, feature)]
+
     def standing(self, budget: Budget, day: str) -> tuple[Decimal, Decimal, Decimal]:
         """
         Spend, open reservations, and their sum as a percentage of the limit.

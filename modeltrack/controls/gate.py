@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.web.http_headers import Headers
 
+from modeltrack.alerts import BudgetAlerts
 from modeltrack.controls.budgets import Admission, BudgetLedger, day_of
 from modeltrack.controls.cache import Entry, ResponseCache
 from modeltrack.controls.routing import Routing, RoutingStats, Rule
@@ -70,8 +71,10 @@ class Gate:
         ledger: BudgetLedger | None = None,
         routing: Routing | None = None,
         cache: ResponseCache | None = None,
+        alerts: BudgetAlerts | None = None,
     ) -> None:
         self.prices = prices
+        self.alerts = alerts
         self.ledger = ledger or BudgetLedger()
         self.routing = routing
         self.routing_stats = RoutingStats()
@@ -135,6 +138,8 @@ class Gate:
             ticket.admission = self.ledger.admit(budget, estimate, day)
             if ticket.admission.status == "blocked":
                 spend = ticket.admission.spend
+                if self.alerts is not None:
+                    self.alerts.announce(budget, budget.period_of(day), "limit", spend)
                 ticket.refusal = (
                     "budget_exceeded",
                     f"budget for {budget.scope} would be exceeded: limit {budget.limit} USD "
@@ -177,7 +182,10 @@ class Gate:
         """
         self.ledger.release(ticket.admission)
         if price.cost_usd:
-            self.ledger.spend(labels["team"], labels["app"], labels["feature"], day_of(now), price.cost_usd)
+            day = day_of(now)
+            self.ledger.spend(labels["team"], labels["app"], labels["feature"], day, price.cost_usd)
+            if self.alerts is not None:
+                self.alerts.check(self.ledger, labels["team"], labels["app"], labels["feature"], day)
         if ticket.hit is not None:
             return Decimal(ticket.hit.cost_usd) if ticket.hit.cost_usd is not None else None
         if ticket.routed_from and usage is not None and price.cost_usd is not None and ticket.rule:

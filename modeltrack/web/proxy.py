@@ -77,6 +77,7 @@ class ProxyResource(Resource):
         clock: IReactorTime,
         timeouts: Timeouts = Timeouts(),
         max_body: int,
+        metrics: Any = None,
     ) -> None:
         super().__init__()
         self.upstreams = upstreams
@@ -87,6 +88,8 @@ class ProxyResource(Resource):
         self.clock = clock
         self.timeouts = timeouts
         self.max_body = max_body
+        #: L{modeltrack.metrics.Metrics}, when an admin listener serves them.
+        self.metrics = metrics
         self.in_flight: set[Exchange] = set()
         #: Every request from its first line to its end, so a drain also waits for
         #: one still arriving (it has no exchange yet).
@@ -200,6 +203,7 @@ class Exchange(Protocol):
         self.meter: Any = RelayOnly()
         self.status = 0
         self._ttfb: float | None = None
+        self._forwarded: float | None = None
         self._pending: Any = None
         self._timer: Any = None
         self._done = False
@@ -239,6 +243,7 @@ class Exchange(Protocol):
         query = request.uri.partition(b"?")[2]
         target = self._upstream_path.encode("latin-1") + (b"?" + query if query else b"")
         upstream = resource.upstreams[self.endpoint.provider]
+        self._forwarded = resource.clock.seconds()
         self._timer = resource.clock.callLater(resource.timeouts.headers, self._timed_out)
         self._pending = upstream.request(
             request.method, target, for_upstream(request.requestHeaders), body
@@ -544,6 +549,9 @@ class Exchange(Protocol):
         event.update(ticket.event_fields(saved))
         resource.journal.append(events.encode(event))
         resource.stats.record(event, price.cost_usd)
+        if resource.metrics is not None:
+            overhead = None if self._forwarded is None else self._forwarded - self.started
+            resource.metrics.observe(event, price.cost_usd, saved, overhead)
         resource.forget(self)
 
     def _cancel_timer(self) -> None:

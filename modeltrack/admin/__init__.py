@@ -1,0 +1,3 @@
+"""
+The admin side: its own listener with the JSON API, /metrics and the dashboard.
+"""

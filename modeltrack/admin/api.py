@@ -1,0 +1,99 @@
+"""
+The admin JSON API: C{/api/summary}, C{/api/spend}, C{/api/sessions}, C{/api/budgets},
+C{/api/events}. Spend figures come from L{modeltrack.index}, the same queries as the
+C{modeltrack} command, run on the index thread.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+
+from modeltrack import index
+
+#: Most events C{/api/events} returns.
+MOST_EVENTS = 1000
+
+
+class BadQuery(ValueError):
+    """
+    A query argument that cannot be used; the message names it.
+    """
+
+
+class AdminAPI:
+    """
+    @param indexer: L{modeltrack.indexer.Indexer}.
+    @param gate: the controls, for the budgets' ledger.
+    """
+
+    def __init__(self, indexer: Any, gate: Any, data_dir: Any, clock: Any) -> None:
+        self._indexer = indexer
+        self._gate = gate
+        self._data_dir = data_dir
+        self._clock = clock
+
+    def answer(self, name: str, args: dict[bytes, list[bytes]]) -> Deferred[Any] | None:
+        """
+        The body for C{/api/NAME}, or L{None} if there is no such endpoint. Raises
+        L{BadQuery}.
+        """
+        handler = getattr(self, "_" + name, None) if name in ("summary", "spend", "sessions", "budgets", "events") else None
+        if handler is None:
+            return None
+        query = {key.decode("utf-8", "replace"): values[-1].decode("utf-8", "replace") for key, values in args.items()}
+        return handler(query)
+
+    def _today(self) -> date:
+        return datetime.fromtimestamp(self._clock.seconds(), timezone.utc).date()
+
+    def _summary(self, query: dict[str, str]) -> Deferred[Any]:
+        today = self._today()
+        return self._indexer.query(lambda db: index.summary(db, today))
+
+    def _spend(self, query: dict[str, str]) -> Deferred[Any]:
+        by = [key for key in query.get("by", "team").split(",") if key]
+        try:
+            index.check_keys(by)
+        except ValueError as e:
+            raise BadQuery(f"by: {e}") from None
+        since, until = _day(query, "since"), _day(query, "until")
+        return self._indexer.query(lambda db: index.report(db, by, since, until))
+
+    def _sessions(self, query: dict[str, str]) -> Deferred[Any]:
+        top = _whole(query, "top", 20, 1000)
+        since, until = _day(query, "since"), _day(query, "until")
+        return self._indexer.query(lambda db: index.sessions(db, top, since, until))
+
+    def _budgets(self, query: dict[str, str]) -> Deferred[Any]:
+        ledger = self._gate.ledger
+        return succeed({
+            "budgets": ledger.report(self._today().isoformat()),
+            "open_reservations_usd": str(ledger.open_reservations()),
+        })
+
+    def _events(self, query: dict[str, str]) -> Deferred[Any]:
+        limit = _whole(query, "limit", 100, MOST_EVENTS)
+        data_dir = self._data_dir
+        return self._indexer.query(lambda db: index.recent(data_dir, limit))
+
+
+def _day(query: dict[str, str], name: str) -> str | None:
+    value = query.get(name)
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise BadQuery(f"{name}: {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _whole(query: dict[str, str], name: str, default: int, most: int) -> int:
+    value = query.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= most:
+        raise BadQuery(f"{name}: {value!r} is not a whole number from 1 to {most}")
+    return int(value)
