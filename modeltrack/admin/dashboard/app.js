@@ -48,8 +48,8 @@ function monthBounds(month) {
   return [month + "-01", following + "-01"];
 }
 
-function card(label, value, id) {
-  return el("div", { class: "card", id }, el("div", { class: "label" }, label), el("div", { class: "value" }, value));
+function card(label, value) {
+  return el("div", { class: "card" }, el("div", { class: "label" }, label), el("div", { class: "value" }, value));
 }
 
 // A table of spend rows (the report's shape) with a footer of exact totals.
@@ -118,11 +118,11 @@ const pages = {
     return [
       el("h2", {}, `Overview: ${summary.month}`),
       el("div", { class: "cards" },
-        card("Spend today", usd(summary.today_totals.cost_usd), "spend-today"),
-        card("Month to date", usd(month.cost_usd), "spend-month"),
-        card("Month-end projection", usd(summary.projected_month_usd), "projection"),
-        card("Requests this month", String(month.requests), "requests-month"),
-        card("Saved by cache and routing", usd(month.saved_usd), "saved-month")),
+        card("Spend today", usd(summary.today_totals.cost_usd, { id: "spend-today" })),
+        card("Month to date", usd(month.cost_usd, { id: "spend-month" })),
+        card("Month-end projection", usd(summary.projected_month_usd, { id: "projection" })),
+        card("Requests this month", el("span", { id: "requests-month" }, String(month.requests))),
+        card("Saved by cache and routing", usd(month.saved_usd, { id: "saved-month" }))),
       dayChart(summary),
     ];
   },

@@ -1,0 +1,171 @@
+"""
+The dashboard in a real browser: headless Chromium (Debian's) loads each page from the
+admin listener over a seeded data dir; the totals it shows must equal the SQLite totals,
+and each page is saved as a screenshot under tests/output/dashboard/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.utils import getProcessOutputAndValue
+
+from tests.conftest import start_proxy
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+OUTPUT = Path(__file__).parent / "output" / "dashboard"
+PICO = Decimal(10) ** 12
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by tools/install-test-tools.sh")
+
+
+def seed(data_dir: Path, today: date) -> None:
+    """
+    A month of calls by three teams, two apps and models, a few sessions, some unpriced
+    calls, and last month's calls that no page of this month may count.
+    """
+    lines = []
+    costs = ["0.00472", "0.0123", "1.5", "0.000731", None]
+    n = 0
+    for day in range(1, today.day + 1):
+        for k in range(3 + day % 4):
+            n += 1
+            cost = costs[n % len(costs)]
+            lines.append(event(n, today.replace(day=day), k, cost))
+    previous = today.replace(day=1) - timedelta(days=1)
+    for k in range(4):
+        n += 1
+        lines.append(event(n, previous, k, "9.99"))
+    lines.sort(key=lambda e: e["timestamp"])
+    (data_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    (data_dir / "budgets.json").write_text(json.dumps({"budgets": [
+        {"team": "research", "monthly_limit": 1, "action": "block"},
+        {"team": "web", "monthly_limit": 1000, "action": "warn"},
+    ]}))
+
+
+def event(n: int, day: date, k: int, cost: str | None) -> dict[str, Any]:
+    team = ("research", "web", "support")[n % 3]
+    return {
+        "timestamp": f"{day.isoformat()}T{8 + k:02d}:{n % 60:02d}:00.000000Z", "request_id": f"mt_{n:06d}",
+        "provider": "anthropic" if n % 2 else "openai", "endpoint": "/v1/messages" if n % 2 else "/v1/chat/completions",
+        "model": "claude-sonnet-4-5" if n % 2 else ("gpt-4o" if cost else "acme-private-llm"),
+        "team": team, "app": ("chat", "search")[n % 2], "feature": ("answer", "summarise", None)[n % 3],
+        "session_id": f"session-{n % 7}" if n % 5 else None, "outcome": "ok",
+        "input_tokens": 1000 + n, "output_tokens": 200 + n, "cache_read_tokens": 0, "cache_write_tokens": 0,
+        "reasoning_tokens": 0, "cost_usd": None if cost is None else float(cost), "priced": cost is not None,
+        "saved_usd": 0.001 if n % 11 == 0 else None, "cache_hit": n % 11 == 0, "latency_ms": 12.5,
+    }
+
+
+class Found(HTMLParser):
+    """
+    Elements by id (their attributes and text), and what else a check needs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self.bars = 0
+        self._open: list[dict[str, Any]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "rect" and "data-day" in attributes:
+            self.bars += 1
+        element = {"tag": tag, **attributes, "text": ""}
+        if "id" in attributes:
+            self.by_id[attributes["id"] or ""] = element
+        self._open.append(element)
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._open and self._open.pop()["tag"] != tag:
+            pass
+
+    def handle_data(self, data: str) -> None:
+        for element in self._open:
+            element["text"] += data
+
+
+async def chromium(*args: str) -> str:
+    # Spawned by the reactor, which keeps serving the admin listener meanwhile.
+    out, err, code = await getProcessOutputAndValue(
+        CHROMIUM,
+        ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000", *args],
+    )
+    assert code == 0, err.decode()[-2000:]
+    return out.decode()
+
+
+def sqlite_sum(db: sqlite3.Connection, where: str, *params: str) -> tuple[Decimal, int, int]:
+    cost, requests, unpriced = db.execute(
+        f"SELECT SUM(cost_pico), COUNT(*), SUM(1 - priced) FROM events WHERE {where}", params
+    ).fetchone()
+    return Decimal(cost or 0) / PICO, requests, unpriced or 0
+
+
+def shown(found: Found, element_id: str) -> Decimal:
+    element = found.by_id[element_id]
+    assert element["text"].strip().endswith("$" + element["data-usd"])  # what is read is what is shown
+    return Decimal(element["data-usd"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_page_shows_the_sqlite_totals(reactor: Any, tmp_path: Path) -> None:
+    today = datetime.now(timezone.utc).date()
+    seed(tmp_path, today)
+    proxy = start_proxy(reactor, tmp_path, "http://127.0.0.1:9", admin_listen="tcp:0:interface=127.0.0.1")
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    profile = tmp_path / "chromium-profile"
+    try:
+        pages = {}
+        for page in ("overview", "teams", "apps", "models", "sessions", "budgets"):
+            url = f"{proxy.admin_url}/#{page}"
+            dom = await chromium(f"--user-data-dir={profile}", "--dump-dom", url)
+            await chromium(f"--user-data-dir={profile}", "--window-size=1280,900", f"--screenshot={OUTPUT / page}.png", url)
+            assert (OUTPUT / f"{page}.png").stat().st_size > 10_000
+            found = Found()
+            found.feed(dom)
+            assert found.by_id["page"]["data-state"] == "ready", dom[-3000:]
+            assert found.by_id["page"]["data-page"] == page
+            pages[page] = found
+
+        # The proxy's index, read directly: the figures every page must show.
+        db = sqlite3.connect(tmp_path / "modeltrack.db")
+        first = today.replace(day=1).isoformat()
+        following = (today.replace(day=28) + timedelta(days=4)).replace(day=1).isoformat()
+        month_cost, month_requests, month_unpriced = sqlite_sum(db, "day >= ? AND day < ?", first, following)
+        today_cost = sqlite_sum(db, "day = ?", today.isoformat())[0]
+        sessions_cost = sqlite_sum(db, "day >= ? AND day < ? AND session_id IS NOT NULL", first, following)[0]
+        assert month_unpriced > 0 and month_cost > 0 and today_cost > 0
+
+        overview = pages["overview"]
+        assert shown(overview, "spend-today") == today_cost
+        assert shown(overview, "spend-month") == month_cost
+        days_in_month = (date.fromisoformat(following) - date.fromisoformat(first)).days
+        projection = (month_cost / today.day * days_in_month).quantize(Decimal("0.000001"))
+        assert shown(overview, "projection") == projection
+        assert overview.by_id["requests-month"]["text"].strip().endswith(str(month_requests))
+        assert overview.bars == days_in_month
+        for page in ("teams", "apps", "models"):
+            assert shown(pages[page], "total-cost") == month_cost, page
+            assert pages[page].by_id["total-requests"]["text"] == str(month_requests)
+        assert shown(pages["sessions"], "total-cost") == sessions_cost
+        for found in pages.values():  # the unpriced calls are called out on every page
+            banner = found.by_id["unpriced"]
+            assert "hidden" not in banner and banner["text"].startswith(f"{month_unpriced} calls this month had no known price")
+        budgets_page = pages["budgets"].by_id["page"]["text"]
+        research_spend = sqlite_sum(db, "team = 'research' AND day >= ? AND day < ?", first, following)[0]
+        assert f"${research_spend}" in budgets_page and "blocked" in budgets_page  # past its 1 USD limit
+        assert "team=web" in budgets_page
+    finally:
+        await proxy.service.stopService()
