@@ -173,6 +173,7 @@ class Harness:
             "--openai-url", f"http://127.0.0.1:{openai.port}",
             "--anthropic-url", f"http://127.0.0.1:{anthropic.port}",
             "--data-dir", str(data_dir),
+            "--admin-listen", "tcp:0:interface=127.0.0.1",  # on, as users run it
         ]
         return self.start("modeltrack", argv, port, {"PYTHONPATH": str(REPO)})
 

@@ -127,13 +127,14 @@ class ModeltrackService(Service):
 
     def startService(self) -> None:
         _raise_open_files_limit()
-        self.journal.start()
         self.control_files.reload(force=True)
         now = datetime.fromtimestamp(self._reactor.seconds(), timezone.utc)
+        # Before the journal starts: its thread may seal a live file left from an
+        # earlier day, and a file renamed under the scan would be missed.
         rebuild(self.gate.ledger, self.settings.data_dir, now.strftime("%Y-%m"))
+        self.journal.start()
         if self.gate.alerts is not None:
             self.gate.alerts.seed(self.gate.ledger, now.date().isoformat())
-        self.indexer.start()
         if self.gate.cache is not None:
             load_snapshot(self.gate.cache, self._cache_path)
             self._snapshots = LoopingCall(self._save_cache)
@@ -174,6 +175,9 @@ class ModeltrackService(Service):
         self.admin_port = port
 
     def _listening(self, _: object) -> None:
+        # Started only once listening: a failed start leaves no thread behind to
+        # keep the process from exiting.
+        self.indexer.start()
         self.readiness.listening = True
         # Listening and the event log open: tell systemd (Type=notify) we are ready.
         notify(b"READY=1\nMAINPID=%d" % os.getpid())

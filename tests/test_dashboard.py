@@ -45,8 +45,12 @@ def seed(data_dir: Path, today: date) -> None:
     for k in range(4):
         n += 1
         lines.append(event(n, previous, k, "9.99"))
-    lines.sort(key=lambda e: e["timestamp"])
-    (data_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    # As the journal leaves them: a sealed segment per earlier day, today's in the live file.
+    for e in sorted(lines, key=lambda e: e["timestamp"]):
+        day = e["timestamp"][:10]
+        name = "events.jsonl" if day == today.isoformat() else f"events-{day.replace('-', '')}T000000.000000Z.jsonl"
+        with open(data_dir / name, "a") as f:
+            f.write(json.dumps(e) + "\n")
     (data_dir / "budgets.json").write_text(json.dumps({"budgets": [
         {"team": "research", "monthly_limit": 1, "action": "block"},
         {"team": "web", "monthly_limit": 1000, "action": "warn"},

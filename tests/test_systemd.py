@@ -27,7 +27,7 @@ TWISTD = str(Path(sys.executable).parent / "twistd")
 
 def test_units_verify(tmp_path: Path) -> None:
     """
-    systemd-analyze verify on every unit and the TLS drop-in, with the install path
+    systemd-analyze verify on every unit and the TLS and admin token drop-ins, with the install path
     pointing at this venv (verify checks that ExecStart's program exists).
     """
     venv = str(Path(sys.executable).parent.parent)
@@ -36,7 +36,8 @@ def test_units_verify(tmp_path: Path) -> None:
         (tmp_path / unit.name).write_text(text)
     dropins = tmp_path / "modeltrack.service.d"
     dropins.mkdir()
-    (dropins / "tls.conf").write_text((REPO / "systemd" / "tls.conf").read_text().replace("/opt/modeltrack/venv", venv))
+    for dropin in ("tls.conf", "admin-token.conf"):
+        (dropins / dropin).write_text((REPO / "systemd" / dropin).read_text().replace("/opt/modeltrack/venv", venv))
     units = sorted(str(p) for p in tmp_path.glob("modeltrack.*") if p.is_file())
     assert len(units) == 2
     # The unit path makes verify read the drop-in directory too (a trailing ":" keeps

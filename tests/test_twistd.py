@@ -26,6 +26,8 @@ def environment(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELTRACK_")}
     # The source tree first: its twisted/plugins and modeltrack are what is tested.
     env["PYTHONPATH"] = str(REPO)
+    # Each instance's admin listener on a port of its own, so instances never collide.
+    env["MODELTRACK_ADMIN_LISTEN"] = "tcp:0:interface=127.0.0.1"
     env.update(extra)
     return env
 
