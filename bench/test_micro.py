@@ -72,3 +72,21 @@ def test_serialising_one_event(benchmark) -> None:
         return events.encode(event)
 
     benchmark(build)
+
+
+def test_counting_one_event_for_metrics(benchmark) -> None:
+    from decimal import Decimal
+
+    from modeltrack.controls.gate import Gate
+    from modeltrack.journal import Journal
+    from modeltrack.metrics import Metrics
+
+    metrics = Metrics(Journal.__new__(Journal), Gate(PriceBook()), None)
+    reading = Reading(USAGE, "claude-sonnet-4-5-20250929", {}, True)
+    event = events.cost_event(
+        timestamp=WHEN, request_id="mt_0123456789abcdef01234567", provider="anthropic",
+        endpoint="/v1/messages", requested_model="claude-sonnet-4-5", streaming=True,
+        status_code=200, outcome="ok", reading=reading, price=PRICE,
+        latency_ms=812.5, ttfb_ms=210.25, labels={**events.NO_LABELS, "team": "ml"},
+    )
+    benchmark(metrics.observe, event, Decimal("0.0123"), None, 0.0002)

@@ -77,6 +77,7 @@ class Metrics:
             buckets=_OVERHEAD_BUCKETS,
             registry=self.registry,
         )
+        self._histograms: dict[str, tuple[Any, Any]] = {}
         self.registry.register(self)
 
     def observe(self, event: dict[str, Any], cost: Decimal | None, saved: Decimal | None, overhead: float | None) -> None:
@@ -102,9 +103,12 @@ class Metrics:
         if saved:
             reason = "cache" if event["cache_hit"] else "routing"
             self._saved[reason] += saved
-        self._duration.labels(provider).observe(event["latency_ms"] / 1000)
+        histograms = self._histograms.get(provider)
+        if histograms is None:  # .labels() takes a lock and builds a key: once per provider
+            histograms = self._histograms[provider] = (self._duration.labels(provider), self._overhead.labels(provider))
+        histograms[0].observe(event["latency_ms"] / 1000)
         if overhead is not None:
-            self._overhead.labels(provider).observe(overhead)
+            histograms[1].observe(overhead)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

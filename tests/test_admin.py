@@ -267,3 +267,21 @@ def test_alert_delivery_retries_with_backoff() -> None:
     stub.flush()
     assert len(flaky.seen) == 3 and not alerts.pending and not clock.getDelayedCalls()
     assert flaky.seen[0] == flaky.seen[2] and flaky.seen[0]["percent"] == 90.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_rereads_the_token_file(reactor: Any, tmp_path: Path, upstream: Any) -> None:
+    token_file = tmp_path / "admin-token"
+    token_file.write_bytes(TOKEN)
+    proxy = start_proxy(reactor, tmp_path, upstream.url, admin_listen=ADMIN, admin_token=TOKEN, admin_token_file=token_file)
+    url = proxy.admin_url + "/api/budgets"
+    try:
+        token_file.write_bytes(b"renewed-token-fedcba9876543210\n")
+        proxy.service._reload_on_signal()  # what SIGHUP leads to, on the reactor thread
+        assert (await get(url, headers={"Authorization": "Bearer " + TOKEN.decode()}))[0] == 401
+        assert (await get(url, headers={"Authorization": "Bearer renewed-token-fedcba9876543210"}))[0] == 200
+        token_file.write_bytes(b"x")  # unusable: the renewed token stays
+        proxy.service._reload_on_signal()
+        assert (await get(url, headers={"Authorization": "Bearer renewed-token-fedcba9876543210"}))[0] == 200
+    finally:
+        await proxy.service.stopService()
