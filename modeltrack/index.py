@@ -112,8 +112,6 @@ def _whole_lines(path: Path, offset: int) -> Iterator[tuple[bytes, int]]:
 
 #: Rows written per transaction: bounds memory on a large segment.
 _BATCH = 5_000
-#: Lines parsed between two pauses of an update inside the proxy (about 1 ms of work).
-_PAUSE_EVERY = 50
 
 
 def pending(db: sqlite3.Connection, data_dir: Path) -> list[tuple[Path, int, int, int, bool]]:
@@ -141,12 +139,11 @@ def update(
     db: sqlite3.Connection,
     data_dir: Path,
     progress: Callable[[int, int], None] | None = None,
-    pause: Callable[[], None] | None = None,
 ) -> int:
     """
     Bring the index up to date with the event log; returns how many lines were read.
-    C{progress(done, total)} is told the bytes read so far; C{pause()} is called every
-    L{_PAUSE_EVERY} lines. Run it off the reactor thread (SQLite and file I/O block).
+    C{progress(done, total)} is told the bytes read so far. Run it off the reactor
+    thread (SQLite and file I/O block).
     """
     work = pending(db, data_dir)
     total = sum(size - offset for _, _, offset, size, _ in work)
@@ -162,8 +159,6 @@ def update(
                     pass  # not an event line; skipped, never fatal
                 offset = offset_after
                 read += 1
-                if pause is not None and read % _PAUSE_EVERY == 0:
-                    pause()
                 if len(rows) >= _BATCH:
                     _commit(db, rows, path.name, inode, offset, False)
                     rows = []

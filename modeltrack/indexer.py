@@ -8,7 +8,6 @@ Nothing here runs SQLite or file I/O on the reactor thread.
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -52,7 +51,7 @@ class Indexer:
         """
         def run() -> T:
             db = self._connection()
-            index.update(db, self._data_dir, pause=_let_the_reactor_run)
+            index.update(db, self._data_dir)
             return read(db)
 
         return deferToThreadPool(self._reactor, self._pool, run)
@@ -68,11 +67,3 @@ class Indexer:
         d.addErrback(lambda failure: log.failure("Could not update the SQLite index", failure))
         return d
 
-
-def _let_the_reactor_run() -> None:
-    """
-    Parsing events holds the GIL; without a pause the reactor thread would wait for it
-    up to the interpreter's switch interval (5 ms) at a time, a stall every busy proxy
-    would feel. A short sleep hands the GIL over at once.
-    """
-    time.sleep(0.0005)

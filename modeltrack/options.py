@@ -6,7 +6,9 @@ option, before anything listens.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -291,9 +293,6 @@ def is_loopback(description: str) -> bool:
     loopback address, or a UNIX socket. Anything else (all interfaces, systemd:,
     ssl:...) counts as reachable.
     """
-    import ipaddress
-    import re
-
     fields = [field.replace("\\:", ":") for field in re.split(r"(?<!\\):", description)]
     kind = fields[0].lower()
     if kind == "unix":

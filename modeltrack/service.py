@@ -91,9 +91,11 @@ class ModeltrackService(Service):
         self.gate = Gate(prices, BudgetLedger(), None, cache, alerts)
         self.control_files = ControlFiles(settings.data_dir, self.gate)
         self.indexer = Indexer(settings.data_dir, reactor, settings.index_seconds)
-        self.metrics = Metrics(self.journal, self.gate, reactor)
+        # Counted only when the admin listener can serve them: a few microseconds a call.
+        self.metrics = None
         self.admin = None
         if settings.admin_listen is not None:
+            self.metrics = Metrics(self.journal, self.gate, reactor)
             api = AdminAPI(self.indexer, self.gate, settings.data_dir, reactor)
             self.admin = admin_site(api, self.metrics, settings.admin_token)
         self.resource = ProxyResource(

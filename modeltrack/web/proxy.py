@@ -549,10 +549,10 @@ class Exchange(Protocol):
         event.update(ticket.event_fields(saved))
         resource.journal.append(events.encode(event))
         resource.stats.record(event, price.cost_usd)
+        resource.forget(self)
         if resource.metrics is not None:
             overhead = None if self._forwarded is None else self._forwarded - self.started
             resource.metrics.observe(event, price.cost_usd, saved, overhead)
-        resource.forget(self)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
