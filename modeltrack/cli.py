@@ -1,7 +1,7 @@
 """
 The C{modeltrack} command: reads a data dir (no proxy needs to run).
 
-    modeltrack index  [--data-dir DIR]
+    modeltrack index  [--data-dir DIR] [--follow SECONDS]
     modeltrack check  [--data-dir DIR]
     modeltrack price  MODEL [--provider openai|anthropic] [--data-dir DIR]
     modeltrack report [--data-dir DIR] [--since DATE] [--until DATE] [--month YYYY-MM]
@@ -59,6 +59,16 @@ def _count(value: str) -> int:
     return int(value)
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return seconds
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="modeltrack", description="Reports from a modeltrack data dir.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -75,6 +85,12 @@ def parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--progress", action=argparse.BooleanOptionalAction, default=None,
                 help="show a progress bar while indexing (default: on a terminal, when over 4 MiB are new)",
+            )
+        if name == "index":
+            command.add_argument(
+                "--follow", type=_seconds, metavar="SECONDS",
+                help="keep going: update every SECONDS, and at once for each line on stdin (answered "
+                "with a line on stdout once done) until stdin ends; the proxy runs its index this way",
             )
         if name in ("report", "sessions"):
             command.add_argument("--since", type=_day, help="first day, inclusive (YYYY-MM-DD)")
@@ -108,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"modeltrack: --by: {e}", file=sys.stderr)
             return 2
     db = index.connect(args.data_dir)
+    if args.command == "index" and args.follow:
+        os.nice(10)  # background work: whatever else runs here (the proxy) comes first
+        index.follow(db, args.data_dir, args.follow, sys.stdin.fileno(), sys.stdout.buffer)
+        return 0
     read = update_with_progress(db, args.data_dir, args.progress)
     if args.command == "index":
         print(f"indexed {read} event lines")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sqlite3
 from datetime import date, datetime
 from decimal import Decimal
@@ -180,6 +181,28 @@ def _commit(db: sqlite3.Connection, rows: list[tuple[Any, ...]], name: str, inod
             "INSERT OR REPLACE INTO sources (name, inode, offset, sealed) VALUES (?, ?, ?, ?)",
             (name, inode, offset, int(sealed)),
         )
+
+
+def follow(db: sqlite3.Connection, data_dir: Path, interval: float, requests: int, answers: Any) -> None:
+    """
+    Keep the index current until C{requests} (a file descriptor) reaches its end: an
+    update every C{interval} seconds, and one as soon as a request line arrives, after
+    which one answer line per request is written to C{answers}. Every request read
+    before an update started is answered after it, so the asker sees every event
+    written before it asked.
+    """
+    while True:
+        ready, _, _ = select.select([requests], [], [], interval)
+        asked = 0
+        if ready:
+            received = os.read(requests, 4096)
+            if not received:
+                return
+            asked = received.count(b"\n")
+        update(db, data_dir)
+        if asked:
+            answers.write(b"ok\n" * asked)
+            answers.flush()
 
 
 GROUP_KEYS = {"team": "team", "app": "app", "feature": "feature", "model": "model", "provider": "provider", "day": "day"}

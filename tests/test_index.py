@@ -10,8 +10,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
 
 from modeltrack import cli, index
+from modeltrack.indexer import Indexer
 from modeltrack.journal import SegmentFile
 
 
@@ -131,3 +134,50 @@ def test_index_progress_bar(tmp_path: Path, capsys) -> None:
     assert " 41%" in steps[0] or " 42%" in steps[0]
     assert cli.main(["index", "--data-dir", str(tmp_path)]) == 0
     assert capsys.readouterr() == ("indexed 0 event lines\n", "")  # not a terminal, nothing new: no bar
+
+
+def count(db) -> int:
+    return db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_indexer_child_answers_after_update_and_comes_back(tmp_path: Path) -> None:
+    """
+    The proxy's index runs in a child process (`modeltrack index --follow`): a query sees
+    every event written before it was asked; a child that dies is replaced; stopping
+    ends it.
+    """
+    from twisted.internet import reactor
+
+    indexer = Indexer(tmp_path, reactor, interval=0.05)
+    spawned: list[Deferred[None]] = []
+    spawn = indexer._spawn
+
+    def counting_spawn() -> None:
+        spawn()
+        if spawned:
+            spawned.pop().callback(None)
+
+    indexer._spawn = counting_spawn
+    indexer.start()
+    try:
+        with open(tmp_path / "events.jsonl", "ab") as f:
+            f.write(event(1, "ml", "0.1") + event(2, "ml", "0.2"))
+        assert await indexer.query(count) == 2
+        with open(tmp_path / "events.jsonl", "ab") as f:
+            f.write(event(3, "web", "0.3"))
+        assert await indexer.query(count) == 3
+
+        first = indexer._process
+        respawned: Deferred[None] = Deferred()
+        spawned.append(respawned)
+        first.transport.signalProcess("KILL")
+        await respawned.addTimeout(30, reactor)  # fails here if the child is not replaced
+        assert indexer._process is not first
+        with open(tmp_path / "events.jsonl", "ab") as f:
+            f.write(event(4, "web", "0.4"))
+        assert await indexer.query(count) == 4
+    finally:
+        process = indexer._process
+        await indexer.stop()
+    assert process.ended.called and indexer._pool.joined
