@@ -41,7 +41,7 @@ from modeltrack.web.proxy import ProxyResource, Timeouts
 from modeltrack.web.site import ProxySite
 from modeltrack.web.status import Readiness
 from modeltrack.web.tls import ReloadableServerTLS
-from modeltrack.web.upstream import Upstream, load_trust_root, make_agent, make_pool
+from modeltrack.web.upstream import OriginAgent, Upstream, load_trust_root, make_pool
 
 log = Logger()
 
@@ -69,7 +69,7 @@ class ModeltrackService(Service):
             pool = make_pool(reactor, settings.pool_size)
             self._pools.append(pool)
             upstreams[provider] = Upstream(
-                url, make_agent(reactor, pool, url, settings.connect_timeout, trust_root)
+                url, OriginAgent(reactor, pool, url, settings.connect_timeout, trust_root)
             )
         prices = PriceBook()
         cache = None

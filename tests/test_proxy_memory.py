@@ -320,10 +320,10 @@ def test_connect_timeout() -> None:
     from twisted.internet.testing import MemoryReactorClock
     from twisted.web.http_headers import Headers
 
-    from modeltrack.web.upstream import make_agent, make_pool
+    from modeltrack.web.upstream import OriginAgent, make_pool
 
     reactor = MemoryReactorClock()
-    make_agent(reactor, make_pool(reactor, 2), "http://127.0.0.1:9", 7).request(b"GET", b"http://127.0.0.1:9/", Headers())
+    OriginAgent(reactor, make_pool(reactor, 2), "http://127.0.0.1:9", 7).request(b"GET", b"http://127.0.0.1:9/", Headers())
     assert reactor.tcpClients[0][3] == 7
 
     h = Harness()
@@ -332,3 +332,64 @@ def test_connect_timeout() -> None:
     assert status_of(transport) == 504
     [event] = h.journal.events()
     assert event["outcome"] == "upstream_timeout"
+
+
+def test_origin_agent_one_write_host_header_and_one_origin() -> None:
+    """
+    The production agent writes the request head and an in-memory body in one write,
+    sets Host as Agent would (port only when not the default), and contacts no origin
+    but its own.
+    """
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+    from twisted.web.client import readBody
+    from twisted.web.http_headers import Headers
+
+    from modeltrack.web.upstream import BytesProducer, OriginAgent, make_pool
+
+    reactor = MemoryReactorClock()
+    agent = OriginAgent(reactor, make_pool(reactor, 2), "http://127.0.0.1:8080/base", 7)
+    headers = Headers({b"authorization": [b"Bearer k"]})
+    d = agent.request(b"POST", b"http://127.0.0.1:8080/base/v1/x?y=1", headers, BytesProducer(b'{"a":1}'))
+    _, _, factory, _, _ = reactor.tcpClients[0]
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    writes: list[bytes] = []  # one entry per write or writeSequence call
+    write = transport.write
+    transport.write = lambda data: (writes.append(data), write(data))  # type: ignore[method-assign]
+    transport.writeSequence = lambda seq: (writes.append(b"".join(seq)), write(b"".join(seq)))  # type: ignore[method-assign]
+    protocol.makeConnection(transport)
+    assert writes == [
+        b"POST /base/v1/x?y=1 HTTP/1.1\r\nContent-Length: 7\r\n"
+        b"Authorization: Bearer k\r\nHost: 127.0.0.1:8080\r\n\r\n{\"a\":1}"
+    ]
+    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    response = self_result(d)
+    assert response.code == 200 and self_result(readBody(response)) == b"ok"
+
+    refused = agent.request(b"GET", b"http://127.0.0.2:8080/v1/models", Headers())
+    assert isinstance(self_failure(refused).value, ValueError)
+    assert len(reactor.tcpClients) == 1
+    hosts = {
+        url: OriginAgent(reactor, make_pool(reactor, 2), url, 7)._host
+        for url in ("https://api.openai.com/v1", "https://api.example:8443", "http://[::1]:9", "http://[::1]")
+    }
+    assert hosts == {
+        "https://api.openai.com/v1": b"api.openai.com",
+        "https://api.example:8443": b"api.example:8443",
+        "http://[::1]:9": b"[::1]:9",
+        "http://[::1]": b"[::1]",
+    }
+
+
+def self_result(d):
+    results: list = []
+    d.addBoth(results.append)
+    assert results and not isinstance(results[0], Failure), results
+    return results[0]
+
+
+def self_failure(d):
+    results: list = []
+    d.addBoth(results.append)
+    assert results and isinstance(results[0], Failure), results
+    return results[0]

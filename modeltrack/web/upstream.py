@@ -1,5 +1,5 @@
 """
-Where one provider's calls go: an L{Agent} over a persistent connection pool, with the
+Where one provider's calls go: an L{OriginAgent} over a persistent connection pool, with the
 header hygiene of a reverse proxy.
 """
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (
@@ -20,15 +20,10 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
-)
+from twisted.web._newclient import Request
+from twisted.web.client import BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 #: RFC 9110 hop-by-hop headers: they describe one connection, never the next one.
@@ -92,15 +87,15 @@ def _strip(headers: Headers, names: frozenset[bytes], strip_ours: bool = False) 
 class BytesProducer:
     """
     A request body already in memory: its length is known, so it goes upstream with a
-    Content-Length in one write.
+    Content-Length, in the same write as the request head (see L{_OneWriteRequest}).
     """
 
     def __init__(self, body: bytes) -> None:
-        self._body = body
+        self.body = body
         self.length = len(body)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._body)
+        consumer.write(self.body)
         return succeed(None)
 
     def pauseProducing(self) -> None:
@@ -111,6 +106,27 @@ class BytesProducer:
 
     def stopProducing(self) -> None:
         pass
+
+
+class _OneWriteRequest(Request):
+    """
+    A request whose body is in memory goes out as one write of head and body. The
+    general path registers the body as a streaming producer behind a length-enforcing
+    consumer and a small state machine of Deferreds: about a tenth of the relay's CPU
+    time per call, for a body that is already whole.
+    """
+
+    def writeTo(self, transport: Any) -> Deferred[None]:
+        producer = self.bodyProducer
+        if not isinstance(producer, BytesProducer):
+            return super().writeTo(transport)
+        head = [b"%s %s HTTP/1.1\r\nContent-Length: %d\r\n" % (self.method, self.uri, producer.length)]
+        for name, values in self.headers.getAllRawHeaders():
+            head.extend([name + b": " + value + b"\r\n" for value in values])
+        head.append(b"\r\n")
+        head.append(producer.body)
+        transport.writeSequence(head)
+        return succeed(None)
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -155,16 +171,23 @@ class Upstream:
         return self._agent.request(method, self._base + path_and_query, headers, producer)
 
 
-@implementer(IAgentEndpointFactory)
-class OriginEndpoint:
+@implementer(IAgent)
+class OriginAgent:
     """
-    The endpoint of the one origin an upstream may contact, built once: the TLS client
-    context is made at start-up rather than per connection, and no request can reach
-    any other host.
+    An L{IAgent} for the one origin an upstream may contact, over a persistent pool:
+    the endpoint is built once (the TLS client context at start-up, not per
+    connection), and a request is sent without re-parsing its URI, copying its
+    headers or streaming a body that is already in memory. C{Agent} does all three
+    per call, which made the relay slower than a bare forwarder.
     """
 
     def __init__(
-        self, reactor: object, base_url: str, connect_timeout: float, trust_root: Any = None
+        self,
+        reactor: object,
+        pool: HTTPConnectionPool,
+        base_url: str,
+        connect_timeout: float,
+        trust_root: Any = None,
     ) -> None:
         """
         @param trust_root: the CAs an https origin's certificate must chain to (from
@@ -172,38 +195,50 @@ class OriginEndpoint:
             verified (service-identity).
         """
         parts = urlsplit(base_url)
-        self.scheme = parts.scheme.encode("ascii")
-        self.host = (parts.hostname or "").encode("idna")
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._origin = f"{parts.scheme}://{parts.netloc}".encode("ascii")
+        host = (parts.hostname or "").encode("idna")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        # The Host header, as Agent computes it: the port only when not the default.
+        self._host = b"[" + host + b"]" if isIPv6Address(parts.hostname or "") else host
+        if (parts.scheme, port) not in (("http", 80), ("https", 443)):
+            self._host += b":%d" % port
+        self._key = (parts.scheme.encode("ascii"), host, port)
+        self._pool = pool
         endpoint: IStreamClientEndpoint
         if isIPAddress(parts.hostname or ""):
-            endpoint = TCP4ClientEndpoint(reactor, parts.hostname, self.port, timeout=connect_timeout)
+            endpoint = TCP4ClientEndpoint(reactor, parts.hostname, port, timeout=connect_timeout)
         elif isIPv6Address(parts.hostname or ""):
-            endpoint = TCP6ClientEndpoint(reactor, parts.hostname, self.port, timeout=connect_timeout)
+            endpoint = TCP6ClientEndpoint(reactor, parts.hostname, port, timeout=connect_timeout)
         else:
             # A name: resolved per new connection (pooled connections are reused).
-            endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=connect_timeout)
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
         if parts.scheme == "https":
-            creator = BrowserLikePolicyForHTTPS(trust_root).creatorForNetloc(self.host, self.port)
+            creator = BrowserLikePolicyForHTTPS(trust_root).creatorForNetloc(host, port)
             endpoint = wrapClientTLS(creator, endpoint)
         self._endpoint = endpoint
 
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        if (uri.scheme, uri.host, uri.port) != (self.scheme, self.host, self.port):
-            raise ValueError("modeltrack only contacts its configured upstream origins")
-        return self._endpoint
-
-
-def make_agent(
-    reactor: object,
-    pool: HTTPConnectionPool,
-    base_url: str,
-    connect_timeout: float,
-    trust_root: Any = None,
-) -> IAgent:
-    return Agent.usingEndpointFactory(
-        reactor, OriginEndpoint(reactor, base_url, connect_timeout, trust_root), pool=pool
-    )
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        """
+        Send a request to this origin. C{headers} are the caller's to give away: the
+        C{Host} header is set in them, in place.
+        """
+        if not uri.startswith(self._origin + b"/"):
+            return fail(ValueError("modeltrack only contacts its configured upstream origins"))
+        if headers is None:
+            headers = Headers()
+        headers.setRawHeaders(b"host", [self._host])
+        try:
+            request = _OneWriteRequest(method, uri[len(self._origin):], headers, bodyProducer, persistent=True)
+        except ValueError:
+            return fail()
+        d = self._pool.getConnection(self._key, self._endpoint)
+        return d.addCallback(lambda protocol: protocol.request(request))
 
 
 def load_trust_root(path: Path) -> Any:
