@@ -190,6 +190,13 @@ class FakeUpstream(Resource):
         stream = params.get("stream") is True
         if requested == "hang":
             return NOT_DONE_YET
+        if requested == "short-body":
+            # Promises 1,000 bytes, sends 20, and drops the connection.
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"content-length", b"1000")
+            request.write(b'{"id":"cut","object"')
+            request.transport.loseConnection()
+            return NOT_DONE_YET
         if requested == "fail-429":
             error = (
                 {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}

@@ -209,3 +209,34 @@ async def test_stream_error_after_200(proxy: Any) -> None:
     assert event["error_type"] == "overloaded_error"
     assert event["usage_complete"] is False
     assert event["input_tokens"] == 120 + 2000 + 50000
+
+
+@pytest_twisted.ensureDeferred
+async def test_framing_length_kept_stream_chunked_truncation_visible(proxy: Any) -> None:
+    """
+    An answer relayed unchanged keeps the provider's Content-Length (one piece, no
+    chunk framing); a stream is chunked; an upstream body cut short of its length
+    reaches the client as a broken connection, never as a complete answer.
+    """
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    def post(model: str, stream: bool = False) -> tuple[dict[str, str], bytes]:
+        connection = http.client.HTTPConnection(urlsplit(proxy.url).netloc)
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Authorization": f"Bearer {OPENAI_KEY}"})
+        response = connection.getresponse()
+        try:
+            return {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    headers, body = await in_thread(post, "gpt-4o")
+    assert headers["content-length"] == str(len(body)) and "transfer-encoding" not in headers
+    headers, _ = await in_thread(post, "gpt-4o", True)
+    assert headers["transfer-encoding"] == "chunked" and "content-length" not in headers
+    with pytest.raises((http.client.IncompleteRead, ConnectionResetError)):
+        await in_thread(post, "short-body")
+    await proxy.flushed()
+    assert [e["outcome"] for e in proxy.events()] == ["ok", "ok", "upstream_unreachable"]

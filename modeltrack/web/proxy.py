@@ -37,6 +37,7 @@ from modeltrack.stats import Stats
 from modeltrack.usage import Reading, text
 from modeltrack.web.status import Readiness, json_response, render_status
 from modeltrack.web.upstream import Upstream, for_client, for_upstream
+from modeltrack.web.writethrough import after_sending
 
 log = Logger()
 
@@ -174,6 +175,11 @@ def _error(request: Request, code: int, error_type: str, message: str) -> bytes:
     """
     provider = routes.provider_by_auth(request.requestHeaders)
     return json_response(request, code, routes.error_body(provider, error_type, message))
+
+
+def _may_have_length(request: Request, code: int) -> bool:
+    # RFC 9110 8.6: never on 1xx or 204; a HEAD or 304 answer's length is not its body's.
+    return request.method != b"HEAD" and code not in (204, 304) and code >= 200
 
 
 @implementer(IPushProducer)
@@ -326,7 +332,11 @@ class Exchange(Protocol):
         self.status = response.code
         self.meter = self._meter_for(response)
         request.setResponseCode(response.code, response.phrase)
-        request.responseHeaders = for_client(response.headers, not self.meter.strips)
+        request.responseHeaders = for_client(response.headers)
+        if not self.meter.strips and isinstance(response.length, int) and _may_have_length(request, response.code):
+            # Twisted's client keeps Content-Length out of the headers. A body relayed
+            # unchanged keeps it: no chunk framing, and the whole answer in one send.
+            request.setHeader(b"content-length", b"%d" % response.length)
         request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         if resource.draining:
             request.setHeader(b"connection", b"close")
@@ -370,11 +380,12 @@ class Exchange(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._done:
             return  # we ended it: timeout, client gone, or shutdown
-        tail = self.meter.close()
         if not reason.check(ResponseDone, PotentialDataLoss):
             # The upstream connection broke mid-body: make the truncation visible to
-            # the client as a broken connection, not as a clean end.
+            # the client as a broken connection, not as a clean end. (What the meter
+            # read from whole events stands; a cut-off body is not parsed.)
             return self._end("upstream_unreachable", abort=True)
+        tail = self.meter.close()
         if tail:
             self.request.write(tail)
         outcome = "ok"
@@ -503,7 +514,8 @@ class Exchange(Protocol):
                     request.transport.loseConnection()
         if error_type is not None and self.meter.reading.error_type is None:
             self.meter.reading.error_type = error_type
-        self._record(outcome)
+        # The answer leaves before its accounting is done.
+        after_sending(self._record, outcome)
 
     def _record(self, outcome: str) -> None:
         resource = self._resource

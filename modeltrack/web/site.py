@@ -11,8 +11,10 @@ from io import BytesIO
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.resource import IResource
+
+from modeltrack.web.writethrough import write_through
 
 DEFAULT_MAX_BODY = 32 << 20
 #: Module level: a Logger that is a class attribute takes its class's name as namespace.
@@ -66,6 +68,17 @@ class ProxyRequest(server.Request):
         self.content.write(data)
 
 
+class ProxyChannel(http.HTTPChannel):
+    """
+    HTTP/1.1 (the SDKs' protocol; no HTTP/2 negotiation) on a connection that sends
+    at once (L{write_through}).
+    """
+
+    def connectionMade(self) -> None:
+        write_through(self.transport)
+        super().connectionMade()
+
+
 class ProxySite(server.Site):
     """
     @ivar max_body: the largest request body accepted, in bytes.
@@ -73,6 +86,7 @@ class ProxySite(server.Site):
     """
 
     requestFactory = ProxyRequest
+    protocol = ProxyChannel
 
     def __init__(
         self,

@@ -20,11 +20,13 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
-from twisted.web._newclient import Request
+from twisted.web._newclient import HTTP11ClientProtocol, Request
 from twisted.web.client import BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
+
+from modeltrack.web.writethrough import write_through
 
 #: RFC 9110 hop-by-hop headers: they describe one connection, never the next one.
 HOP_BY_HOP = frozenset(
@@ -66,12 +68,13 @@ def for_upstream(headers: Headers) -> Headers:
     return headers
 
 
-def for_client(headers: Headers, keep_length: bool) -> Headers:
+def for_client(headers: Headers) -> Headers:
     """
     Make the provider's response headers the client's, in place: minus hop-by-hop
-    ones, and C{Content-Length} unless the body passes through unchanged.
+    ones and C{Content-Length} (the proxy sets its own: see
+    L{modeltrack.web.proxy.Exchange}).
     """
-    _strip(headers, HOP_BY_HOP if keep_length else HOP_BY_HOP | {b"content-length"})
+    _strip(headers, HOP_BY_HOP | {b"content-length"})
     return headers
 
 
@@ -129,13 +132,23 @@ class _OneWriteRequest(Request):
         return succeed(None)
 
 
+class _UpstreamProtocol(HTTP11ClientProtocol):
+    def connectionMade(self) -> None:
+        write_through(self.transport)
+        super().connectionMade()
+
+
 class _QuietClientFactory(_HTTP11ClientFactory):
     """
     The pool makes a factory per connection; the default logs "Starting factory" and
-    "Stopping factory" for each, which floods the log under load.
+    "Stopping factory" for each, which floods the log under load. Its connections
+    send at once (L{write_through}).
     """
 
     noisy = False
+
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _UpstreamProtocol(self._quiescentCallback)
 
 
 def make_pool(reactor: object, per_host: int) -> HTTPConnectionPool:

@@ -1,0 +1,142 @@
+"""
+Sending without asking the reactor: TCP connections whose writes are sent once the
+reactor has handled its current batch of events, straight to the socket.
+
+Twisted queues every write and registers the socket for writability; the reactor
+sends when it next polls: two epoll_ctl calls and a dispatch through the reactor for
+every write, and the bytes wait for the next poll behind its whole batch. For a relay
+that is a good part of each stream chunk's cost, and under load most of its delay.
+Here a write is gathered, and sent at the end of the batch it was made in (a call
+scheduled for "now" runs before the reactor polls again): no epoll_ctl, one send per
+connection per batch, so a response head and its body, or a burst of small writes,
+still leave together. Bytes the socket does not take at once, and writes on a
+connection that is closing, take Twisted's own path unchanged (buffering, pausing a
+producer, errors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class _Outbox:
+    """
+    The connections with gathered bytes, sent together when the batch is done.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[_WriteThrough] = []
+        self._then: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def add(self, connection: _WriteThrough) -> None:
+        if not self._waiting:
+            connection.reactor.callLater(0, self.send_all)  # type: ignore[attr-defined]
+        self._waiting.append(connection)
+
+    def after_sending(self, f: Callable[..., object], *args: object) -> None:
+        if self._waiting:
+            self._then.append((f, args))
+        else:
+            f(*args)
+
+    def send_all(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        then, self._then = self._then, []
+        # One failure must not keep the others' bytes, or their accounting, back.
+        for connection in waiting:
+            try:
+                connection.send_gathered()
+            except Exception:
+                log.failure("Could not send on {connection}", connection=connection)
+        for f, args in then:
+            try:
+                f(*args)
+            except Exception:
+                log.failure("Failure after sending")
+
+
+_outbox = _Outbox()
+
+
+def after_sending(f: Callable[..., object], *args: object) -> None:
+    """
+    Call C{f(*args)} once what this batch wrote has been sent (at once if nothing
+    is waiting): work that no answer should wait for, such as accounting.
+    """
+    _outbox.after_sending(f, *args)
+
+
+class _WriteThrough:
+    """
+    Mixed into L{tcp.Server} and L{tcp.Client}; see the module docstring.
+    """
+
+    _gathered: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        self.writeSequence((data,))
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        if self._gathered is not None:
+            self._gathered.extend(iovec)
+        elif self._sends_directly():
+            self._gathered = list(iovec)
+            _outbox.add(self)
+        else:
+            super().writeSequence(iovec)  # type: ignore[misc]
+
+    def _sends_directly(self) -> bool:
+        # Nothing queued in Twisted's buffers, and the connection open for writing.
+        return not (
+            self.TLS or self.dataBuffer or self._tempDataBuffer or not self.connected  # type: ignore[attr-defined]
+            or self.disconnecting or self._writeDisconnected  # type: ignore[attr-defined]
+        )
+
+    def send_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, None
+        if not gathered:
+            return
+        if not self._sends_directly():
+            # Closing (or closed) since: Twisted sends what it can, then closes.
+            super().writeSequence(gathered)  # type: ignore[misc]
+            return
+        data = b"".join(gathered)
+        try:
+            sent = self.socket.send(data)  # type: ignore[attr-defined]
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # A reset or a broken pipe: queued, the reactor's write meets the same
+            # error and closes the connection the usual way.
+            sent = 0
+        if sent < len(data):
+            super().writeSequence((data[sent:],))  # type: ignore[misc]
+
+
+class _WriteThroughServer(_WriteThrough, tcp.Server):
+    pass
+
+
+class _WriteThroughClient(_WriteThrough, tcp.Client):
+    pass
+
+
+_UPGRADES = {tcp.Server: _WriteThroughServer, tcp.Client: _WriteThroughClient}
+
+
+def write_through(transport: Any) -> None:
+    """
+    Make a plain TCP connection send as described above, with Nagle off (what is
+    sent is a whole answer or chunk; it must not wait for an acknowledgement). Any
+    other transport (TLS, UNIX sockets, test transports) is left as it is.
+    """
+    upgrade = _UPGRADES.get(type(transport))
+    if upgrade is not None:
+        transport.__class__ = upgrade
+        transport.setTcpNoDelay(True)
