@@ -6,6 +6,7 @@ stops them in the order that loses nothing: stop accepting, let in-flight calls 
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import signal
@@ -180,6 +181,9 @@ class ModeltrackService(Service):
         # Started only once listening: a failed start leaves no thread behind to
         # keep the process from exiting.
         self.indexer.start()
+        # What start-up loaded (modules, price tables) lives as long as the process:
+        # out of the collector's way, a full collection walks only what calls create.
+        gc.freeze()
         self.readiness.listening = True
         # Listening and the event log open: tell systemd (Type=notify) we are ready.
         notify(b"READY=1\nMAINPID=%d" % os.getpid())
