@@ -132,10 +132,14 @@ _UPGRADES = {tcp.Server: _WriteThroughServer, tcp.Client: _WriteThroughClient}
 
 def write_through(transport: Any) -> None:
     """
-    Make a plain TCP connection send as described above, with Nagle off (what is
-    sent is a whole answer or chunk; it must not wait for an acknowledgement). Any
-    other transport (TLS, UNIX sockets, test transports) is left as it is.
+    Make a TCP connection (or the TCP connection under a TLS one) send as described
+    above, with Nagle off (what is sent is a whole answer or chunk; it must not wait
+    for an acknowledgement). Any other transport (UNIX sockets, test transports) is
+    left as it is.
     """
+    if type(transport) not in _UPGRADES:
+        # Under TLS the bytes that leave are the TLS layer's: its connection sends so.
+        transport = getattr(transport, "transport", None)
     upgrade = _UPGRADES.get(type(transport))
     if upgrade is not None:
         transport.__class__ = upgrade
