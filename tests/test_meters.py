@@ -194,3 +194,24 @@ def test_anthropic_counts_and_tiers() -> None:
     reading = anthropic.read_body({"model": "m", "usage": raw})
     assert reading.usage.web_searches == 2 and reading.usage.reasoning_tokens == 40
     assert reading.price_context == {"processing": "batch"}
+
+
+def test_body_meter_decodes_once_when_asked_and_not_a_cut_body() -> None:
+    from modeltrack.providers.meter import BodyMeter
+    from modeltrack.usage import Reading
+
+    calls: list[dict] = []
+
+    def read_body(obj: dict) -> Reading:
+        calls.append(obj)
+        return Reading(model=obj["model"])
+
+    meter = BodyMeter(read_body)
+    meter.feed(b'{"model":')
+    meter.feed(b'"m"}')
+    assert meter.close() == b"" and calls == []  # closing (before the answer is sent) decodes nothing
+    assert meter.reading.model == "m" and meter.reading.model == "m"
+    assert calls == [{"model": "m"}]
+    cut = BodyMeter(read_body)
+    cut.feed(b'{"model":"x"')
+    assert cut.reading == Reading() and len(calls) == 1  # never closed: cut off, not decoded

@@ -32,7 +32,9 @@ DROP = object()
 
 class BodyMeter:
     """
-    Meters a non-streaming JSON response: the body is kept, decoded once at the end.
+    Meters a non-streaming JSON response: the body is kept, and decoded once, when
+    its reading is first asked for (after the answer has gone to the client: decoding
+    a long completion takes a while, and the client need not wait for it).
     """
 
     strips = False
@@ -41,7 +43,8 @@ class BodyMeter:
         self._read_body = read_body
         self._chunks: list[bytes] = []
         self._size = 0
-        self.reading = Reading()
+        self._closed = False
+        self._reading: Reading | None = None
         self.body = b""  # the whole body, once closed (for the response cache)
 
     def feed(self, chunk: bytes) -> bytes:
@@ -53,15 +56,30 @@ class BodyMeter:
         return chunk
 
     def close(self) -> bytes:
-        body = self.body = b"".join(self._chunks)
+        self.body = b"".join(self._chunks)
         self._chunks = []
+        self._closed = True
+        return b""
+
+    @property
+    def reading(self) -> Reading:
+        if self._reading is None:
+            # Before close (a body cut off), nothing is decoded.
+            self._reading = self._decode() if self._closed else Reading()
+        return self._reading
+
+    @reading.setter
+    def reading(self, reading: Reading) -> None:
+        self._reading = reading
+
+    def _decode(self) -> Reading:
         try:
-            obj = load_object(body)
+            obj = load_object(self.body)
             if obj is not None:
-                self.reading = self._read_body(obj)
+                return self._read_body(obj)
         except Exception:
             log.failure("Could not read usage from a response body")
-        return b""
+        return Reading()
 
 
 class SSEMeter:

@@ -391,7 +391,7 @@ class Exchange(Protocol):
         outcome = "ok"
         if self.status >= 400:
             outcome = "upstream_error"
-        elif self.meter.reading.error_type and self.streaming:
+        elif self.streaming and self.meter.reading.error_type:
             outcome = "stream_error"
         self._end(outcome, finish=True)
 

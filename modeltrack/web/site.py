@@ -74,9 +74,17 @@ class ProxyChannel(http.HTTPChannel):
     at once (L{write_through}).
     """
 
+    _host: object = None
+
     def connectionMade(self) -> None:
         write_through(self.transport)
         super().connectionMade()
+
+    def getHost(self) -> object:
+        # Asked for by every request (a getsockname call each); it cannot change.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
 
 class ProxySite(server.Site):
