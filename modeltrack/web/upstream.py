@@ -133,6 +133,10 @@ class _OneWriteRequest(Request):
 
 
 class _UpstreamProtocol(HTTP11ClientProtocol):
+    """
+    An upstream connection that sends through L{write_through}.
+    """
+
     def connectionMade(self) -> None:
         write_through(self.transport)
         super().connectionMade()
@@ -141,8 +145,7 @@ class _UpstreamProtocol(HTTP11ClientProtocol):
 class _QuietClientFactory(_HTTP11ClientFactory):
     """
     The pool makes a factory per connection; the default logs "Starting factory" and
-    "Stopping factory" for each, which floods the log under load. Its connections
-    send at once (L{write_through}).
+    "Stopping factory" for each, which floods the log under load.
     """
 
     noisy = False
