@@ -178,8 +178,8 @@ class ModeltrackService(Service):
         self.admin_port = port
 
     def _listening(self, _: object) -> None:
-        # Started only once listening: a failed start leaves no thread behind to
-        # keep the process from exiting.
+        # Started only once listening: a failed start leaves no index process or
+        # query thread behind to keep the process from exiting.
         self.indexer.start()
         # What start-up loaded (modules, price tables) lives as long as the process:
         # out of the collector's way, a full collection walks only what calls create.

@@ -71,7 +71,7 @@ class ProxyRequest(server.Request):
 class ProxyChannel(http.HTTPChannel):
     """
     HTTP/1.1 (the SDKs' protocol; no HTTP/2 negotiation) on a connection that sends
-    at once (L{write_through}).
+    at the end of the reactor's batch (L{write_through}).
     """
 
     _host: object = None
@@ -109,7 +109,7 @@ class ProxySite(server.Site):
         self.max_body = max_body
         self.access_log_on = access_log
         self.displayTracebacks = False
-        self.connections: weakref.WeakSet[object] = weakref.WeakSet()
+        self.connections: weakref.WeakSet[ProxyChannel] = weakref.WeakSet()
 
     def buildProtocol(self, addr: object) -> object:
         protocol = super().buildProtocol(addr)
@@ -124,16 +124,13 @@ class ProxySite(server.Site):
         closing and be refused, and the client would retry it elsewhere: one call, two
         events).
         """
-        for protocol in list(self.connections):
-            # The HTTP/1.1 channel sits inside Twisted's protocol-negotiating wrapper.
-            channel = getattr(protocol, "_channel", protocol)
-            transport = getattr(channel, "transport", None)
-            if transport is None:
+        for channel in list(self.connections):
+            if channel.transport is None:
                 continue
-            if getattr(channel, "requests", None):
+            if channel.requests:
                 channel.persistent = False
             else:
-                transport.loseConnection()
+                channel.transport.loseConnection()
 
     def log(self, request: ProxyRequest) -> None:
         """
