@@ -419,6 +419,7 @@ class UpstreamConnection(Protocol):
             # Back in the pool before the body's end is told, as Twisted's client does.
             self._quiescent(self)
         if body is not None:
+            self._response = None
             body.connectionLost(reason)
         elif self._held is not None:
             self._ended = reason  # told when deliverBody comes
