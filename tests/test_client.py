@@ -140,11 +140,12 @@ def test_answers_without_a_body(wire: bytes, method: bytes) -> None:
     assert result["reason"].check(ResponseDone) and result["pooled"]
 
 
-def test_until_close_end_reported_as_potential_data_loss() -> None:
+@pytest.mark.parametrize("status", [b"200 OK", b"101 Switching Protocols"])
+def test_until_close_end_reported_as_potential_data_loss(status: bytes) -> None:
     connection, _, pool = connect()
     body = Body()
     connection.request(b"GET", REQUEST).addCallback(lambda response: response.deliverBody(body))
-    connection.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nall of it")
+    connection.dataReceived(b"HTTP/1.1 " + status + b"\r\n\r\nall of it")
     connection.connectionLost(Failure(ConnectionDone()))
     assert body.data == [b"all of it"] and body.reason.check(PotentialDataLoss)
     assert pool.returned == []

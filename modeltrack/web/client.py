@@ -264,7 +264,10 @@ class UpstreamConnection(Protocol):
                 options.extend(part.strip().lower() for part in value.split(b","))
         self._persistent = version == b"HTTP/1.1" and b"close" not in options
         length: Any = UNKNOWN_LENGTH
-        if self._head_only or code in (204, 304) or code == 101:
+        if code == 101:
+            # Another protocol from here on (never asked for: Upgrade is not forwarded).
+            self._framing, self._persistent = _UNTIL_CLOSE, False
+        elif self._head_only or code in (204, 304):
             self._framing, self._remaining, length = _LENGTH, 0, 0
         elif codings:
             # Transfer-Encoding overrides Content-Length; both at once is how
