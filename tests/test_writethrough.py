@@ -1,7 +1,8 @@
 """
 Connections that send at the end of the reactor's batch (modeltrack.web.writethrough),
 on real sockets: writes of one batch leave in one send, accounting waits for it, and
-whatever the socket does not take goes through Twisted's own buffering, in order.
+whatever the socket does not take goes through Twisted's own buffering, in order. And
+the proxy's channel reads a request already sent when its connection is accepted.
 """
 
 from __future__ import annotations
@@ -115,6 +116,29 @@ async def test_partial_send_and_errors_take_twisteds_path_in_order(reactor: Any)
     transport.write(b"lmn")
     assert await receiver.until(14) == b"abcdefghijklmn"
     transport.loseConnection()
+
+
+def test_a_request_already_sent_is_read_when_its_connection_is_accepted(reactor: Any) -> None:
+    import json
+    import socket
+
+    from tests.memory import Harness
+
+    h = Harness()
+    port = reactor.listenTCP(0, h.site, interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        client.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer k\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        port.doRead()  # what the reactor does when the listening socket is ready: accept
+        # Forwarded within the accept, not after the reactor's next poll.
+        assert len(h.agent.calls) == 1
+    finally:
+        client.close()
+        port.stopListening()
 
 
 def test_other_transports_are_left_alone() -> None:

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
-from modeltrack.web.writethrough import write_through
+from modeltrack.web.writethrough import _WriteThroughServer, write_through
 
 DEFAULT_MAX_BODY = 32 << 20
 #: Module level: a Logger that is a class attribute takes its class's name as namespace.
@@ -79,6 +79,12 @@ class ProxyChannel(http.HTTPChannel):
     def connectionMade(self) -> None:
         write_through(self.transport)
         super().connectionMade()
+        if isinstance(self.transport, _WriteThroughServer):
+            # A client sends its request as soon as it is connected, so it is usually
+            # here by the time the connection is accepted: read it now rather than
+            # after the reactor's next batch of events. (Nothing there: the read finds
+            # the socket empty; the client gone: the reactor sees it on its next poll.)
+            self.transport.doRead()
 
     def getHost(self) -> object:
         # Asked for by every request (a getsockname call each); it cannot change.
