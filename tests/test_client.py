@@ -304,3 +304,10 @@ def test_a_streamed_response_leaves_no_reference_cycle() -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_parse_errors_carry_no_bytes_of_the_response() -> None:
+    result = exchange(b"HTTP/1.1 200 OK\r\nsk-echoed-secret\r\n\r\n")
+    [reason] = result["failure"].value.reasons
+    assert reason.getErrorMessage() == "malformed header line"
+    assert b"sk-echoed" not in repr(reason.value).encode()

@@ -42,8 +42,17 @@ _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(3)
 _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
 
-class _BadFraming(Exception):
-    pass
+class BadResponse(ParseError):
+    """
+    A response that is not HTTP/1.1 as it must be. The message names the problem and
+    carries no bytes of the response: it reaches the log and the client's error.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem, b"")
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 @implementer(IResponse)
@@ -202,13 +211,13 @@ class UpstreamConnection(Protocol):
             end = _end_of_head(buffer)
             if end is None:
                 if len(buffer) > MAX_HEAD:
-                    return self._head_failed(ParseError("response head too large", b""))
+                    return self._head_failed(BadResponse("response head too large"))
                 self._buffer = buffer
                 return None
             head, buffer = buffer[: end[0]], buffer[end[1]:]
             try:
                 response = self._parse_head(head)
-            except ParseError as error:
+            except BadResponse as error:
                 return self._head_failed(error)
             if response is not None:
                 break  # else an interim (1xx) response: the final one follows
@@ -232,7 +241,7 @@ class UpstreamConnection(Protocol):
         version, _, rest = lines[0].rstrip(b"\r").partition(b" ")
         code_bytes, _, phrase = rest.partition(b" ")
         if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code_bytes) != 3 or not code_bytes.isdigit():
-            raise ParseError("not an HTTP/1.x status line", lines[0][:100])
+            raise BadResponse("not an HTTP/1.x status line")
         code = int(code_bytes)
         if 100 <= code < 200 and code != 101:
             return None
@@ -242,12 +251,12 @@ class UpstreamConnection(Protocol):
             if line[:1] in (b" ", b"\t"):
                 # obs-fold (RFC 9112 5.2): a proxy replaces it with a space.
                 if not fields:
-                    raise ParseError("continuation line before any header", b"")
+                    raise BadResponse("continuation line before any header")
                 fields[-1][1] += b" " + line.strip(b" \t")
                 continue
             name, colon, value = line.partition(b":")
             if not colon or not name or name != name.strip(b" \t"):
-                raise ParseError("malformed header line", line[:100])
+                raise BadResponse("malformed header line")
             fields.append([name, value.strip(b" \t")])
         headers = Headers()
         lengths: set[bytes] = set()
@@ -280,10 +289,10 @@ class UpstreamConnection(Protocol):
                 self._framing, self._persistent = _UNTIL_CLOSE, False
         elif lengths:
             if len(lengths) != 1:
-                raise ParseError("conflicting Content-Length values", b"")
+                raise BadResponse("conflicting Content-Length values")
             [value] = lengths
             if not value.isdigit() or len(value) > 18:
-                raise ParseError("invalid Content-Length", value[:30])
+                raise BadResponse("invalid Content-Length")
             self._framing = _LENGTH
             self._remaining = length = int(value)
         else:
@@ -302,8 +311,8 @@ class UpstreamConnection(Protocol):
         if framing == _CHUNKED:
             try:
                 payload, rest = self._dechunk(data)
-            except _BadFraming as error:
-                return self._body_failed(ParseError(str(error), b""))
+            except BadResponse as error:
+                return self._body_failed(error)
             if payload:
                 self._deliver(payload)
             if rest is not None:
@@ -341,7 +350,7 @@ class UpstreamConnection(Protocol):
             eol = data.find(b"\n", position)
             if eol < 0:
                 if size - position > MAX_LINE:
-                    raise _BadFraming("chunk line too long")
+                    raise BadResponse("chunk line too long")
                 self._buffer = data[position:]
                 break
             line = data[position:eol].rstrip(b"\r")
@@ -349,12 +358,12 @@ class UpstreamConnection(Protocol):
             if self._chunk_state == _SIZE:
                 digits = line.partition(b";")[0].strip(b" \t")
                 if not digits or len(digits) > 15 or digits.strip(_HEX):
-                    raise _BadFraming("invalid chunk size")
+                    raise BadResponse("invalid chunk size")
                 self._remaining = int(digits, 16)
                 self._chunk_state = _DATA if self._remaining else _TRAILER
             elif self._chunk_state == _DATA_END:
                 if line:
-                    raise _BadFraming("chunk data longer than its size")
+                    raise BadResponse("chunk data longer than its size")
                 self._chunk_state = _SIZE
             elif not line:  # the blank line after the trailer fields (which are dropped)
                 return _joined(payload), data[position:]

@@ -334,8 +334,8 @@ class Exchange(Protocol):
         request.setResponseCode(response.code, response.phrase)
         request.responseHeaders = for_client(response.headers)
         if not self.meter.strips and isinstance(response.length, int) and _may_have_length(request, response.code):
-            # Twisted's client keeps Content-Length out of the headers. A body relayed
-            # unchanged keeps it: no chunk framing, and the whole answer in one send.
+            # for_client drops the provider's framing headers; a body relayed unchanged
+            # gets its length back: no chunk framing, and the whole answer in one send.
             request.setHeader(b"content-length", b"%d" % response.length)
         request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         if resource.draining:

@@ -71,7 +71,8 @@ class ProxyRequest(server.Request):
 class ProxyChannel(http.HTTPChannel):
     """
     HTTP/1.1 (the SDKs' protocol; no HTTP/2 negotiation) on a connection that sends
-    at the end of the reactor's batch (L{write_through}).
+    at the end of the reactor's batch (L{write_through}), and reads a request that
+    came with the connection as soon as it is accepted.
     """
 
     _host: object = None

@@ -5,7 +5,6 @@ header hygiene of a reverse proxy.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,16 +19,13 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
+from twisted.web._newclient import _ensureValidMethod, _ensureValidURI
 from twisted.web.client import BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from modeltrack.web.client import ConnectionFactory, UpstreamResponse
-
-#: RFC 9110 token (a method) and an origin-form request target: visible ASCII only.
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TARGET = re.compile(rb"/[\x21-\x7e]*")
 
 #: RFC 9110 hop-by-hop headers: they describe one connection, never the next one.
 HOP_BY_HOP = frozenset(
@@ -210,8 +206,12 @@ class OriginAgent:
         if bodyProducer is not None and not isinstance(bodyProducer, BytesProducer):
             return fail(TypeError("request bodies are sent from memory (BytesProducer)"))
         path = uri[len(self._origin):]
-        if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(path):
-            return fail(ValueError("invalid request method or target"))
+        try:
+            # Twisted's own checks, as its client makes them: a token, visible ASCII.
+            _ensureValidMethod(method)
+            _ensureValidURI(path)
+        except ValueError:
+            return fail()
         if headers is None:
             headers = Headers()
         headers.setRawHeaders(b"host", [self._host])
