@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from modeltrack.controls.budgets import Budget, BudgetLedger
+from modeltrack.failures import upstream_reason
 
 log = Logger()
 
@@ -111,11 +112,12 @@ class BudgetAlerts:
     def _check_status(response: Any) -> Deferred[Any]:
         d = response.content()  # read it all: frees the connection
         if not 200 <= response.code < 300:
-            d.addCallback(lambda _: _raise(f"HTTP {response.code}"))
+            d.addCallback(lambda _: _raise(response.code))
         return d
 
     def _retry(self, failure: Any, payload: dict[str, Any], attempt: int, done: Deferred[None]) -> None:
-        reason = failure.getErrorMessage()
+        # The webhook's URL often holds its secret: a fixed text, never the error's own.
+        reason = f"HTTP {failure.value.code}" if failure.check(WebhookRefused) else upstream_reason(failure)
         if attempt >= self._attempts:
             log.error(
                 "Budget alert for {scope} not delivered after {attempts} attempts: {reason}",
@@ -145,5 +147,15 @@ def reached(budget: Budget, spend: Decimal) -> list[str]:
     return levels
 
 
-def _raise(message: str) -> None:
-    raise RuntimeError(message)
+class WebhookRefused(Exception):
+    """
+    The webhook answered with a status other than 2xx.
+    """
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _raise(code: int) -> None:
+    raise WebhookRefused(code)

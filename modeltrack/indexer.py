@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from modeltrack import index
+from modeltrack.failures import log_failure
 
 log = Logger()
 T = TypeVar("T")
@@ -139,7 +140,7 @@ class Indexer:
             refreshed: Deferred[None] = succeed(None)
         else:
             refreshed = self._process.refresh()
-            refreshed.addErrback(lambda failure: log.failure("Index not brought up to date", failure))
+            refreshed.addErrback(lambda failure: log_failure(log, "Index not brought up to date", failure))
 
         def run() -> T:
             if self._db is None:

@@ -25,6 +25,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from modeltrack.admin.api import AdminAPI, BadQuery
+from modeltrack.failures import log_failure
 
 log = Logger()
 
@@ -156,7 +157,7 @@ class AdminResource(Resource):
                 request.finish()
 
         def failed(failure: Failure) -> None:
-            log.failure("Admin API query failed", failure)
+            log_failure(log, "Admin API query failed", failure)
             answered({"error": "internal", "message": "the query failed; see the log"}, 500)
 
         d.addCallbacks(answered, failed)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from modeltrack.failures import log_failure
 from modeltrack.sse import SSEParser
 from modeltrack.usage import Reading
 
@@ -78,7 +79,7 @@ class BodyMeter:
             if obj is not None:
                 return self._read_body(obj)
         except Exception:
-            log.failure("Could not read usage from a response body")
+            log_failure(log, "Could not read usage from a response body")
         return Reading()
 
 
@@ -129,7 +130,7 @@ class SSEMeter:
         try:
             return self.on_event(name, data)
         except Exception:
-            log.failure("Could not read usage from a stream event")
+            log_failure(log, "Could not read usage from a stream event")
             return None
 
 

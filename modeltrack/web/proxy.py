@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import TimeoutError
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -30,6 +31,7 @@ from zope.interface import implementer
 from modeltrack import events, routes
 from modeltrack.controls.cache import Entry
 from modeltrack.controls.gate import NO_TICKET, Gate
+from modeltrack.failures import log_failure, safe_method, upstream_reason
 from modeltrack.journal import Journal
 from modeltrack.pricing import UNPRICED, Price
 from modeltrack.providers.meter import BodyMeter, RelayOnly
@@ -149,23 +151,34 @@ class ProxyResource(Resource):
         if request.method == b"CONNECT" or not request.uri.startswith(b"/"):
             # Absolute-form targets and CONNECT are how a forward proxy is used.
             return _error(request, 400, "invalid_request_error", "this is not an open proxy")
+        valid = valid_target(request.uri)
+        found = routes.match(request.method, request.path.decode("latin-1"), request.requestHeaders)
+        if not valid and (found is None or not found[0].metered):
+            return _error(request, 400, "invalid_request_error", INVALID_TARGET)
         status = render_status(request.path, request, self)
         if status is not None:
             return status
-        found = routes.match(
-            request.method, request.path.decode("latin-1"), request.requestHeaders
-        )
         if found is None:
-            method = request.method.decode("latin-1")
-            path = request.path.decode("latin-1")[:200]
-            return _error(request, 404, "not_found_error", f"no route for {method} {path}")
+            message = f"modeltrack has no route for this path and method ({safe_method(request.method)})"
+            return _error(request, 404, "not_found_error", message)
         endpoint, upstream_path = found
+        request.route = endpoint.path  # type: ignore[attr-defined]
         exchange = Exchange(self, request, endpoint, upstream_path)
         try:
-            exchange.start()
+            exchange.start(valid)
         except Exception:
             exchange.crashed(Failure())
         return NOT_DONE_YET
+
+
+INVALID_TARGET = "the request target holds bytes other than visible ASCII"
+#: RFC 9112 3.2: a request target is visible ASCII, nothing else (what an upstream
+#: client refuses to send must be refused here, before anything else happens).
+_VISIBLE_ASCII = re.compile(rb"[!-~]+")
+
+
+def valid_target(target: bytes) -> bool:
+    return _VISIBLE_ASCII.fullmatch(target) is not None
 
 
 def _error(request: Request, code: int, error_type: str, message: str) -> bytes:
@@ -221,7 +234,7 @@ class Exchange(Protocol):
 
     # -- start ---------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, valid_target: bool = True) -> None:
         resource = self._resource
         request = self.request
         request.notifyFinish().addErrback(self._lost_client)
@@ -229,6 +242,8 @@ class Exchange(Protocol):
             self._labels = events.attribution(request.requestHeaders)
         resource.in_flight.add(self)
         resource.stats.requests += 1
+        if not valid_target:
+            return self._respond(400, "invalid_request_error", INVALID_TARGET, "rejected")
         body = None
         if request.method == b"POST":
             if request.too_large:
@@ -399,7 +414,7 @@ class Exchange(Protocol):
         """
         A bug in the pipeline: log it, end the request, and still record its event.
         """
-        log.failure("modeltrack pipeline error", failure)
+        log_failure(log, "modeltrack pipeline error on {route}", failure, route=self.endpoint.path)
         if not self._done:
             self._end("proxy_error", abort=True)
             self._stop_upstream()
@@ -409,18 +424,19 @@ class Exchange(Protocol):
         if self._done:
             return None  # cancelled by us
         self._cancel_timer()
-        origin = self._resource.upstreams[self.endpoint.provider].origin
+        provider = self.endpoint.provider
+        origin = self._resource.upstreams[provider].origin
         if failure.check(TimeoutError):
             seconds = self._resource.timeouts.connect
             message = f"could not connect to {origin} within {seconds:g} seconds"
             self._respond(504, "timeout_error", message, "upstream_timeout")
             return None
         if _tls_failure(failure):
-            message = f"the TLS certificate of {origin} could not be verified: {_describe(failure)}"
+            message = f"the TLS certificate of {origin} could not be verified"
             log.warn("Upstream TLS error: {message}", message=message)
             self._respond(502, "api_error", message, "upstream_tls_error")
             return None
-        message = f"could not reach {origin}: {_describe(failure)}"
+        message = f"could not reach {origin}: {upstream_reason(failure)}"
         log.warn("Upstream unreachable: {message}", message=message)
         self._respond(502, "api_error", message, "upstream_unreachable")
         return None
@@ -533,7 +549,7 @@ class Exchange(Protocol):
                     self.endpoint.provider, model, reading.usage, reading.price_context, when
                 )
             except Exception:
-                log.failure("Could not price {model}", model=model)
+                log_failure(log, "Could not price a call on {route}", route=self.endpoint.path)
                 price = UNPRICED
         event = events.cost_event(
             timestamp=when,
@@ -594,15 +610,3 @@ def _tls_failure(failure: Failure) -> bool:
         if reason.check(SSLError, VerificationError):
             return True
     return False
-
-
-def _describe(failure: Failure) -> str:
-    """
-    A short, key-free description of why a request failed.
-    """
-    reasons = getattr(failure.value, "reasons", None)
-    if reasons:
-        failure = reasons[0]
-    if failure.check(CancelledError):
-        return "cancelled"
-    return f"{type(failure.value).__name__}: {failure.getErrorMessage()}"[:300]

@@ -14,6 +14,8 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
+from modeltrack.failures import log_failure, safe_method
+from modeltrack.web.status import STATUS_PATHS
 from modeltrack.web.writethrough import _WriteThroughServer, write_through
 
 DEFAULT_MAX_BODY = 32 << 20
@@ -57,6 +59,22 @@ class ProxyRequest(server.Request):
             self.render(self.site.resource)
         except BaseException:
             self.processingFailed(Failure())
+
+    def processingFailed(self, reason: Failure) -> None:
+        """
+        A bug: logged without the exception's text (see L{modeltrack.failures}), and
+        answered with a fixed 500.
+        """
+        log_failure(access_logger, "Request processing failed", reason)
+        if self.finished or self.startedWriting:
+            self.channel.transport.abortConnection()
+            return
+        body = b'{"error":{"type":"api_error","message":"modeltrack failed to process the request"}}\n'
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"application/json")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.too_large:
@@ -141,16 +159,17 @@ class ProxySite(server.Site):
 
     def log(self, request: ProxyRequest) -> None:
         """
-        One access line per finished request, if asked for: method, path without its
-        query string (queries can carry keys), status, bytes, duration, request id.
+        One access line per finished request, if asked for: method, route, status,
+        bytes, duration, request id. The route is the proxy's own name for the path
+        (C{-} when none matched): a path and its query can carry keys.
         """
         if not self.access_log_on:
             return
         request_id = request.responseHeaders.getRawHeaders(b"x-modeltrack-request-id", [b"-"])[0]
         access_logger.info(
             "{method} {path} {status} {bytes}B {duration_ms}ms {request_id}",
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("ascii", "replace")[:256],
+            method=safe_method(request.method),
+            path=getattr(request, "route", None) or STATUS_PATHS.get(request.path, "-"),
             status=request.code,
             bytes=request.sentLength,
             duration_ms=round((self.clock.seconds() - request.started) * 1000, 1),

@@ -13,6 +13,10 @@ from typing import Any
 from twisted.web.http import datetimeToString
 from twisted.web.server import Request
 
+#: The status paths, by their bytes (named in the access log).
+STATUS_PATHS = {
+    path.encode(): path for path in ("/healthz", "/readyz", "/stats", "/budgets", "/cache/stats", "/routing/stats")
+}
 
 
 class Readiness:

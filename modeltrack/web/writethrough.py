@@ -22,6 +22,8 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.logger import Logger
 
+from modeltrack.failures import log_failure
+
 log = Logger()
 
 
@@ -53,12 +55,12 @@ class _Outbox:
             try:
                 connection.send_gathered()
             except Exception:
-                log.failure("Could not send on {connection}", connection=connection)
+                log_failure(log, "Could not send on a connection")
         for f, args in then:
             try:
                 f(*args)
             except Exception:
-                log.failure("Failure after sending")
+                log_failure(log, "Failure after sending")
 
 
 _outbox = _Outbox()
