@@ -6,6 +6,7 @@ This module is the only place that decides its fields (documented in the README)
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -91,7 +92,7 @@ def cost_event(
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
         "reasoning_tokens": usage.reasoning_tokens,
-        "usage_complete": reading.final,
+        "usage_complete": reading.complete,
         # repr of the float is the shortest text that reads back as the same number,
         # so a Decimal cost with up to 15 significant digits is written exactly.
         "cost_usd": None if cost is None else float(cost),
@@ -101,12 +102,29 @@ def cost_event(
         "ttfb_ms": None if ttfb_ms is None else round(ttfb_ms, 3),
         **labels,
         "error_type": reading.error_type,
+        "usage_error": reading.usage_error,
         **NO_CONTROLS,
     }
 
 
+#: Line breaks to Unicode but not to JSON: readers that split lines on them (Python's
+#: str.splitlines, many log shippers) would cut a line in two. Escaped, they read the same.
+_UNICODE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 def encode(event: dict[str, Any]) -> bytes:
     """
-    One line of the event log.
+    One line of the event log: JSON (no NaN or infinity, which JSON has not), one line
+    whatever the reader takes for a line break.
     """
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    try:
+        text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        # A number that is not finite never reaches here from a reading (counts are
+        # bounded); should one come from elsewhere, it is written as null.
+        event = {key: None if isinstance(value, float) and not math.isfinite(value) else value
+                 for key, value in event.items()}
+        text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if "\x85" in text or "\u2028" in text or "\u2029" in text:
+        text = text.translate(_UNICODE_BREAKS)
+    return text.encode("utf-8") + b"\n"

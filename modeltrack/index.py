@@ -12,15 +12,18 @@ sums stay exact.
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import sqlite3
+import sys
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from modeltrack.journal import LIVE_NAME
+from modeltrack.usage import MAX_COUNT
 
 PICO = Decimal(10) ** 12
 DB_NAME = "modeltrack.db"
@@ -55,6 +58,11 @@ CREATE INDEX IF NOT EXISTS events_app ON events (app, timestamp);
 CREATE INDEX IF NOT EXISTS events_feature ON events (feature, timestamp);
 CREATE INDEX IF NOT EXISTS events_model ON events (model, timestamp);
 CREATE INDEX IF NOT EXISTS events_session ON events (session_id, timestamp);
+CREATE TABLE IF NOT EXISTS skipped_lines (
+    name TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    PRIMARY KEY (name, offset)
+);
 CREATE TABLE IF NOT EXISTS sources (
     name TEXT PRIMARY KEY,
     inode INTEGER NOT NULL,
@@ -79,22 +87,79 @@ def connect(data_dir: Path, check_same_thread: bool = True) -> sqlite3.Connectio
     return db
 
 
+class BadLine(ValueError):
+    """
+    A line of the event log that is not an event the index can hold.
+    """
+
+
+#: SQLite's INTEGER is 64 bits: a cost past this many picodollars (9.2 million USD)
+#: cannot be stored, and is no real call's.
+_MOST_PICO = 2**63 - 1
+
+
+def _refuse_constant(name: str) -> None:
+    raise BadLine(f"{name} is not JSON")
+
+
+#: json.loads takes NaN and Infinity; an event line never holds them.
+_decode = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
 def _pico(value: Any) -> int | None:
     if value is None:
         return None
-    return int(Decimal(str(value)) * PICO)
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise BadLine("a cost is not a finite number")
+    pico = int(Decimal(str(value)) * PICO)
+    if abs(pico) > _MOST_PICO:
+        raise BadLine("a cost is out of range")
+    return pico
+
+
+def _tokens(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+        raise BadLine("a token count is not an integer from 0 to 10^12")
+    return value
+
+
+def _text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise BadLine("a label is not text")
+    return value
 
 
 def _row(event: dict[str, Any]) -> tuple[Any, ...]:
+    """
+    The index row of one event; L{BadLine} if any field is not what an event holds.
+    """
+    if not isinstance(event, dict):
+        raise BadLine("not a JSON object")
+    latency = event.get("latency_ms")
+    if latency is not None and (type(latency) not in (int, float) or not math.isfinite(latency)):
+        raise BadLine("latency_ms is not a finite number")
+    try:
+        required = [event[name] for name in ("request_id", "timestamp", "provider", "endpoint", "outcome")]
+    except KeyError:
+        raise BadLine("a required field is missing") from None
+    if not all(isinstance(value, str) for value in required):
+        raise BadLine("a required field is not text")
+    request_id, timestamp, provider, endpoint, outcome = required
     return (
-        event["request_id"], event["timestamp"], event["timestamp"][:10], event["provider"],
-        event["endpoint"], event.get("model"), event.get("team"), event.get("app"),
-        event.get("feature"), event.get("session_id"), event["outcome"],
-        event["input_tokens"], event["output_tokens"], event["cache_read_tokens"],
-        event["cache_write_tokens"], event["reasoning_tokens"], _pico(event.get("cost_usd")),
+        request_id, timestamp, timestamp[:10], provider, endpoint,
+        _text(event.get("model")), _text(event.get("team")), _text(event.get("app")),
+        _text(event.get("feature")), _text(event.get("session_id")), outcome,
+        _tokens(event.get("input_tokens")), _tokens(event.get("output_tokens")),
+        _tokens(event.get("cache_read_tokens")), _tokens(event.get("cache_write_tokens")),
+        _tokens(event.get("reasoning_tokens")), _pico(event.get("cost_usd")),
         _pico(event.get("saved_usd")), int(bool(event.get("priced"))),
-        int(bool(event.get("cache_hit"))), event.get("latency_ms"),
+        int(bool(event.get("cache_hit"))), latency,
     )
+
+
+def _warn_on_stderr(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def _whole_lines(path: Path, offset: int) -> Iterator[tuple[bytes, int]]:
@@ -140,43 +205,52 @@ def update(
     db: sqlite3.Connection,
     data_dir: Path,
     progress: Callable[[int, int], None] | None = None,
+    warn: Callable[[str], None] = _warn_on_stderr,
 ) -> int:
     """
     Bring the index up to date with the event log; returns how many lines were read.
-    C{progress(done, total)} is told the bytes read so far. Run it off the reactor
-    thread (SQLite and file I/O block).
+    C{progress(done, total)} is told the bytes read so far. A line that is not an
+    event the index can hold is skipped, counted (C{skipped_lines}) and passed to
+    C{warn} once, with its file and offset: one bad line never stops the index. Run it
+    off the reactor thread (SQLite and file I/O block).
     """
     work = pending(db, data_dir)
     total = sum(size - offset for _, _, offset, size, _ in work)
     done = read = 0
     for path, inode, offset, _, sealed in work:
         rows: list[tuple[Any, ...]] = []
+        skipped: list[int] = []
         start = offset
         try:
             for line, offset_after in _whole_lines(path, offset):
                 try:
-                    rows.append(_row(json.loads(line)))
-                except (ValueError, KeyError, TypeError):
-                    pass  # not an event line; skipped, never fatal
+                    rows.append(_row(_decode(line.decode("utf-8"))))
+                except (ValueError, RecursionError) as e:  # BadLine, JSON, UTF-8
+                    problem = str(e) if isinstance(e, BadLine) else "not a JSON line"
+                    warn(f"modeltrack index: skipped a line of {path.name} at offset {offset}: {problem}")
+                    skipped.append(offset)
                 offset = offset_after
                 read += 1
-                if len(rows) >= _BATCH:
-                    _commit(db, rows, path.name, inode, offset, False)
-                    rows = []
+                if len(rows) + len(skipped) >= _BATCH:
+                    _commit(db, rows, skipped, path.name, inode, offset, False)
+                    rows, skipped = [], []
                     if progress is not None:
                         progress(done + offset - start, total)
         except FileNotFoundError:
             continue  # the live file was sealed under us: read as a segment next time
-        _commit(db, rows, path.name, inode, offset, sealed)
+        _commit(db, rows, skipped, path.name, inode, offset, sealed)
         done += offset - start
         if progress is not None:
             progress(done, total)
     return read
 
 
-def _commit(db: sqlite3.Connection, rows: list[tuple[Any, ...]], name: str, inode: int, offset: int, sealed: bool) -> None:
+def _commit(
+    db: sqlite3.Connection, rows: list[tuple[Any, ...]], skipped: list[int], name: str, inode: int, offset: int, sealed: bool
+) -> None:
     with db:
         db.executemany(_INSERT, rows)
+        db.executemany("INSERT OR IGNORE INTO skipped_lines (name, offset) VALUES (?, ?)", [(name, at) for at in skipped])
         db.execute(
             "INSERT OR REPLACE INTO sources (name, inode, offset, sealed) VALUES (?, ?, ?, ?)",
             (name, inode, offset, int(sealed)),

@@ -42,6 +42,8 @@ class Reading:
     @ivar final: the provider's final usage report was seen; a stream cut before it
         leaves only what was known by then.
     @ivar error_type: the provider's error type, for an error body or an error event.
+    @ivar usage_error: why the provider's usage could not be read (a count that is not
+        an integer from 0 to 10^12): such a call is recorded unpriced, never guessed.
     """
 
     usage: Usage | None = None
@@ -49,15 +51,48 @@ class Reading:
     price_context: dict[str, str] = field(default_factory=dict)
     final: bool = False
     error_type: str | None = None
+    usage_error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """
+        The provider's final usage was read, and every count in it was readable.
+        """
+        return self.final and self.usage_error is None
+
+
+#: The largest count believed: more tokens than any call has, small enough that every
+#: sum and price of counts stays a finite float and fits SQLite's 64-bit INTEGER.
+MAX_COUNT = 10**12
+
+
+class UnreadableUsage(ValueError):
+    """
+    A usage count that is not an integer from 0 to L{MAX_COUNT}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(f"a usage count is not an integer from 0 to {MAX_COUNT:.0e}")
 
 
 def count(value: Any) -> int:
     """
-    A token count from a JSON value: non-negative ints pass, anything else is 0.
+    A count from a provider's JSON: an integer from 0 to L{MAX_COUNT}; a missing one
+    (L{None}) is 0; anything else (a string, a float, a negative or absurd number) is
+    unreadable usage, raised as L{UnreadableUsage}.
     """
-    if type(value) is int and value > 0:
+    if type(value) is int and 0 <= value <= MAX_COUNT:
         return value
-    return 0
+    if value is None:
+        return 0
+    raise UnreadableUsage()
+
+
+def limit_from(value: Any) -> int:
+    """
+    A request's own limit (C{max_tokens} and the like): a positive integer, else 0.
+    """
+    return value if type(value) is int and 0 < value <= MAX_COUNT else 0
 
 
 def dig(obj: Any, *keys: str) -> Any:

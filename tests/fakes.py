@@ -8,6 +8,7 @@ The model name in a request picks a behaviour, so that tests driving the officia
   - "stream-error": a stream that sends an error event after the 200;
   - "hang": never answers;
   - "hang-body": sends headers and one chunk, then goes silent;
+  - "huge-usage" / "vast-usage": usage counts of 2**64 / 10**400 tokens;
   - anything else: a normal answer.
 """
 
@@ -43,6 +44,8 @@ ANTHROPIC_USAGE = {
     "service_tier": "standard",
 }
 EMBEDDING_USAGE = {"prompt_tokens": 8, "total_tokens": 8}
+#: Usage counts no call has: a model named here is answered with one.
+ABSURD_COUNTS = {"huge-usage": 2**64, "vast-usage": 10**400}
 #: What the model names in requests resolve to, as the real APIs report them.
 SNAPSHOTS = {"gpt-4o": "gpt-4o-2024-08-06", "claude-sonnet-4-5": "claude-sonnet-4-5-20250929"}
 
@@ -206,6 +209,15 @@ class FakeUpstream(Resource):
             request.setHeader(b"retry-after", b"0")
             request.setHeader(b"x-should-retry", b"false")
             return self._json(request, 429, error)
+        if requested in ABSURD_COUNTS:
+            tokens = ABSURD_COUNTS[requested]
+            if stream:
+                chunks = messages_stream(model)
+                chunks[-2] = sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": tokens}})
+                return self._stream(request, chunks, requested)
+            body = chat_body(model)
+            body["usage"] = {**CHAT_USAGE, "prompt_tokens": tokens}
+            return self._json(request, 200, body)
         error = requested == "stream-error"
         if path in ("/v1/chat/completions", "/v1/completions"):
             if stream:

@@ -64,3 +64,77 @@ async def test_a_target_with_a_byte_no_upstream_takes_is_refused_before_anything
 async def test_no_path_or_error_text_in_a_404_or_502(proxy: Any, tmp_path: Path) -> None:
     answer = await in_thread(rawhttp.exchange, port_of(proxy), rawhttp.post(b"/v1/" + SECRET, CHAT))
     assert rawhttp.status_of(answer) == 404 and SECRET not in answer
+
+
+def _strict_json(line: str) -> Any:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} in an event line")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest_twisted.ensureDeferred
+async def test_absurd_usage_is_unreadable_not_priced_and_the_index_survives(proxy: Any) -> None:
+    import anthropic
+    import openai
+
+    from modeltrack import index
+
+    oai = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-test", max_retries=0)
+    ant = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-test", max_retries=0)
+    user = [{"role": "user", "content": "hi"}]
+
+    def calls() -> None:
+        oai.chat.completions.create(model="huge-usage", messages=user)
+        oai.chat.completions.create(model="vast-usage", messages=user)
+        with ant.messages.stream(model="huge-usage", max_tokens=5, messages=user) as stream:
+            list(stream)
+        oai.chat.completions.create(model="gpt-4o", messages=user)
+
+    await in_thread(calls)
+    await proxy.flushed()
+    lines = (proxy.data_dir / "events.jsonl").read_text().split("\n")[:-1]
+    events = [_strict_json(line) for line in lines]
+    assert [e["requested_model"] for e in events] == ["huge-usage", "vast-usage", "huge-usage", "gpt-4o"]
+    for event in events[:3]:
+        assert event["usage_complete"] is False
+        assert event["cost_usd"] is None and event["priced"] is False
+        assert "usage count" in event["usage_error"]
+        assert event["outcome"] == "ok"
+    assert events[3]["priced"] is True and events[3]["usage_error"] is None
+    # The index takes every line (the counts it holds are the readable ones).
+    warned: list[str] = []
+    db = index.connect(proxy.data_dir)
+    assert index.update(db, proxy.data_dir, warn=warned.append) == 4
+    assert db.execute("SELECT count(*) FROM events").fetchone() == (4,)
+    assert warned == []
+
+
+def test_the_index_skips_a_line_it_cannot_hold_and_says_where(tmp_path: Path) -> None:
+    from modeltrack import index
+
+    good = {
+        "request_id": "r1", "timestamp": "2026-11-30T00:00:00.000000Z", "provider": "openai",
+        "endpoint": "/v1/chat/completions", "outcome": "ok", "input_tokens": 1, "output_tokens": 1,
+        "cache_read_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0, "cost_usd": 0.5,
+        "priced": True, "latency_ms": 1.0,
+    }
+    lines = [
+        json.dumps(good),
+        json.dumps({**good, "request_id": "r2", "input_tokens": 2**64}),
+        json.dumps({**good, "request_id": "r3"}).replace("0.5", "Infinity"),
+        "not json at all",
+        json.dumps({**good, "request_id": "r4"}),
+    ]
+    text = "\n".join(lines) + "\n"
+    (tmp_path / "events.jsonl").write_text(text)
+    warned: list[str] = []
+    db = index.connect(tmp_path)
+    for _ in range(2):  # a second pass finds nothing new and warns of nothing again
+        index.update(db, tmp_path, warn=warned.append)
+    assert [r for (r,) in db.execute("SELECT request_id FROM events ORDER BY request_id")] == ["r1", "r4"]
+    offsets = [text.index(line) for line in lines[1:4]]
+    assert db.execute("SELECT offset FROM skipped_lines ORDER BY offset").fetchall() == [(o,) for o in offsets]
+    assert len(warned) == 3
+    for message, offset in zip(warned, offsets):
+        assert f"events.jsonl at offset {offset}" in message

@@ -20,7 +20,7 @@ from modeltrack.controls.cache import Entry, ResponseCache
 from modeltrack.controls.routing import Routing, RoutingStats, Rule
 from modeltrack.events import NO_CONTROLS
 from modeltrack.pricing import Price, PriceBook
-from modeltrack.usage import Usage, count
+from modeltrack.usage import Usage, limit_from
 
 #: Output tokens reserved for a call that names no maximum.
 DEFAULT_RESERVED_OUTPUT_TOKENS = 4096
@@ -160,7 +160,7 @@ class Gate:
         """
         output = 0 if path == "/v1/embeddings" else DEFAULT_RESERVED_OUTPUT_TOKENS
         for name in _OUTPUT_LIMITS:
-            if count(body.get(name)):
+            if limit_from(body.get(name)):
                 output = body[name]
                 break
         usage = Usage(input_tokens=len(raw_body) // 3 + 1, output_tokens=output)

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from modeltrack.failures import log_failure
 from modeltrack.sse import SSEParser
-from modeltrack.usage import Reading
+from modeltrack.usage import Reading, UnreadableUsage, text
 
 log = Logger()
 
@@ -74,10 +74,13 @@ class BodyMeter:
         self._reading = reading
 
     def _decode(self) -> Reading:
+        obj = None
         try:
             obj = load_object(self.body)
             if obj is not None:
                 return self._read_body(obj)
+        except UnreadableUsage as e:
+            return Reading(model=text(obj.get("model")) if obj else None, usage_error=str(e))
         except Exception:
             log_failure(log, "Could not read usage from a response body")
         return Reading()
@@ -129,6 +132,9 @@ class SSEMeter:
             return None
         try:
             return self.on_event(name, data)
+        except UnreadableUsage as e:
+            self.reading.usage_error = str(e)
+            return None
         except Exception:
             log_failure(log, "Could not read usage from a stream event")
             return None

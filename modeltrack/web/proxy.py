@@ -543,7 +543,9 @@ class Exchange(Protocol):
         reading = self.meter.reading
         model = reading.model or self.requested_model
         price = _NO_USAGE
-        if reading.usage is not None:
+        if reading.usage_error is not None:
+            price = UNPRICED  # counts that cannot be believed are not priced
+        elif reading.usage is not None:
             try:
                 price = resource.gate.prices.price(
                     self.endpoint.provider, model, reading.usage, reading.price_context, when
