@@ -28,7 +28,10 @@ ATTRIBUTION_HEADERS = (
 )
 LABEL_LIMIT = 128
 NO_LABELS: dict[str, str | None] = {field: None for _, field in ATTRIBUTION_HEADERS}
-_CONTROL = dict.fromkeys(list(range(32)) + [127], None)
+#: Removed from labels: Unicode's control characters (category Cc: C0, DEL and C1,
+#: U+0085 among them) and its line and paragraph separators (Zl, Zp), which many
+#: readers take for line breaks.
+_CONTROL = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029], None)
 
 #: The controls' fields of an event no control acted on; set by the controls otherwise
 #: (modeltrack.controls.gate.Ticket.event_fields).

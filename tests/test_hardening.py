@@ -138,3 +138,21 @@ def test_the_index_skips_a_line_it_cannot_hold_and_says_where(tmp_path: Path) ->
     assert len(warned) == 3
     for message, offset in zip(warned, offsets):
         assert f"events.jsonl at offset {offset}" in message
+
+
+@pytest_twisted.ensureDeferred
+async def test_labels_lose_every_control_character_and_unicode_line_break(proxy: Any) -> None:
+    import unicodedata
+
+    label = "sess" + "\u0085\u2028\u2029\u009b\x7f\t" + "id"
+    body = json.dumps({"model": "gpt-4o", "messages": []}).encode()
+    header = b"X-ModelTrack-Session-Id: " + label.encode("utf-8") + b"\r\nX-ModelTrack-Team: t\xe2\x80\xa8eam\r\n"
+    answer = await in_thread(rawhttp.exchange, port_of(proxy), rawhttp.post(b"/v1/chat/completions", body, header))
+    assert rawhttp.status_of(answer) == 200
+    await proxy.flushed()
+    raw = (proxy.data_dir / "events.jsonl").read_text(encoding="utf-8")
+    assert len(raw.splitlines()) == 1  # str.splitlines splits on U+0085, U+2028, U+2029
+    [event] = proxy.events()
+    assert event["session_id"] == "sessid" and event["team"] == "team"
+    for value in (event["session_id"], event["team"]):
+        assert not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value)
