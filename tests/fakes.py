@@ -8,6 +8,7 @@ The model name in a request picks a behaviour, so that tests driving the officia
   - "stream-error": a stream that sends an error event after the 200;
   - "hang": never answers;
   - "hang-body": sends headers and one chunk, then goes silent;
+  - "late-end": sends a whole stream but ends its body only when the test says;
   - "huge-usage" / "vast-usage": usage counts of 2**64 / 10**400 tokens;
   - anything else: a normal answer.
 """
@@ -249,6 +250,11 @@ class FakeUpstream(Resource):
         if requested == "hang-body":
             request.write(chunks[0])
             self.open_requests.append((request, chunks[1:]))
+            return NOT_DONE_YET
+        if requested == "late-end":
+            for chunk in chunks:
+                request.write(chunk)
+            self.open_requests.append((request, []))
             return NOT_DONE_YET
         for chunk in chunks:
             request.write(chunk)

@@ -156,3 +156,40 @@ async def test_labels_lose_every_control_character_and_unicode_line_break(proxy:
     assert event["session_id"] == "sessid" and event["team"] == "team"
     for value in (event["session_id"], event["team"]):
         assert not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_read_to_its_end_marker_is_ok_whoever_closes_first(proxy: Any, upstream: Any) -> None:
+    import anthropic
+    import openai
+
+    oai = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-test", max_retries=0)
+    ant = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-test", max_retries=0)
+    user = [{"role": "user", "content": "hi"}]
+
+    def calls() -> None:
+        # The provider has sent every event but not yet ended its body; the SDKs stop at
+        # [DONE] / response.completed and close.
+        for _ in range(3):
+            list(oai.chat.completions.create(model="late-end", messages=user, stream=True))
+        # These SDKs read on to the body's end; a caller may stop at the end marker.
+        responses = oai.responses.create(model="late-end", input="hi", stream=True)
+        for event in responses:
+            if event.type == "response.completed":
+                break
+        responses.close()
+        with ant.messages.stream(model="late-end", max_tokens=5, messages=user) as messages:
+            for event in messages:
+                if event.type == "message_stop":
+                    break
+        # Cut before its end marker: still abandoned.
+        stream = oai.chat.completions.create(model="hang-body", messages=user, stream=True)
+        next(iter(stream))
+        stream.close()
+
+    await in_thread(calls)
+    await proxy.service.resource.drain(10)
+    await proxy.flushed()
+    events = proxy.events()
+    assert [e["outcome"] for e in events] == ["ok"] * 5 + ["client_closed"]
+    assert all(e["usage_complete"] for e in events[:5])

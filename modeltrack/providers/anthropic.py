@@ -62,7 +62,9 @@ class MessagesStreamMeter(SSEMeter):
         self._raw: dict[str, Any] = {}
 
     def wanted(self, chunk: bytes) -> bool:
-        return b"message_start" in chunk or b"message_delta" in chunk or b"error" in chunk
+        return (
+            b"message_start" in chunk or b"message_delta" in chunk or b"message_stop" in chunk or b"error" in chunk
+        )
 
     def on_event(self, name: bytes, data: bytes) -> object:
         if name == b"message_start":
@@ -77,6 +79,9 @@ class MessagesStreamMeter(SSEMeter):
             self.reading.final = True
         elif name == b"error":
             self.reading.error_type = text(dig(json.loads(data), "error", "type")) or "error"
+            return None
+        elif name == b"message_stop":
+            self.ended = True
             return None
         else:
             return None

@@ -39,6 +39,7 @@ class BodyMeter:
     """
 
     strips = False
+    ended = False
 
     def __init__(self, read_body: Callable[[dict[str, Any]], Reading]) -> None:
         self._read_body = read_body
@@ -90,7 +91,12 @@ class SSEMeter:
     """
     Meters an event stream. Subclasses implement L{on_event}, called only for events
     that carry data; C{strip=True} lets L{on_event} drop events by returning L{DROP}.
+
+    @ivar ended: the stream's own end marker has been read (and so relayed): the call
+        is complete whoever closes first. L{on_event} sets it.
     """
+
+    ended = False
 
     def __init__(self, strip: bool = False) -> None:
         self.strips = strip
@@ -102,8 +108,9 @@ class SSEMeter:
 
     def wanted(self, chunk: bytes) -> bool:
         """
-        Might C{chunk} hold an event that L{on_event} acts on? A cheap byte search,
-        allowed false positives, never a false negative.
+        Might C{chunk} hold an event that L{on_event} acts on (usage, an error, the
+        stream's end marker)? A cheap byte search, allowed false positives, never a
+        false negative.
         """
         raise NotImplementedError()
 
@@ -146,6 +153,7 @@ class RelayOnly:
     """
 
     strips = False
+    ended = False
 
     def __init__(self) -> None:
         self.reading = Reading()

@@ -88,12 +88,14 @@ class ChatStreamMeter(SSEMeter):
     def wanted(self, chunk: bytes) -> bool:
         return (
             _USAGE_OBJECT.search(chunk) is not None
+            or b"[DONE]" in chunk
             or b'"error"' in chunk
             or (self.reading.model is None and b'"model"' in chunk)
         )
 
     def on_event(self, name: bytes, data: bytes) -> object:
         if data == b"[DONE]":
+            self.ended = True
             return None
         reading = self.reading
         has_usage = _USAGE_OBJECT.search(data) is not None
@@ -136,6 +138,7 @@ class ResponsesStreamMeter(SSEMeter):
 
     def on_event(self, name: bytes, data: bytes) -> object:
         if name in _TERMINAL_RESPONSE_EVENTS:
+            self.ended = True
             response = json.loads(data).get("response") or {}
             reading = _read(response, responses_usage)
             if name == b"response.failed":

@@ -403,12 +403,17 @@ class Exchange(Protocol):
         tail = self.meter.close()
         if tail:
             self.request.write(tail)
-        outcome = "ok"
+        self._end(self._answered(), finish=True)
+
+    def _answered(self) -> str:
+        """
+        The outcome of a call whose answer reached its end.
+        """
         if self.status >= 400:
-            outcome = "upstream_error"
-        elif self.streaming and self.meter.reading.error_type:
-            outcome = "stream_error"
-        self._end(outcome, finish=True)
+            return "upstream_error"
+        if self.streaming and self.meter.reading.error_type:
+            return "stream_error"
+        return "ok"
 
     def crashed(self, failure: Failure) -> None:
         """
@@ -452,8 +457,12 @@ class Exchange(Protocol):
             if quiet < idle:
                 self._timer = clock.callLater(idle - quiet, self._timed_out)
                 return
-            # Headers came; the body went silent. The client sees a cut, not an end.
-            self._end("upstream_timeout", abort=True)
+            if self.meter.ended:
+                # Silent after its end marker: the answer is whole; end it cleanly.
+                self._end(self._answered(), finish=True)
+            else:
+                # Headers came; the body went silent. The client sees a cut, not an end.
+                self._end("upstream_timeout", abort=True)
             self.transport.stopProducing()
             return
         seconds = self._resource.timeouts.headers
@@ -464,7 +473,9 @@ class Exchange(Protocol):
     def _lost_client(self, failure: Failure | None) -> None:
         self._client_gone = True
         if not self._done:
-            self._end("client_closed")
+            # A client may stop reading at a stream's end marker and close before the
+            # provider ends its body: that call is complete, not abandoned.
+            self._end(self._answered() if self.meter.ended else "client_closed")
             self._stop_upstream()
         return None
 
