@@ -37,6 +37,7 @@ class Settings:
     connect_timeout: float = 10.0
     headers_timeout: float = 600.0
     idle_timeout: float = 300.0
+    head_timeout: float = 10.0
     drain_seconds: float = 30.0
     pool_size: int = 64
     access_log: bool = False
@@ -87,6 +88,7 @@ class Options(usage.Options):
         ["connect-timeout", None, "10", "Seconds to connect to a provider."],
         ["headers-timeout", None, "600", "Seconds from sending a request to the provider's response headers."],
         ["idle-timeout", None, "300", "Longest silence, in seconds, between two chunks of a response."],
+        ["head-timeout", None, "10", "Seconds a request's head (request line and headers) has to arrive whole; a late one gets 408."],
         ["drain-seconds", None, "30", "On stop, seconds to let in-flight calls finish before aborting them."],
         ["pool-size", None, "64", "Idle upstream connections kept per provider."],
         ["tls-cert", None, None, "PEM certificate (and chain) served on the --listen-tls endpoints; reloaded on SIGHUP."],
@@ -161,6 +163,7 @@ def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
         connect_timeout=_positive(options, "connect-timeout"),
         headers_timeout=_positive(options, "headers-timeout"),
         idle_timeout=_positive(options, "idle-timeout"),
+        head_timeout=_positive(options, "head-timeout"),
         drain_seconds=_positive(options, "drain-seconds", allow_zero=True),
         pool_size=int(_positive(options, "pool-size")),
         access_log=bool(options["access-log"]),

@@ -115,7 +115,9 @@ class ModeltrackService(Service):
             max_body=settings.max_body,
             metrics=self.metrics,
         )
-        self.site = ProxySite(self.resource, reactor, settings.max_body, settings.access_log)
+        self.site = ProxySite(
+            self.resource, reactor, settings.max_body, settings.access_log, settings.head_timeout
+        )
         self.tls = None
         if settings.tls_cert is not None and settings.tls_key is not None:
             self.tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import weakref
 from io import BytesIO
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -86,24 +87,126 @@ class ProxyRequest(server.Request):
         self.content.write(data)
 
 
+#: The longest request line or header line, and the whole head, in bytes, and the most
+#: header lines; past any of them a request gets 431. (The SDKs send about 1 KiB.)
+MAX_HEAD_LINE = 16 * 1024
+MAX_HEAD = 64 * 1024
+MAX_HEADER_LINES = 200
+DEFAULT_HEAD_TIMEOUT = 10.0
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_MESSAGES = {
+    400: b"the request head is malformed",
+    408: b"the request head did not arrive in time",
+    431: b"the request head is too large",
+}
+
+
+def _has_bare_lf(data: bytes) -> bool:
+    """
+    Does the head in C{data} (up to its blank line, if there) end a line with a bare LF?
+    """
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    return head.count(b"\n") != head.count(b"\r\n")
+
+
 class ProxyChannel(http.HTTPChannel):
     """
     HTTP/1.1 (the SDKs' protocol; no HTTP/2 negotiation) on a connection that sends
     at the end of the reactor's batch (L{write_through}), and reads a request that
     came with the connection as soon as it is accepted.
+
+    A request head must arrive whole within the site's C{head_timeout} of its first
+    byte (of the connection, for the first request): the idle timeout alone restarts
+    on every byte, so a client trickling a byte a second would hold the connection
+    for ever. A head too large gets 431, a malformed one (bare LFs included) 400, a
+    late one 408, and the connection closes.
     """
 
     _host: object = None
+    # Twisted's own head limits answer a bare 400 or close without a word: ours
+    # (checked first) answer 431.
+    MAX_LENGTH = MAX_HEAD_LINE
+    totalHeadersSize = 1 << 30
+    maxHeaders = 1 << 30
+    _head_timer: Any = None
+    _head_bytes = 0
+    _head_lines = 0
+    _tail = b""
+    _refused = False
 
     def connectionMade(self) -> None:
         write_through(self.transport)
         super().connectionMade()
+        self._start_head_timer()
         if isinstance(self.transport, _WriteThroughServer):
             # A client sends its request as soon as it is connected, so it is usually
             # here by the time the connection is accepted: read it now rather than
             # after the reactor's next batch of events. (Nothing there: the read finds
             # the socket empty; the client gone: the reactor sees it on its next poll.)
             self.transport.doRead()
+
+    def _start_head_timer(self) -> None:
+        self._head_timer = self.callLater(self.site.head_timeout, self._refuse, 408)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self.line_mode:  # a request head is arriving
+            if self._head_timer is None:
+                self._start_head_timer()
+            if b"\n" in data and _has_bare_lf(self._tail + data):
+                return self._refuse(400)
+            self._tail = data[-3:]
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        self._head_bytes += len(line) + 2
+        self._head_lines += 1
+        if self._head_bytes > MAX_HEAD or self._head_lines > MAX_HEADER_LINES + 1:
+            return self._refuse(431)
+        if b"\r" in line or b"\n" in line:
+            return self._refuse(400)
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse(431)
+
+    def allHeadersReceived(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+        self._head_bytes = self._head_lines = 0
+        self._tail = b""
+        super().allHeadersReceived()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._refuse(400)
+
+    def _refuse(self, code: int) -> None:
+        """
+        Answer a head that cannot be served, and close.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        if self._head_timer is not None and self._head_timer.active():
+            self._head_timer.cancel()
+        self._head_timer = None
+        body = b'{"error":{"type":"invalid_request_error","message":"%s"}}\n' % _MESSAGES[code]
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (code, _REASONS[code], len(body), body)
+        )
+        self.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._head_timer is not None and self._head_timer.active():
+            self._head_timer.cancel()
+        self._head_timer = None
+        super().connectionLost(reason)
 
     def getHost(self) -> object:
         # Asked for by every request (a getsockname call each); it cannot change.
@@ -116,6 +219,7 @@ class ProxySite(server.Site):
     """
     @ivar max_body: the largest request body accepted, in bytes.
     @ivar clock: the time source for request durations.
+    @ivar head_timeout: seconds a request head has to arrive whole (see L{ProxyChannel}).
     """
 
     requestFactory = ProxyRequest
@@ -127,11 +231,13 @@ class ProxySite(server.Site):
         clock: IReactorTime,
         max_body: int = DEFAULT_MAX_BODY,
         access_log: bool = False,
+        head_timeout: float = DEFAULT_HEAD_TIMEOUT,
     ) -> None:
         # No form parsing: bodies here are JSON, and parsing them as forms costs time.
         super().__init__(resource, reactor=clock, parsePOSTFormSubmission=False)
         self.clock = clock
         self.max_body = max_body
+        self.head_timeout = head_timeout
         self.access_log_on = access_log
         self.displayTracebacks = False
         self.connections: weakref.WeakSet[ProxyChannel] = weakref.WeakSet()
