@@ -58,6 +58,8 @@ class Settings:
     admin_token_file: Path | None = None
     alert_webhook: str | None = None
     index_seconds: float = 10.0
+    reserve_output_tokens: int = 4096
+    reserve_context_tokens: int = 200_000
 
 
 class ConfigError(Exception):
@@ -102,6 +104,8 @@ class Options(usage.Options):
         ["admin-listen", None, None, f"Twisted endpoint for the admin API, /metrics and the dashboard, or 'none' [env MODELTRACK_ADMIN_LISTEN, default {DEFAULT_ADMIN_LISTEN}]. Anything but loopback needs --admin-token-file."],
         ["admin-token-file", None, None, "File holding the admin bearer token (re-read on SIGHUP) [env MODELTRACK_ADMIN_TOKEN_FILE]."],
         ["alert-webhook", None, None, "URL to POST a JSON alert (Slack-compatible 'text') to when a budget passes its warning percent or its limit [env MODELTRACK_ALERT_WEBHOOK]."],
+        ["reserve-output-tokens", None, "4096", "Output tokens a budget reserves for a call that names no max_tokens (or max_output_tokens, max_completion_tokens)."],
+        ["reserve-context-tokens", None, "200000", "Input tokens a budget reserves for content a call refers to (URL, file id, earlier response, server-side tool) when the model's context window is not known."],
         ["index-seconds", None, "10", "How often the SQLite index catches up with the event log (the admin API also catches up before each answer)."],
     ]
 
@@ -179,6 +183,8 @@ def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
         **_check_admin(options, environ, listen + listen_tls),
         alert_webhook=_check_webhook(options["alert-webhook"] or environ.get("MODELTRACK_ALERT_WEBHOOK") or None),
         index_seconds=_positive(options, "index-seconds"),
+        reserve_output_tokens=int(_positive(options, "reserve-output-tokens")),
+        reserve_context_tokens=int(_positive(options, "reserve-context-tokens")),
     )
 
 

@@ -63,6 +63,7 @@ class PriceBook:
         self._overrides: dict[str, LinearPrice] = {}
         self.set_overrides(overrides)
         self._rates: dict[tuple[str, str, tuple[tuple[str, str], ...], int], LinearPrice | None] = {}
+        self._windows: dict[tuple[str, str], int | None] = {}
 
     def set_overrides(self, overrides: dict[str, ModelPrice] | None) -> None:
         """
@@ -95,6 +96,24 @@ class PriceBook:
         if rates is None:
             return UNPRICED
         return Price(rates.cost(usage), "genai-prices")
+
+    def context_window(self, provider: str, model: str) -> int | None:
+        """
+        The model's context window in tokens, as genai-prices knows it, or L{None}.
+        """
+        try:
+            return self._windows[(provider, model)]
+        except KeyError:
+            pass
+        try:
+            _, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
+            window = info.context_window
+        except LookupError:
+            window = None
+        if len(self._windows) > 10_000:
+            self._windows.clear()
+        self._windows[(provider, model)] = window
+        return window
 
     def _resolve(
         self, provider: str, model: str, context: dict[str, str], when: datetime

@@ -92,7 +92,15 @@ class ModeltrackService(Service):
             from twisted.web.client import Agent
 
             alerts = BudgetAlerts(settings.alert_webhook, HTTPClient(Agent(reactor)), reactor)
-        self.gate = Gate(prices, BudgetLedger(), None, cache, alerts)
+        self.gate = Gate(
+            prices,
+            BudgetLedger(),
+            None,
+            cache,
+            alerts,
+            reserved_output_tokens=settings.reserve_output_tokens,
+            default_context_tokens=settings.reserve_context_tokens,
+        )
         self.control_files = ControlFiles(settings.data_dir, self.gate)
         self.indexer = Indexer(settings.data_dir, reactor, settings.index_seconds)
         # Counted only when the admin listener can serve them: a few microseconds a call.

@@ -9,6 +9,7 @@ import re
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.logger import LogLevel, globalLogPublisher
@@ -34,10 +35,10 @@ ACTUAL = (Decimal(176) * Decimal("2.5") + 1024 * Decimal("1.25") + 300 * 10) / 1
 
 def reservation(body: dict, model: str = "gpt-4o") -> Decimal:
     """
-    The documented worst case: body bytes / 3 input tokens, max_tokens output tokens.
+    The documented worst case: a token per body byte, max_tokens output tokens.
     """
     raw = json.dumps(body).encode()
-    usage = Usage(input_tokens=len(raw) // 3 + 1, output_tokens=body.get("max_tokens", 4096))
+    usage = Usage(input_tokens=len(raw), output_tokens=body.get("max_tokens", 4096))
     return PRICES.price("openai", model, usage, {}, WHEN).cost_usd
 
 
@@ -359,3 +360,72 @@ def test_reload_keeps_the_last_good_configuration(tmp_path: Path) -> None:
     (tmp_path / "budgets.json").unlink()
     files.reload()
     assert gate.ledger.budgets == []
+
+
+# -- reservations are upper bounds -------------------------------------------
+
+
+def _dense_usage(call: Any) -> dict:
+    # The densest input there can be: a token for every byte the body holds.
+    return {"prompt_tokens": len(call.body), "completion_tokens": json.loads(call.body)["max_tokens"], "total_tokens": 0}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "漢字とかなの文" * 40,  # CJK: about a token a character, 3 bytes each
+        [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}],
+        [{"type": "file", "file": {"file_id": "file-abc"}}],
+    ],
+    ids=["cjk", "image-url", "file-id"],
+)
+def test_concurrent_calls_never_spend_past_a_block_budget(content: Any) -> None:
+    limit = Decimal("0.02")
+    h = Harness(budgets=[Budget("ml", limit)])
+    body = {"model": "gpt-4o", "max_tokens": 50, "messages": [{"role": "user", "content": content}]}
+    raw = json.dumps(body, ensure_ascii=False).encode()
+    transports = [h.send("POST", "/v1/chat/completions", raw, TEAM)[1] for _ in range(48)]
+    admitted = list(h.agent.calls)
+    refused = [t for t in transports if t.value()]
+    assert len(admitted) + len(refused) == 48 and refused
+    by_url = not isinstance(content, str)
+    for call in admitted:
+        usage = _dense_usage(call)
+        if by_url:
+            usage["prompt_tokens"] = 128_000  # the fetched content fills gpt-4o's window
+        answer(call, {"model": "gpt-4o-2024-08-06", "choices": [], "usage": usage})
+    spend = h.gate.ledger.standing(h.gate.ledger.budgets[0], "2026-09-21")[0]
+    assert spend <= limit
+    assert h.gate.ledger.open_reservations() == 0
+
+
+def test_a_reservation_past_what_is_left_refuses_only_under_block() -> None:
+    image = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+    body = {"model": "gpt-4o", "max_tokens": 50, "messages": [{"role": "user", "content": image}]}
+    for action, forwarded in (("block", 0), ("warn", 1)):
+        h = Harness(budgets=[Budget("ml", Decimal("0.02"), action=action)])
+        _, transport = h.send("POST", "/v1/chat/completions", body, TEAM)
+        assert len(h.agent.calls) == forwarded
+        if not forwarded:
+            assert status_of(transport) == 429
+
+
+def test_what_counts_as_content_by_reference() -> None:
+    from modeltrack.controls.gate import refers_to_content
+
+    inline = [
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
+        {"prompt": ["a legacy prompt"], "model": "x"},
+        {"input": "hi", "previous_response_id": None},
+    ]
+    referring = [
+        {"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "file", "file_id": "file_1"}}]}]},
+        {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]}]},
+        {"input": "more", "previous_response_id": "resp_1"},
+        {"input": "hi", "prompt": {"id": "pmpt_1"}},
+        {"messages": [], "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+        {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]},
+    ]
+    assert [refers_to_content(b) for b in inline] == [False] * len(inline)
+    assert [refers_to_content(b) for b in referring] == [True] * len(referring)

@@ -24,7 +24,46 @@ from modeltrack.usage import Usage, limit_from
 
 #: Output tokens reserved for a call that names no maximum.
 DEFAULT_RESERVED_OUTPUT_TOKENS = 4096
+#: Input tokens that content referred to by URL or id may take, for a model whose
+#: context window genai-prices does not know.
+DEFAULT_CONTEXT_TOKENS = 200_000
 _OUTPUT_LIMITS = ("max_tokens", "max_output_tokens", "max_completion_tokens")
+
+#: Keys whose value brings input the body does not hold: a file, an earlier response
+#: or conversation, an MCP server's or a container's content.
+_REFERENCE_KEYS = frozenset(
+    ("file_id", "file_url", "previous_response_id", "conversation", "mcp_servers", "container")
+)
+#: Keys holding a URL: content fetched by the provider unless it is a data: URL (inline).
+_URL_KEYS = frozenset(("url", "image_url"))
+#: Server-side tools whose results become input tokens.
+_FETCHING_TOOLS = ("web_search", "web_fetch", "file_search", "mcp", "code_interpreter", "code_execution")
+
+
+def refers_to_content(body: Any) -> bool:
+    """
+    Does a request bring in input its body does not hold (see L{_REFERENCE_KEYS},
+    L{_URL_KEYS}, L{_FETCHING_TOOLS})? The parsed body is walked, so that no JSON
+    spelling of a key (escapes) hides it.
+    """
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if value is None:
+                    continue
+                if key in _REFERENCE_KEYS or (key == "prompt" and isinstance(value, dict) and "id" in value):
+                    return True  # ("prompt" by id: a Responses prompt template; else inline text)
+                if key in _URL_KEYS and isinstance(value, str) and not value.startswith("data:"):
+                    return True
+                if key == "type" and isinstance(value, str) and value.startswith(_FETCHING_TOOLS):
+                    return True
+                if isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, (dict, list)))
+    return False
 
 
 @dataclass(slots=True)
@@ -72,8 +111,13 @@ class Gate:
         routing: Routing | None = None,
         cache: ResponseCache | None = None,
         alerts: BudgetAlerts | None = None,
+        *,
+        reserved_output_tokens: int = DEFAULT_RESERVED_OUTPUT_TOKENS,
+        default_context_tokens: int = DEFAULT_CONTEXT_TOKENS,
     ) -> None:
         self.prices = prices
+        self.reserved_output_tokens = reserved_output_tokens
+        self.default_context_tokens = default_context_tokens
         self.alerts = alerts
         self.ledger = ledger or BudgetLedger()
         self.routing = routing
@@ -155,15 +199,23 @@ class Gate:
         self, provider: str, path: str, model: str | None, body: dict[str, Any], raw_body: bytes, now: datetime
     ) -> Decimal | None:
         """
-        The most this call can cost: its body's size as input tokens (a token is rarely
-        under three bytes of text) and its output limit, at the model's list price.
+        The most this call's input can cost, and its output up to the limit it names:
+        a token always covers at least one byte, so the body's size in bytes bounds
+        the input it carries; content it refers to (a URL, a file id, an earlier
+        response, a server-side tool's results) can fill the model's whole context
+        window, which is added. Output: the request's own maximum, else
+        L{Gate.reserved_output_tokens} (no bound: the README says so).
         """
-        output = 0 if path == "/v1/embeddings" else DEFAULT_RESERVED_OUTPUT_TOKENS
+        output = 0 if path == "/v1/embeddings" else self.reserved_output_tokens
         for name in _OUTPUT_LIMITS:
             if limit_from(body.get(name)):
                 output = body[name]
                 break
-        usage = Usage(input_tokens=len(raw_body) // 3 + 1, output_tokens=output)
+        input_tokens = len(raw_body)
+        if refers_to_content(body):
+            window = self.prices.context_window(provider, model) if model else None
+            input_tokens += window or self.default_context_tokens
+        usage = Usage(input_tokens=input_tokens, output_tokens=output)
         return self.prices.price(provider, model, usage, {}, now).cost_usd
 
     def settle(
