@@ -123,3 +123,37 @@ async def test_routing_and_sighup_reload(reactor: Any, tmp_path: Path, upstream:
         assert (await get(proxy, "/routing/stats"))["rules"]["mini"]["routed"] == 1
     finally:
         await proxy.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_budget_refusal_is_not_retried_by_the_sdks(reactor: Any, tmp_path: Path, upstream: Any) -> None:
+    write(tmp_path / "budgets.json", {"budgets": [{"team": "ml", "app": "", "monthly_limit": 0.000001, "action": "block"}]})
+    proxy = start_proxy(reactor, tmp_path, upstream.url)
+    headers = {"X-ModelTrack-Team": "ml"}
+    try:
+        # The SDKs' default: two retries of a 429.
+        oai = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-x", default_headers=headers)
+        ant = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-x", default_headers=headers)
+
+        def calls() -> list[Any]:
+            errors = []
+            for call in (
+                lambda: oai.chat.completions.create(model="gpt-4o", messages=USER, max_tokens=10),
+                lambda: ant.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=USER),
+            ):
+                try:
+                    call()
+                except (openai.RateLimitError, anthropic.RateLimitError) as e:
+                    errors.append(e)
+            return errors
+
+        errors = await in_thread(calls)
+        assert len(errors) == 2
+        for error in errors:
+            assert error.response.headers["x-should-retry"] == "false"
+            assert error.response.reason_phrase == "Too Many Requests"
+        await proxy.flushed()
+        assert [e["outcome"] for e in proxy.events()] == ["rejected", "rejected"]
+        assert upstream.resource.seen == []
+    finally:
+        await proxy.service.stopService()

@@ -289,6 +289,9 @@ class Exchange(Protocol):
             datetime.fromtimestamp(resource.clock.seconds(), timezone.utc),
         )
         if ticket.refusal is not None:
+            # Both SDKs retry a 429 unless told not to; a budget does not free up in a
+            # second, and each retry would be one more refused call and event.
+            self.request.setHeader(b"x-should-retry", b"false")
             self._respond(429, *ticket.refusal, "rejected")
             return None
         if ticket.hit is not None:

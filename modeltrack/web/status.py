@@ -7,11 +7,14 @@ C{/routing/stats}.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from datetime import datetime, timezone
 from typing import Any
 
 from twisted.web.http import datetimeToString
 from twisted.web.server import Request
+
+_PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
 #: The status paths, by their bytes (named in the access log).
 STATUS_PATHS = {
@@ -30,9 +33,10 @@ class Readiness:
 
 def json_response(request: Request, code: int, body: Any) -> bytes:
     """
-    An answer of the proxy's own (not relayed from a provider).
+    An answer of the proxy's own (not relayed from a provider), with the status's
+    standard reason phrase (Twisted knows none for 429).
     """
-    request.setResponseCode(code)
+    request.setResponseCode(code, _PHRASES.get(code))
     request.setHeader(b"date", datetimeToString())
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
