@@ -229,6 +229,14 @@ class Journal:
         self._flush_waiters: list[tuple[int, Deferred[None]]] = []
 
     @property
+    def holds_answers(self) -> bool:
+        """
+        Under C{always}, an answer is complete to its client only once its event is
+        on disk (see L{modeltrack.web.proxy.Exchange}).
+        """
+        return self.fsync_policy == "always"
+
+    @property
     def queued(self) -> int:
         return len(self._queue)
 

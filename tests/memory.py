@@ -37,6 +37,8 @@ class RecordingJournal:
 
     def __init__(self) -> None:
         self.lines: list[bytes] = []
+        self.holds_answers = False
+        self.syncs: list[Deferred[None]] = []
         self.healthy = True
         self.accepting = True
         self.written = 0
@@ -46,6 +48,19 @@ class RecordingJournal:
     def append(self, line: bytes) -> None:
         self.lines.append(line)
         self.written += 1
+
+    def flush(self) -> Deferred[None]:
+        """
+        Fires when the test calls L{sync}: the events appended so far are "on disk".
+        """
+        d: Deferred[None] = Deferred()
+        self.syncs.append(d)
+        return d
+
+    def sync(self) -> None:
+        syncs, self.syncs = self.syncs, []
+        for d in syncs:
+            d.callback(None)
 
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.lines]

@@ -231,6 +231,11 @@ class Exchange(Protocol):
         self._labels = events.NO_LABELS
         self._last_data = 0.0
         self.ticket = NO_TICKET
+        #: Under C{--fsync always}, an answer is not complete to its client until its
+        #: event is on disk: its last bytes and its end wait in C{_held}.
+        self._holds = endpoint.metered and resource.journal.holds_answers
+        self._held: list[bytes] = []
+        self._awaiting_disk = False
 
     # -- start ---------------------------------------------------------------
 
@@ -334,7 +339,7 @@ class Exchange(Protocol):
             request.responseHeaders.setRawHeaders(name, values)
         request.setHeader(b"x-modeltrack-cache", b"HIT")
         request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
-        request.write(entry.body)
+        self._write_last(entry.body)
         self._end("ok", finish=True)
 
     # -- upstream answers ----------------------------------------------------
@@ -390,7 +395,10 @@ class Exchange(Protocol):
             return
         relay = self.meter.feed(data)
         if relay:
-            self.request.write(relay)
+            if self._holds and (self.meter.ended or isinstance(self.meter, BodyMeter)):
+                self._hold_back(relay)
+            else:
+                self.request.write(relay)
         # Noted, not re-armed: resetting a timer on every chunk costs more than
         # checking, when it fires, whether the stream was quiet all that time.
         self._last_data = self._resource.clock.seconds()
@@ -405,7 +413,7 @@ class Exchange(Protocol):
             return self._end("upstream_unreachable", abort=True)
         tail = self.meter.close()
         if tail:
-            self.request.write(tail)
+            self._write_last(tail)
         self._end(self._answered(), finish=True)
 
     def _answered(self) -> str:
@@ -486,7 +494,13 @@ class Exchange(Protocol):
         """
         End now, for a shutdown that could not wait any longer.
         """
-        if not self._done:
+        if self._awaiting_disk:
+            # Its event is queued but not yet on disk: the client never sees it complete.
+            self._awaiting_disk = False
+            if not self._client_gone:
+                self.request.transport.abortConnection()
+            self._resource.forget(self)
+        elif not self._done:
             self._end("shutdown", abort=True)
             self._stop_upstream()
 
@@ -521,8 +535,31 @@ class Exchange(Protocol):
         self.status = code
         if not self._client_gone:
             self.request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
-            self.request.write(json_response(self.request, code, self.endpoint.error_body(error_type, message)))
+            self._write_last(json_response(self.request, code, self.endpoint.error_body(error_type, message)))
         self._end(outcome, finish=True, error_type=error_type)
+
+    def _write_last(self, data: bytes) -> None:
+        """
+        Write bytes that may complete the answer: held back while answers wait for
+        their events.
+        """
+        if self._holds:
+            self._hold_back(data)
+        else:
+            self.request.write(data)
+
+    def _hold_back(self, data: bytes) -> None:
+        """
+        Under C{--fsync always}: keep the answer's last bytes until its event is on
+        disk. A stream's bytes from its end marker on wait; a body waits one chunk
+        behind (its last chunk may be the one that completes it).
+        """
+        if isinstance(self.meter, BodyMeter) and not self._done:
+            held, self._held = self._held, [data]
+            if held:
+                self.request.write(b"".join(held))
+        else:
+            self._held.append(data)
 
     def _end(
         self, outcome: str, *, finish: bool = False, abort: bool = False, error_type: str | None = None
@@ -537,15 +574,36 @@ class Exchange(Protocol):
             if abort:
                 request.transport.abortConnection()
             elif finish:
-                request.finish()
-                if self._resource.draining:
-                    # Stopping: no further request may come on this connection (see
-                    # ProxySite.close_idle_connections); it closes once the answer is out.
-                    request.transport.loseConnection()
+                if self._holds:
+                    self._awaiting_disk = True  # finished by _completed
+                else:
+                    self._finish()
         if error_type is not None and self.meter.reading.error_type is None:
             self.meter.reading.error_type = error_type
         # The answer leaves before its accounting is done.
         after_sending(self._record, outcome)
+
+    def _finish(self) -> None:
+        request = self.request
+        request.finish()
+        if self._resource.draining:
+            # Stopping: no further request may come on this connection (see
+            # ProxySite.close_idle_connections); it closes once the answer is out.
+            request.transport.loseConnection()
+
+    def _completed(self, _: object = None) -> None:
+        """
+        The event is on disk: the held answer may complete.
+        """
+        if not self._awaiting_disk:
+            return  # aborted by a stop meanwhile
+        self._awaiting_disk = False
+        if not self._client_gone:
+            if self._held:
+                self.request.write(b"".join(self._held))
+                self._held = []
+            self._finish()
+        self._resource.forget(self)
 
     def _record(self, outcome: str) -> None:
         resource = self._resource
@@ -593,7 +651,10 @@ class Exchange(Protocol):
         event.update(ticket.event_fields(saved))
         resource.journal.append(events.encode(event))
         resource.stats.record(event, price.cost_usd)
-        resource.forget(self)
+        if self._awaiting_disk:
+            resource.journal.flush().addCallback(self._completed)
+        else:
+            resource.forget(self)
         if resource.metrics is not None:
             overhead = None if self._forwarded is None else self._forwarded - self.started
             resource.metrics.observe(event, price.cost_usd, saved, overhead)
