@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults, succee
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
+from twisted.python.failure import Failure
 
 from modeltrack.admin.api import AdminAPI
 from modeltrack.admin.site import admin_site
@@ -166,31 +167,54 @@ class ModeltrackService(Service):
         self._previous_sigterm: Any = None
         self._reactor.callWhenRunning(self._take_sigterm)
         super().startService()
+        # Every listener is bound here, before the reactor runs (so before any serves);
+        # one that cannot be bound closes the others: nothing listens after a failed
+        # start, and the line names the option that failed.
         listening = []
-        for description, tls in [(d, False) for d in self.settings.listen] + [
-            (d, True) for d in self.settings.listen_tls
-        ]:
+        for option, description, factory in self._listeners():
             endpoint = endpoints.serverFromString(self._reactor, description)
-            if tls:
+            if option == "--listen-tls":
                 endpoint = endpoints.wrapServerTLS(self.tls, endpoint)
-            listening.append(endpoint.listen(self.site).addCallback(self.ports.append))
+            d = endpoint.listen(factory)
+            d.addCallbacks(lambda port, option=option: (option, port), lambda failure, option=option: (option, failure))
+            listening.append(d)
         self.admin_port: Any = None
-        if self.admin is not None:
-            endpoint = endpoints.serverFromString(self._reactor, self.settings.admin_listen)
-            listening.append(endpoint.listen(self.admin).addCallback(self._admin_listening))
         self._early_failure: str | None = None
-        gatherResults(listening, consumeErrors=True).addCallbacks(
-            self._listening, self._listen_failed
-        )
+        gatherResults(listening).addCallback(self._bound)
         if self._early_failure is not None:
             # Before the reactor runs (a port in use): one line and a non-zero exit.
-            sys.stderr.write(f"modeltrack: --listen: {self._early_failure}\n")
+            sys.stderr.write(f"modeltrack: {self._early_failure}\n")
             raise SystemExit(1)
 
-    def _admin_listening(self, port: Any) -> None:
-        self.admin_port = port
+    def _listeners(self) -> list[tuple[str, str, Any]]:
+        found = [("--listen", description, self.site) for description in self.settings.listen]
+        found += [("--listen-tls", description, self.site) for description in self.settings.listen_tls]
+        if self.admin is not None:
+            found.append(("--admin-listen", self.settings.admin_listen, self.admin))
+        return found
 
-    def _listening(self, _: object) -> None:
+    def _bound(self, results: list[tuple[str, Any]]) -> None:
+        failed = [(option, result) for option, result in results if isinstance(result, Failure)]
+        if not failed:
+            for option, port in results:
+                if option == "--admin-listen":
+                    self.admin_port = port
+                else:
+                    self.ports.append(port)
+            self._listening()
+            return
+        for _, port in results:
+            if not isinstance(port, Failure):
+                port.stopListening()
+        option, failure = failed[0]
+        error = f"{option}: {getattr(failure.value, 'subFailure', failure).getErrorMessage()}"
+        if not self._reactor.running:
+            self._early_failure = error
+            return
+        log.critical("modeltrack could not listen: {error}", error=error)
+        self._reactor.stop()
+
+    def _listening(self) -> None:
         # Started only once listening: a failed start leaves no index process or
         # query thread behind to keep the process from exiting.
         self.indexer.start()
@@ -213,14 +237,6 @@ class ModeltrackService(Service):
             log.info("modeltrack listening on {address}", address=str(port.getHost()))
         if self.admin_port is not None:
             log.info("Admin API, /metrics and dashboard on {address}", address=str(self.admin_port.getHost()))
-
-    def _listen_failed(self, failure: Any) -> None:
-        error = getattr(failure.value, "subFailure", failure).getErrorMessage()
-        if not self._reactor.running:
-            self._early_failure = error
-            return
-        log.critical("modeltrack could not listen: {error}", error=error)
-        self._reactor.stop()
 
     @property
     def _cache_path(self) -> Path:

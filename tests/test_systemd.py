@@ -60,7 +60,7 @@ async def test_socket_activation_and_readiness(tmp_path: Path, upstream: Any) ->
         [
             shutil.which("systemd-socket-activate") or "systemd-socket-activate",
             "-l", f"127.0.0.1:{port}", "--fdname=proxy",
-            "-E", "PYTHONPATH", "-E", "NOTIFY_SOCKET",
+            "-E", "PYTHONPATH", "-E", "NOTIFY_SOCKET", "-E", "MODELTRACK_ADMIN_LISTEN",
             TWISTD, "-n", "--pidfile=", "modeltrack",
             "--listen", "systemd:domain=INET:name=proxy",
             "--data-dir", str(tmp_path / "data"), "--openai-url", upstream.url,

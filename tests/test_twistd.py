@@ -89,6 +89,23 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert "Address already in use" in line
 
 
+def test_an_admin_port_in_use_names_its_option_and_nothing_serves(tmp_path: Path) -> None:
+    proxy_port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        admin = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        result = twistd(
+            "-n", "--pidfile=", "modeltrack", "--data-dir", str(tmp_path),
+            "--listen", f"tcp:{proxy_port}:interface=127.0.0.1", "--admin-listen", admin,
+        )
+    output = (result.stdout + result.stderr).splitlines()
+    assert result.returncode != 0
+    [line] = [l for l in output if "modeltrack: --admin-listen" in l]
+    assert "Address already in use" in line
+    assert not [l for l in output if "--listen:" in l or "listening on" in l]
+
+
 @pytest_twisted.ensureDeferred
 async def test_run_serve_and_stop_gracefully(tmp_path: Path, upstream: Any) -> None:
     """
