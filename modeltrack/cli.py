@@ -80,7 +80,10 @@ def parser() -> argparse.ArgumentParser:
         ("price", "the per-million-token prices a model is charged at, and where they come from"),
     ):
         command = commands.add_parser(name, help=helptext)
-        command.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MODELTRACK_DATA_DIR") or "data"))
+        command.add_argument(
+            "--data-dir", type=Path, default=None,
+            help="the proxy's data dir [env MODELTRACK_DATA_DIR, default ./data]",
+        )
         if name in ("index", "report", "sessions"):
             command.add_argument(
                 "--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -108,7 +111,28 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """
+    The command line's entry point. Output cut short by its reader (C{| head}) ends
+    the command quietly, as it does for any Unix tool.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # Python would try to flush stdout again at exit, and fail again, loudly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
+    given = args.data_dir is not None or bool(os.environ.get("MODELTRACK_DATA_DIR"))
+    args.data_dir = args.data_dir or Path(os.environ.get("MODELTRACK_DATA_DIR") or "data")
+    if args.command == "price" and not given and not args.data_dir.is_dir():
+        # A price needs no data dir; only its pricing.json overrides live there.
+        return show_price(None, args.model, args.provider)
     if not args.data_dir.is_dir():
         print(f"modeltrack: --data-dir: {str(args.data_dir)!r} is not a directory", file=sys.stderr)
         return 2
@@ -187,14 +211,14 @@ def check(data_dir: Path) -> int:
     return 1 if problems else 0
 
 
-def show_price(data_dir: Path, model: str, provider: str | None) -> int:
+def show_price(data_dir: Path | None, model: str, provider: str | None) -> int:
     from datetime import datetime, timezone
 
     from genai_prices import data_snapshot
 
     from modeltrack.pricing import load_overrides
 
-    overrides = load_overrides(data_dir / "pricing.json") or {}
+    overrides = {} if data_dir is None else load_overrides(data_dir / "pricing.json") or {}
     rates = overrides.get(model.lower())
     source = "pricing.json"
     if rates is None:

@@ -181,3 +181,29 @@ async def test_indexer_child_answers_after_update_and_comes_back(tmp_path: Path)
         process = indexer._process
         await indexer.stop()
     assert process.ended.called and indexer._pool.joined
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # `true` reads nothing and is gone long before Python has started: every write fails.
+    command = f"{sys.executable} -m modeltrack.cli check --data-dir {tmp_path} | true"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert done.stderr == ""
+
+
+def test_price_needs_no_data_dir(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "modeltrack.cli", "price", "gpt-4o"], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={k: v for k, v in __import__("os").environ.items() if k != "MODELTRACK_DATA_DIR"},
+    )
+    assert done.returncode == 0 and "input_mtok: 2.5" in done.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "modeltrack.cli", "price", "gpt-4o", "--data-dir", str(tmp_path / "nope")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert missing.returncode == 2  # a data dir named but missing is still a mistake
