@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from modeltrack.datadir import create_file
 from modeltrack.journal import LIVE_NAME
 from modeltrack.usage import MAX_COUNT
 
@@ -81,6 +82,8 @@ _INSERT = f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.j
 
 
 def connect(data_dir: Path, check_same_thread: bool = True) -> sqlite3.Connection:
+    # Created 0640 like the event log (SQLite gives its WAL files the same mode).
+    create_file(data_dir / DB_NAME)
     db = sqlite3.connect(data_dir / DB_NAME, check_same_thread=check_same_thread)
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(SCHEMA)

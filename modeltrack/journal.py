@@ -24,6 +24,8 @@ from typing import Callable
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from modeltrack.datadir import FILE_MODE, make_data_dir
+
 log = Logger()
 
 LIVE_NAME = "events.jsonl"
@@ -78,7 +80,7 @@ class SegmentFile:
         cannot be recovered; it is cut off, and the loss logged, so that every line
         in the file is whole.
         """
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         self.size = os.fstat(self._fd).st_size
         self.first_write = None
         if self.size:
@@ -249,7 +251,7 @@ class Journal:
         return len(self._queue) < self.max_queued and not self._stopping
 
     def start(self) -> None:
-        self.file.directory.mkdir(parents=True, exist_ok=True)
+        make_data_dir(self.file.directory)
         self.file.open()
         self._thread = threading.Thread(target=self._run, name="modeltrack-journal", daemon=True)
         self._thread.start()

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from twisted.python import usage
 
+from modeltrack.datadir import make_data_dir
 from modeltrack.journal import FSYNC_POLICIES
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -222,7 +223,7 @@ def _check_url(option: str, url: str, keep_query: bool = False) -> str:
 
 def _check_data_dir(path: Path) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_data_dir(path)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:

@@ -31,6 +31,7 @@ from modeltrack.controls.cache import ResponseCache, load_secret, load_snapshot,
 from modeltrack.controls.files import ControlFiles
 from modeltrack.controls.gate import Gate
 from modeltrack.controls.spendlog import rebuild
+from modeltrack.datadir import state_dir
 from modeltrack.indexer import Indexer
 from modeltrack.journal import Journal
 from modeltrack.metrics import Metrics
@@ -80,7 +81,7 @@ class ModeltrackService(Service):
         cache = None
         if settings.cache:
             cache = ResponseCache(
-                load_secret(settings.data_dir / "state"),
+                load_secret(state_dir(settings.data_dir)),
                 reactor,
                 max_entries=settings.cache_entries,
                 max_bytes=settings.cache_bytes,

@@ -176,3 +176,32 @@ def test_sigkill_mid_write_leaves_whole_lines(tmp_path: Path) -> None:
     events = all_lines(tmp_path)
     assert len(events) > 0
     assert [e["n"] for e in events] == list(range(len(events)))
+
+
+def test_what_the_proxy_creates_is_private_to_its_user_and_group(tmp_path: Path) -> None:
+    import stat
+
+    from modeltrack import index
+    from modeltrack.controls.cache import load_secret
+    from modeltrack.datadir import state_dir
+    from modeltrack.options import _check_data_dir
+
+    old = os.umask(0o022)  # a common default: the modes asked for must not rely on it
+    try:
+        data_dir = tmp_path / "new" / "data"
+        _check_data_dir(data_dir)
+        journal = Journal(data_dir, call_from_thread=lambda f, *a, **k: f(*a, **k))
+        journal.start()
+        journal.append(b"{}\n")
+        journal.stop()
+        journal.join(10)
+        load_secret(state_dir(data_dir))
+        index.connect(data_dir).close()
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(data_dir) == 0o750
+    assert mode(data_dir / "state") == 0o700
+    assert mode(data_dir / "state" / "cache.secret") == 0o600
+    assert mode(data_dir / "events.jsonl") == 0o640
+    assert mode(data_dir / "modeltrack.db") == 0o640

@@ -25,6 +25,8 @@ import msgpack
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
+from modeltrack.datadir import STATE_DIR_MODE
+
 log = Logger()
 
 #: Request headers that identify the caller to a provider.
@@ -183,7 +185,7 @@ def load_secret(state_dir: Path) -> bytes:
             return secret
     except FileNotFoundError:
         pass
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     secret = secrets.token_bytes(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -192,7 +194,7 @@ def load_secret(state_dir: Path) -> bytes:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:

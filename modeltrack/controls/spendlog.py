@@ -17,6 +17,7 @@ import msgpack
 from twisted.logger import Logger
 
 from modeltrack.controls.budgets import BudgetLedger
+from modeltrack.datadir import STATE_DIR_MODE
 from modeltrack.journal import LIVE_NAME
 
 log = Logger()
@@ -89,7 +90,7 @@ def _load(path: Path) -> dict[str, list[list[str]]]:
 
 
 def _save(path: Path, data: dict[str, list[list[str]]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_bytes(msgpack.packb(data))
     os.replace(temporary, path)

@@ -1,0 +1,41 @@
+"""
+The data dir's layout and its permissions: prompts never land here, but spend,
+labels and the per-install secret do, so nothing is readable beyond the service's
+own group (and the state dir, which holds the secret, beyond its user).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_DIR_MODE = 0o750
+STATE_DIR_MODE = 0o700
+#: The event log, its segments and the SQLite index.
+FILE_MODE = 0o640
+
+
+def make_data_dir(path: Path) -> None:
+    """
+    Create the data dir if it is missing (an existing one keeps its mode: the
+    operator's choice).
+    """
+    path.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+
+
+def state_dir(data_dir: Path) -> Path:
+    """
+    C{<data-dir>/state}, created 0700 if missing: the cache secret, snapshots and
+    checkpoints.
+    """
+    path = data_dir / "state"
+    path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    return path
+
+
+def create_file(path: Path) -> None:
+    """
+    Create C{path} with L{FILE_MODE} if it does not exist (before a library that
+    would create it with its own mode opens it).
+    """
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
