@@ -20,7 +20,7 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
 from modeltrack.admin.api import AdminAPI
@@ -34,6 +34,7 @@ from modeltrack.controls.spendlog import rebuild
 from modeltrack.datadir import state_dir
 from modeltrack.indexer import Indexer
 from modeltrack.journal import Journal
+from modeltrack.logs import observer
 from modeltrack.metrics import Metrics
 from modeltrack.options import ConfigError, Settings, read_token
 from modeltrack.pricing import PriceBook
@@ -139,8 +140,7 @@ class ModeltrackService(Service):
         L{ILogObserver} set on the application is the documented way for a plugin to
         choose how logs are written.
         """
-        if self.settings.log_format == "json":
-            parent.setComponent(ILogObserver, jsonFileLogObserver(sys.stdout, recordSeparator=""))
+        parent.setComponent(ILogObserver, observer(self.settings.log_format, sys.stdout))
         super().setServiceParent(parent)
 
     def startService(self) -> None:

@@ -193,3 +193,33 @@ async def test_a_stream_read_to_its_end_marker_is_ok_whoever_closes_first(proxy:
     events = proxy.events()
     assert [e["outcome"] for e in events] == ["ok"] * 5 + ["client_closed"]
     assert all(e["usage_complete"] for e in events[:5])
+
+
+def test_log_lines_carry_no_exception_text_in_either_format() -> None:
+    import io
+
+    from twisted.logger import Logger, LogPublisher
+    from twisted.python.failure import Failure
+
+    from modeltrack.logs import observer
+    from modeltrack.web.site import ProxyRequest
+
+    secret = SECRET.decode()
+    for log_format in ("text", "json"):
+        out = io.StringIO()
+        publisher = LogPublisher(observer(log_format, out))
+        log = Logger(namespace="twisted.web.http", observer=publisher)
+        try:
+            raise RuntimeError(f"Producer was not unregistered for /v1/x?key={secret}")
+        except RuntimeError:
+            log.failure("", Failure())
+        request = ProxyRequest.__new__(ProxyRequest)
+        request.method, request.uri = b"HEAD", b"/healthz?key=" + SECRET
+        log.info("Warning: HEAD request {slf} is returning a message body.", slf=request)
+        text = out.getvalue()
+        assert len(text.splitlines()) == 2
+        assert secret not in text
+        assert "RuntimeError at" in text
+        if log_format == "json":
+            first = json.loads(text.splitlines()[0])
+            assert first["level"] == "critical" and first["error_class"] == "RuntimeError"

@@ -182,5 +182,13 @@ async def test_json_logs(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
     records = [json.loads(line) for line in lines if line.strip()]
-    access = [r for r in records if r.get("log_namespace") == "modeltrack.access"]
+    access = [r for r in records if r.get("namespace") == "modeltrack.access"]
     assert access and access[0]["path"] == "/healthz" and access[0]["status"] == 200
+    assert access[0]["message"].startswith("GET /healthz 200 ")
+    for record in records:
+        # One flat object: readable fields, no Twisted internals.
+        assert list(record)[:4] == ["time", "level", "namespace", "message"]
+        assert record["time"].endswith("Z") and "T" in record["time"]
+        assert record["level"] in ("debug", "info", "warn", "error", "critical")
+        assert not any(key.startswith(("log_", "__")) or key == "unpersistable" for key in record)
+        assert all(not isinstance(value, (dict, list)) for value in record.values())

@@ -33,6 +33,12 @@ class ProxyRequest(server.Request):
 
     too_large = False
     started = 0.0
+    route: str | None = None
+
+    def __repr__(self) -> str:
+        # Twisted puts a request's repr in log lines; its own repr holds the whole
+        # target, query (and any key in it) included.
+        return f"<ProxyRequest {safe_method(self.method)} {self.route or '-'}>"
 
     def __init__(self, channel: object, *args: object, **kwargs: object) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -275,7 +281,7 @@ class ProxySite(server.Site):
         access_logger.info(
             "{method} {path} {status} {bytes}B {duration_ms}ms {request_id}",
             method=safe_method(request.method),
-            path=getattr(request, "route", None) or STATUS_PATHS.get(request.path, "-"),
+            path=request.route or STATUS_PATHS.get(request.path, "-"),
             status=request.code,
             bytes=request.sentLength,
             duration_ms=round((self.clock.seconds() - request.started) * 1000, 1),
