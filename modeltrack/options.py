@@ -61,6 +61,7 @@ class Settings:
     index_seconds: float = 10.0
     reserve_output_tokens: int = 4096
     reserve_context_tokens: int = 200_000
+    fast_path: bool = True
 
 
 class ConfigError(Exception):
@@ -79,6 +80,7 @@ class Options(usage.Options):
     optFlags = [
         ["access-log", None, "Log one line per request (method, path, status, bytes, duration, request id)."],
         ["cache", None, "Answer identical non-streaming calls of the same caller from a response cache."],
+        ["no-fast-path", None, "Use only Twisted's public API (Agent, plain transports): slower; for a Twisted whose internals the fast path does not know."],
         ["cache-sampled", None, "Also cache calls sampled at a temperature above 0 (or with none: the providers default to 1)."],
     ]
     optParameters = [
@@ -186,6 +188,7 @@ def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
         index_seconds=_positive(options, "index-seconds"),
         reserve_output_tokens=int(_positive(options, "reserve-output-tokens")),
         reserve_context_tokens=int(_positive(options, "reserve-context-tokens")),
+        fast_path=not options["no-fast-path"],
     )
 
 

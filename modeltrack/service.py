@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from twisted import version as twisted_version
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
@@ -45,7 +46,8 @@ from modeltrack.web.proxy import ProxyResource, Timeouts
 from modeltrack.web.site import ProxySite
 from modeltrack.web.status import Readiness
 from modeltrack.web.tls import ReloadableServerTLS
-from modeltrack.web.upstream import OriginAgent, Upstream, load_trust_root, make_pool
+from modeltrack.web import fastpath
+from modeltrack.web.upstream import OriginAgent, Upstream, load_trust_root, make_pool, plain_agent
 
 log = Logger()
 
@@ -69,15 +71,26 @@ class ModeltrackService(Service):
         )
         self.stats = Stats()
         self.readiness = Readiness()
+        self.fast_path = settings.fast_path
+        if self.fast_path:
+            gaps = fastpath.missing(reactor)
+            if gaps:
+                log.warn(
+                    "Twisted {version} lacks what the fast path uses ({gaps}): using its public API only",
+                    version=twisted_version.short(), gaps=", ".join(gaps),
+                )
+                self.fast_path = False
         self._pools = []
         upstreams = {}
         trust_root = None if settings.ca_bundle is None else load_trust_root(settings.ca_bundle)
         for provider, url in ((openai.NAME, settings.openai_url), (anthropic.NAME, settings.anthropic_url)):
-            pool = make_pool(reactor, settings.pool_size)
+            pool = make_pool(reactor, settings.pool_size, self.fast_path)
             self._pools.append(pool)
-            upstreams[provider] = Upstream(
-                url, OriginAgent(reactor, pool, url, settings.connect_timeout, trust_root)
-            )
+            if self.fast_path:
+                agent: Any = OriginAgent(reactor, pool, url, settings.connect_timeout, trust_root)
+            else:
+                agent = plain_agent(reactor, pool, settings.connect_timeout, trust_root)
+            upstreams[provider] = Upstream(url, agent)
         prices = PriceBook()
         cache = None
         if settings.cache:
@@ -127,7 +140,7 @@ class ModeltrackService(Service):
             metrics=self.metrics,
         )
         self.site = ProxySite(
-            self.resource, reactor, settings.max_body, settings.access_log, settings.head_timeout
+            self.resource, reactor, settings.max_body, settings.access_log, settings.head_timeout, self.fast_path
         )
         self.tls = None
         if settings.tls_cert is not None and settings.tls_key is not None:

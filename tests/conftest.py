@@ -82,9 +82,14 @@ def start_proxy(reactor: Any, data_dir: Path, upstream_url: str, **overrides: An
     return Proxy(service, f"http://127.0.0.1:{port}", data_dir)
 
 
-@pytest.fixture
-def proxy(reactor: Any, tmp_path: Path, upstream: Upstream) -> Any:
-    running = start_proxy(reactor, tmp_path, upstream.url)
+@pytest.fixture(params=["fast-path", "public-api"])
+def proxy(request: Any, reactor: Any, tmp_path: Path, upstream: Upstream) -> Any:
+    """
+    The proxy on each of its paths: the fast one, and Twisted's public API alone
+    (C{--no-fast-path}, and what a Twisted lacking the fast path's internals gets).
+    """
+    running = start_proxy(reactor, tmp_path, upstream.url, fast_path=request.param == "fast-path")
+    assert running.service.fast_path is (request.param == "fast-path")
     yield running
     if running.service.running:
         pytest_twisted.blockon(running.service.stopService())

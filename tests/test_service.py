@@ -12,6 +12,8 @@ import openai
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
+from modeltrack.options import Settings
+from modeltrack.service import ModeltrackService
 from tests.conftest import start_proxy
 
 
@@ -53,3 +55,37 @@ async def test_stop_aborts_what_outlives_the_drain(reactor: Any, tmp_path: Path,
         await deferToThread(list, chunks)
     except openai.APIError:
         pass  # the client sees a cut stream
+
+
+def test_a_twisted_without_the_fast_path_s_internals_gets_the_public_api(
+    reactor: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from modeltrack.web import fastpath
+
+    assert fastpath.missing(reactor) == []  # this Twisted has them all
+    monkeypatch.setattr(fastpath, "missing", lambda reactor: ["tcp.Connection._tempDataBuffer"])
+    logged: list[str] = []
+    observe = lambda event: logged.append(formatEvent(event) or "")  # noqa: E731
+    globalLogPublisher.addObserver(observe)
+    try:
+        settings = Settings(listen=("tcp:0:interface=127.0.0.1",), data_dir=tmp_path, openai_url="http://127.0.0.1:9", anthropic_url="http://127.0.0.1:9")
+        service = ModeltrackService(settings, reactor)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert service.fast_path is False and service.site.fast_path is False
+    [warning] = [line for line in logged if "fast path" in line]
+    assert "tcp.Connection._tempDataBuffer" in warning and "public API" in warning
+    assert not hasattr(service._pools[0], "_factory") or service._pools[0]._factory.__module__.startswith("twisted")
+
+
+def test_no_fast_path_is_an_option() -> None:
+    from modeltrack.options import Options
+
+    options = Options()
+    options.parseOptions(["--no-fast-path", "--admin-listen", "none"])
+    assert options.settings.fast_path is False
+    options = Options()
+    options.parseOptions(["--admin-listen", "none"])
+    assert options.settings.fast_path is True

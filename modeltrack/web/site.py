@@ -143,7 +143,8 @@ class ProxyChannel(http.HTTPChannel):
     _refused = False
 
     def connectionMade(self) -> None:
-        write_through(self.transport)
+        if self.site.fast_path:
+            write_through(self.transport)
         super().connectionMade()
         self._start_head_timer()
         if isinstance(self.transport, _WriteThroughServer):
@@ -188,9 +189,6 @@ class ProxyChannel(http.HTTPChannel):
         self._tail = b""
         super().allHeadersReceived()
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        self._refuse(400)
-
     def _refuse(self, code: int) -> None:
         """
         Answer a head that cannot be served, and close.
@@ -226,6 +224,7 @@ class ProxySite(server.Site):
     @ivar max_body: the largest request body accepted, in bytes.
     @ivar clock: the time source for request durations.
     @ivar head_timeout: seconds a request head has to arrive whole (see L{ProxyChannel}).
+    @ivar fast_path: client connections send through L{write_through}.
     """
 
     requestFactory = ProxyRequest
@@ -238,12 +237,14 @@ class ProxySite(server.Site):
         max_body: int = DEFAULT_MAX_BODY,
         access_log: bool = False,
         head_timeout: float = DEFAULT_HEAD_TIMEOUT,
+        fast_path: bool = True,
     ) -> None:
         # No form parsing: bodies here are JSON, and parsing them as forms costs time.
         super().__init__(resource, reactor=clock, parsePOSTFormSubmission=False)
         self.clock = clock
         self.max_body = max_body
         self.head_timeout = head_timeout
+        self.fast_path = fast_path
         self.access_log_on = access_log
         self.displayTracebacks = False
         self.connections: weakref.WeakSet[ProxyChannel] = weakref.WeakSet()

@@ -6,7 +6,7 @@ header hygiene of a reverse proxy.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -19,13 +19,13 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
-from twisted.web._newclient import _ensureValidMethod, _ensureValidURI
-from twisted.web.client import BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from modeltrack.web.client import ConnectionFactory, UpstreamResponse
+if TYPE_CHECKING:
+    from modeltrack.web.client import UpstreamResponse
 
 #: RFC 9110 hop-by-hop headers: they describe one connection, never the next one.
 HOP_BY_HOP = frozenset(
@@ -110,7 +110,11 @@ class BytesProducer:
         pass
 
 
-def make_pool(reactor: object, per_host: int) -> HTTPConnectionPool:
+def make_pool(reactor: object, per_host: int, fast: bool = True) -> HTTPConnectionPool:
+    """
+    The persistent pool of one provider's connections; on the fast path (see
+    L{modeltrack.web.fastpath}) its connections are L{UpstreamConnection}s.
+    """
     pool = HTTPConnectionPool(reactor, persistent=True)
     # Not a concurrency limit: how many idle connections are kept for reuse. Sized for
     # the expected concurrency so a burst does not leave a trail of new TLS handshakes.
@@ -119,8 +123,20 @@ def make_pool(reactor: object, per_host: int) -> HTTPConnectionPool:
     # a connection the server is about to close.
     pool.cachedConnectionTimeout = 50
     pool.retryAutomatically = False  # POSTs are not safe to retry
-    pool._factory = ConnectionFactory
+    if fast:
+        from modeltrack.web.client import ConnectionFactory
+
+        pool._factory = ConnectionFactory
     return pool
+
+
+def plain_agent(reactor: Any, pool: HTTPConnectionPool, connect_timeout: float, trust_root: Any = None) -> Agent:
+    """
+    The public-API upstream agent (no fast path): Twisted's C{Agent} over the pool,
+    with the same certificate checks as L{OriginAgent}. L{Upstream} keeps it to the
+    one configured origin.
+    """
+    return Agent(reactor, BrowserLikePolicyForHTTPS(trust_root), connectTimeout=connect_timeout, pool=pool)
 
 
 class Upstream:
@@ -177,6 +193,12 @@ class OriginAgent:
             self._host += b":%d" % port
         self._key = (parts.scheme.encode("ascii"), host, port)
         self._pool = pool
+        # Twisted's own checks, as its client makes them (the fast path's: checked
+        # present at start-up by modeltrack.web.fastpath).
+        from twisted.web._newclient import _ensureValidMethod, _ensureValidURI
+
+        self._valid_method = _ensureValidMethod
+        self._valid_uri = _ensureValidURI
         endpoint: IStreamClientEndpoint
         if isIPAddress(parts.hostname or ""):
             endpoint = TCP4ClientEndpoint(reactor, parts.hostname, port, timeout=connect_timeout)
@@ -207,9 +229,9 @@ class OriginAgent:
             return fail(TypeError("request bodies are sent from memory (BytesProducer)"))
         path = uri[len(self._origin):]
         try:
-            # Twisted's own checks, as its client makes them: a token, visible ASCII.
-            _ensureValidMethod(method)
-            _ensureValidURI(path)
+            # A token; visible ASCII.
+            self._valid_method(method)
+            self._valid_uri(path)
         except ValueError:
             return fail()
         if headers is None:
