@@ -150,11 +150,11 @@ class ProxyResource(Resource):
     def render(self, request: Request) -> bytes | int:
         if request.method == b"CONNECT" or not request.uri.startswith(b"/"):
             # Absolute-form targets and CONNECT are how a forward proxy is used.
-            return _error(request, 400, "invalid_request_error", "this is not an open proxy")
+            return _refuse(request, "this is not an open proxy")
         valid = valid_target(request.uri)
         found = routes.match(request.method, request.path.decode("latin-1"), request.requestHeaders)
         if not valid and (found is None or not found[0].metered):
-            return _error(request, 400, "invalid_request_error", INVALID_TARGET)
+            return _refuse(request, INVALID_TARGET)
         status = render_status(request.path, request, self)
         if status is not None:
             return status
@@ -179,6 +179,14 @@ _VISIBLE_ASCII = re.compile(rb"[!-~]+")
 
 def valid_target(target: bytes) -> bool:
     return _VISIBLE_ASCII.fullmatch(target) is not None
+
+
+def _refuse(request: Request, message: str) -> bytes:
+    """
+    A 400 for a request no client of an API sends; its connection closes after it.
+    """
+    request.channel.persistent = False
+    return _error(request, 400, "invalid_request_error", message)
 
 
 def _error(request: Request, code: int, error_type: str, message: str) -> bytes:
@@ -248,6 +256,7 @@ class Exchange(Protocol):
         resource.in_flight.add(self)
         resource.stats.requests += 1
         if not valid_target:
+            request.channel.persistent = False
             return self._respond(400, "invalid_request_error", INVALID_TARGET, "rejected")
         body = None
         if request.method == b"POST":

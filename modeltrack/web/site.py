@@ -117,6 +117,23 @@ def _has_bare_lf(data: bytes) -> bool:
     return head.count(b"\n") != head.count(b"\r\n")
 
 
+def _framing_is_clear(headers: Any, version: bytes) -> bool:
+    """
+    RFC 9112 3.2 and 6.1, as a proxy must read them: an HTTP/1.1 request has exactly
+    one Host; a Transfer-Encoding is C{chunked} and nothing else (Twisted refuses the
+    other ambiguities: Content-Length with Transfer-Encoding, two lengths, a length
+    that is not digits).
+    """
+    hosts = headers.getRawHeaders(b"host") or []
+    if version == b"HTTP/1.1" and len(hosts) != 1:
+        return False
+    codings = headers.getRawHeaders(b"transfer-encoding")
+    if codings is None:
+        return True
+    # HTTP/1.0 has no transfer codings: its framing would be a guess (RFC 9112 6.1).
+    return version == b"HTTP/1.1" and b",".join(codings).strip().lower() == b"chunked"
+
+
 class ProxyChannel(http.HTTPChannel):
     """
     HTTP/1.1 (the SDKs' protocol; no HTTP/2 negotiation) on a connection that sends
@@ -141,6 +158,7 @@ class ProxyChannel(http.HTTPChannel):
     _head_lines = 0
     _tail = b""
     _refused = False
+    _version = b""
 
     def connectionMade(self) -> None:
         if self.site.fast_path:
@@ -173,8 +191,11 @@ class ProxyChannel(http.HTTPChannel):
         self._head_lines += 1
         if self._head_bytes > MAX_HEAD or self._head_lines > MAX_HEADER_LINES + 1:
             return self._refuse(431)
-        if b"\r" in line or b"\n" in line:
+        if b"\r" in line or b"\n" in line or line[:1] in (b" ", b"\t"):
+            # Bare CR or LF; obs-fold (RFC 9112 5.2: a proxy must not pass it on).
             return self._refuse(400)
+        if self._head_lines == 1 and line:
+            self._version = line.rpartition(b" ")[2]
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -187,6 +208,8 @@ class ProxyChannel(http.HTTPChannel):
             self._head_timer = None
         self._head_bytes = self._head_lines = 0
         self._tail = b""
+        if not _framing_is_clear(self.requests[-1].requestHeaders, self._version):
+            return self._refuse(400)
         super().allHeadersReceived()
 
     def _refuse(self, code: int) -> None:
