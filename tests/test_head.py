@@ -63,7 +63,8 @@ def test_bare_lfs_and_oversized_heads() -> None:
         (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
         (b"GET /healthz HTTP/1.1\r\n" + b"X-A: b\r\n" * 201 + b"\r\n", 431),
         (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-Big%d: %s\r\n" % (n, b"a" * 12_000) for n in range(6)) + b"\r\n", 431),
-        (b"GET /healthz HTTP/1.1\r\n" + b"X-Big: " + b"a" * 8_000 + b"\r\n\r\n", 200),
+        (b"GET /healthz HTTP/1.1\r\nHost: p\r\n" + b"X-Big: " + b"a" * 8_000 + b"\r\n\r\n", 200),
+        (b"GET /healthz HTTP/1.1\r\n" + b"X-Big: " + b"a" * 8_000 + b"\r\n\r\n", 400),  # no Host
     ]
     for data, code in cases:
         h = Harness()

@@ -212,6 +212,10 @@ class ProxyChannel(http.HTTPChannel):
             return self._refuse(400)
         super().allHeadersReceived()
 
+    def allContentReceived(self) -> None:
+        if not self._refused:  # refused at the end of its head: nothing to process
+            super().allContentReceived()
+
     def _refuse(self, code: int) -> None:
         """
         Answer a head that cannot be served, and close.
