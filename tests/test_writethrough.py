@@ -148,3 +148,21 @@ def test_other_transports_are_left_alone() -> None:
     results: list[int] = []
     after_sending(results.append, 1)  # nothing waiting: at once
     assert results == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_close_from_a_timer_sends_what_was_gathered_first(reactor: Any) -> None:
+    from twisted.internet.task import deferLater
+
+    transport, recording, receiver = await connected(reactor)
+    closed: Deferred[None] = Deferred()
+    receiver.connectionLost = lambda reason: closed.callback(None)  # type: ignore[method-assign]
+
+    def answer_and_close() -> None:
+        # What a timeout does: answer and close, from a timed call, not from an event.
+        transport.write(b"HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 0\r\n\r\n")
+        transport.loseConnection()
+
+    await deferLater(reactor, 0, answer_and_close)
+    await closed.addTimeout(10, reactor)
+    assert receiver.received == b"HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 0\r\n\r\n"

@@ -93,6 +93,22 @@ class _WriteThrough:
         else:
             super().writeSequence(iovec)  # type: ignore[misc]
 
+    def loseConnection(self, *args: object, **kwargs: object) -> None:
+        # Bytes gathered but not yet sent go into Twisted's buffer first: a close asked
+        # for outside the reactor's event handling (a timer's callback) is carried out
+        # at the next poll, before the outbox would send them.
+        self._hand_over()
+        super().loseConnection(*args, **kwargs)  # type: ignore[misc]
+
+    def loseWriteConnection(self) -> None:
+        self._hand_over()
+        super().loseWriteConnection()  # type: ignore[misc]
+
+    def _hand_over(self) -> None:
+        gathered, self._gathered = self._gathered, None
+        if gathered:
+            super().writeSequence(gathered)  # type: ignore[misc]
+
     def _sends_directly(self) -> bool:
         # Nothing queued in Twisted's buffers, and the connection open for writing.
         return not (
