@@ -47,3 +47,21 @@ def post(path: bytes, body: bytes, headers: bytes = b"", close: bool = True) -> 
         + b"\r\n"
         + body
     )
+
+
+def body_of(answer: bytes) -> bytes:
+    """
+    The body of the one response in C{answer}, de-chunked if it was sent chunked.
+    """
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" not in head.lower():
+        return rest
+    body = b""
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        body += rest[:size]
+        rest = rest[size + 2 :]
+    return body
