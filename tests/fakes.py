@@ -4,7 +4,8 @@ provider's wire format, streamed or not, with fixed usage, and records what it g
 
 The model name in a request picks a behaviour, so that tests driving the official SDKs
 (which cannot send extra headers upstream: the proxy strips its own) can ask for one:
-  - "fail-429": a rate-limit error in the provider's shape;
+  - "fail-429": a rate-limit error in the provider's shape; "fail-500": a server error;
+  - "reset-stream": a stream's headers and first event, then a TCP reset;
   - "stream-error": a stream that sends an error event after the 200;
   - "hang": never answers;
   - "hang-body": sends headers and one chunk, then goes silent;
@@ -200,6 +201,16 @@ class FakeUpstream(Resource):
             request.setHeader(b"content-length", b"1000")
             request.write(b'{"id":"cut","object"')
             request.transport.loseConnection()
+            return NOT_DONE_YET
+        if requested == "fail-500":
+            return self._json(request, 500, {"error": {"message": "boom", "type": "server_error", "code": None, "param": None}})
+        if requested == "reset-stream":
+            # Headers and a first event, then a reset once they have been read.
+            from twisted.internet import reactor
+
+            request.setHeader(b"content-type", b"text/event-stream")
+            request.write(chat_stream(model, True)[0])
+            reactor.callLater(0.05, request.channel.transport.abortConnection)
             return NOT_DONE_YET
         if requested == "fail-429":
             error = (

@@ -1,104 +1,140 @@
 """
-Keys never reach the disk or the log: unique fake keys go through every route and every
-failure outcome, then every file under the data dir and every log event is searched.
+Fault suite: keys never reach the disk, the log, the metrics, the admin API or an error
+body. Six canary keys, one in every place a key can travel (Authorization: Bearer,
+x-api-key, api-key, x-goog-api-key, ?key=, ?api-key=), go together on every call, and
+calls end every way a call can end. Then every byte under the data dirs (events, the
+SQLite index, state, snapshots), every log line in both formats, /metrics, /stats, the
+admin API and every answer received are searched for each canary.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import socket
 from pathlib import Path
 from typing import Any
 
-import anthropic
-import openai
 import pytest_twisted
-from twisted.logger import formatEvent, globalLogPublisher
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import ssl
+from twisted.logger import globalLogPublisher
 
-from tests.conftest import start_proxy
+from modeltrack.logs import observer
+from tests import rawhttp
+from tests.conftest import QuietSite, start_proxy
+from tests.fakes import FakeUpstream
 from tests.test_sdk import in_thread
+from tests.test_upstream_tls import make_ca, make_server
 
-OPENAI_CANARY = "sk-canary-openai-7f3a9c21e5"
-ANTHROPIC_CANARY = "sk-ant-canary-b8e4d06f19"
-BEARER_CANARY = "canary-bearer-52d1aa"
+CANARIES = {
+    "bearer": "sk-canary-bearer-1a2b3c",
+    "x-api-key": "sk-ant-canary-xapikey-4d5e6f",
+    "api-key": "canary-azure-apikey-7a8b9c",
+    "x-goog-api-key": "canary-goog-apikey-0d1e2f",
+    "?key=": "canary-query-key-3a4b5c",
+    "?api-key=": "canary-query-apikey-6d7e8f",
+}
+KEY_HEADERS = (
+    b"Authorization: Bearer %s\r\nx-api-key: %s\r\napi-key: %s\r\nx-goog-api-key: %s\r\n"
+    % tuple(CANARIES[name].encode() for name in ("bearer", "x-api-key", "api-key", "x-goog-api-key"))
+)
+QUERY = b"?key=%s&api-key=%s" % (CANARIES["?key="].encode(), CANARIES["?api-key="].encode())
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def request(path: bytes, body: Any, team: bytes = b"ml", query: bytes = QUERY) -> bytes:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return rawhttp.post(path + query, data, KEY_HEADERS + b"X-ModelTrack-Team: " + team + b"\r\n")
+
+
+def chat(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def cut_after_first_bytes(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        return s.recv(65536)  # then gone: client_closed
 
 
 @pytest_twisted.ensureDeferred
-async def test_no_key_reaches_disk_or_log(reactor: Any, tmp_path: Path, upstream: Any) -> None:
-    logged: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        logged.append(repr(event))
-        logged.append(formatEvent(event) or "")
-
-    globalLogPublisher.addObserver(observe)
+async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream: Any) -> None:
+    logs = {"text": io.StringIO(), "json": io.StringIO()}
+    observers = [observer(name, out) for name, out in logs.items()]
+    for each in observers:
+        globalLogPublisher.addObserver(each)
+    # An upstream whose certificate nobody trusts, for a TLS refusal.
+    rogue_key, rogue_cert = make_ca("untrusted CA")
+    options = ssl.PrivateCertificate.loadPEM(make_server(rogue_key, rogue_cert, "localhost")).options()
+    tls_port = reactor.listenSSL(0, QuietSite(FakeUpstream()), options, interface="127.0.0.1")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "budgets.json").write_text(json.dumps({"budgets": [{"team": "broke", "app": "", "monthly_limit": 0.000001, "action": "block"}]}))
     proxy = start_proxy(
-        reactor,
-        tmp_path,
-        upstream.url,
-        anthropic_url=f"http://127.0.0.1:{closed_port()}",
-        headers_timeout=0.5,
-        max_body=4096,
+        reactor, data, upstream.url, cache=True, headers_timeout=0.5, max_body=4096,
+        admin_listen="tcp:0:interface=127.0.0.1", drain_seconds=0.2,
     )
-    reachable = start_proxy(reactor, tmp_path / "second", upstream.url)
+    tls_proxy = start_proxy(reactor, tmp_path / "tls", f"https://localhost:{tls_port.getHost().port}")
+    answers: list[bytes] = []
     try:
-        oai = openai.OpenAI(base_url=proxy.url + "/v1", api_key=OPENAI_CANARY, max_retries=0)
-        ant = anthropic.Anthropic(base_url=reachable.url, api_key=ANTHROPIC_CANARY, max_retries=0)
-        ant_down = anthropic.Anthropic(base_url=proxy.url, auth_token=BEARER_CANARY, max_retries=0)
-        user = [{"role": "user", "content": "hi"}]
-        outcomes: list[str] = []
-
-        def attempt(f: Any, *args: Any, **kwargs: Any) -> None:
-            try:
-                result = f(*args, **kwargs)
-                if hasattr(result, "__iter__") and not isinstance(result, (dict, list)):
-                    list(result)
-            except (openai.APIError, anthropic.APIError) as e:
-                outcomes.append(type(e).__name__)
-
-        def calls() -> None:
-            attempt(oai.chat.completions.create, model="gpt-4o", messages=user)
-            attempt(oai.chat.completions.create, model="gpt-4o", messages=user, stream=True)
-            attempt(oai.completions.create, model="gpt-3.5-turbo-instruct", prompt="hi")
-            attempt(oai.responses.create, model="gpt-4o", input="hi", stream=True)
-            attempt(oai.embeddings.create, model="text-embedding-3-small", input="hi")
-            attempt(oai.models.list)
-            attempt(oai.chat.completions.create, model="fail-429", messages=user)
-            attempt(oai.chat.completions.create, model="stream-error", messages=user, stream=True)
-            attempt(oai.chat.completions.create, model="hang", messages=user)  # 504
-            attempt(oai.chat.completions.create, model="gpt-4o", messages=[{"role": "user", "content": "x" * 5000}])  # 413
-            stream = oai.chat.completions.create(model="hang-body", messages=user, stream=True)
-            next(iter(stream))
-            stream.close()  # client_closed
-            attempt(ant.messages.create, model="claude-sonnet-4-5", max_tokens=5, messages=user)
-            attempt(ant.messages.count_tokens, model="claude-sonnet-4-5", messages=user)
-            attempt(ant.models.list)
-            attempt(ant_down.messages.create, model="claude-sonnet-4-5", max_tokens=5, messages=user)  # 502
-            attempt(oai.post, "/chat/completions", content=b"{not json", cast_to=object)  # 400
-
-        await in_thread(calls)
-        assert "InternalServerError" in outcomes and "RateLimitError" in outcomes
-        await proxy.flushed()
-        await reachable.flushed()
-        seen = {e["outcome"] for e in proxy.events() + reachable.events()}
-        assert seen >= {"ok", "upstream_error", "stream_error", "upstream_timeout", "upstream_unreachable", "client_closed", "rejected"}
+        port = proxy.service.ports[0].getHost().port
+        calls = [
+            (b"/v1/chat/completions", chat("gpt-4o")),  # ok
+            (b"/v1/chat/completions", chat("gpt-4o", stream=True)),  # ok, streamed
+            (b"/v1/messages", {**chat("claude-sonnet-4-5"), "max_tokens": 5, "temperature": 0}),  # ok, cached
+            (b"/v1/messages", {**chat("claude-sonnet-4-5"), "max_tokens": 5, "temperature": 0}),  # cache hit
+            (b"/v1/nowhere", chat("gpt-4o")),  # unknown route
+            (b"/v1/chat/completions", b"{not json"),  # bad JSON
+            (b"/v1/chat/completions", chat("gpt-4o", padding="x" * 5000)),  # 413
+            (b"/v1/chat/completions", chat("fail-429")),  # upstream 4xx
+            (b"/v1/chat/completions", chat("fail-500")),  # upstream 5xx
+            (b"/v1/chat/completions", chat("reset-stream", stream=True)),  # reset mid-stream
+            (b"/v1/chat/completions", chat("hang")),  # headers timeout
+        ]
+        for path, body in calls:
+            answers.append(await in_thread(rawhttp.exchange, port, request(path, body)))
+        answers.append(await in_thread(rawhttp.exchange, port, request(b"/v1/chat/completions", chat("gpt-4o"), team=b"broke")))
+        target = b"/v1/chat/completions" + QUERY + b"&x=\x7f"  # invalid target
+        answers.append(await in_thread(rawhttp.exchange, port, request(target, chat("gpt-4o"), query=b"")))
+        answers.append(await in_thread(cut_after_first_bytes, port, request(b"/v1/chat/completions", chat("hang-body", stream=True))))
+        tls = tls_proxy.service.ports[0].getHost().port
+        answers.append(await in_thread(rawhttp.exchange, tls, request(b"/v1/messages", {**chat("claude-sonnet-4-5"), "max_tokens": 5})))
+        admin = proxy.admin_url.encode().rsplit(b":", 1)[1]
+        for path in (b"/metrics", b"/api/summary", b"/api/spend?by=team", b"/api/sessions", b"/api/budgets", b"/api/events?limit=1000"):
+            answers.append(await in_thread(rawhttp.exchange, int(admin), b"GET " + path + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+        for path in (b"/stats", b"/budgets", b"/cache/stats"):
+            answers.append(await in_thread(rawhttp.exchange, port, b"GET " + path + b" HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"))
+        await proxy.service.resource.drain(5)
+        # A call still running at a stop that cannot wait: shutdown.
+        hanging = in_thread(rawhttp.exchange, port, request(b"/v1/chat/completions", chat("hang-body", stream=True)))
+        while not proxy.service.resource.in_flight:
+            await in_thread(lambda: None)
     finally:
-        for running in (proxy, reachable):
-            await running.service.stopService()
-        globalLogPublisher.removeObserver(observe)
-    canaries = [OPENAI_CANARY, ANTHROPIC_CANARY, BEARER_CANARY]
+        await proxy.service.stopService()
+        await tls_proxy.service.stopService()
+        await tls_port.stopListening()
+        for each in observers:
+            globalLogPublisher.removeObserver(each)
+    answers.append(await hanging)
+    outcomes = {e["outcome"] for e in proxy.events() + tls_proxy.events()}
+    assert outcomes >= {
+        "ok", "rejected", "upstream_error", "upstream_unreachable", "upstream_timeout",
+        "client_closed", "upstream_tls_error", "shutdown",
+    }, outcomes
+    assert any(e["cache_hit"] for e in proxy.events())
+    assert any(e["budget_status"] == "blocked" for e in proxy.events())
+    assert [rawhttp.status_of(a) for a in answers[4:8]] == [404, 400, 413, 429]
+    assert (data / "modeltrack.db").exists() and (data / "state" / "cache.msgpack").exists()
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert files, "nothing was written"
-    for path in files:
-        data = path.read_bytes()
-        for canary in canaries:
-            assert canary.encode() not in data, f"{canary} in {path}"
-    assert any("/v1/chat/completions" in line for line in logged), "the access log was not captured"
-    for line in logged:
-        for canary in canaries:
-            assert canary not in line
+    searched = {
+        **{f"file {p}": p.read_bytes() for p in files},
+        **{f"{name} log": out.getvalue().encode() for name, out in logs.items()},
+        **{f"answer {i}": answer for i, answer in enumerate(answers)},
+    }
+    assert "POST /v1/chat/completions" in logs["text"].getvalue(), "the access log was not captured"
+    for where, content in searched.items():
+        for place, canary in CANARIES.items():
+            if canary.encode() in content:
+                at = content.index(canary.encode())
+                print(where, content[max(0, at - 300): at + 50])
+            assert canary.encode() not in content, f"the {place} key is in {where}"
