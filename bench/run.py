@@ -169,7 +169,7 @@ class Harness:
         port = free_port()
         return self.start("tcp-relay", [PYTHON, str(BENCH / "tcp_relay.py"), str(port), str(upstream.port)], port)
 
-    def modeltrack(self, openai: Process, anthropic: Process, data_dir: Path) -> Process:
+    def modeltrack(self, openai: Process, anthropic: Process, data_dir: Path, *options: str) -> Process:
         port = free_port()
         twistd = str(Path(PYTHON).parent / "twistd")
         argv = [
@@ -179,6 +179,7 @@ class Harness:
             "--anthropic-url", f"http://127.0.0.1:{anthropic.port}",
             "--data-dir", str(data_dir),
             "--admin-listen", "tcp:0:interface=127.0.0.1",  # on, as users run it
+            *options,
         ]
         return self.start("modeltrack", argv, port, {"PYTHONPATH": str(REPO)})
 
@@ -210,7 +211,7 @@ class Harness:
 
     def wrk(self, port: int, seconds: float, connections: int = 32) -> dict[str, Any]:
         argv = [
-            "wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+            "wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
             "-s", str(BENCH / "post.lua"), f"http://127.0.0.1:{port}/v1/chat/completions",
         ]
         started = time.monotonic()
@@ -320,6 +321,28 @@ def cpu_meter(pids: dict[str, int]) -> Iterator[dict[str, float]]:
     wall = time.monotonic() - started
     for name, pid in pids.items():
         shares[name] = round((cpu_seconds(pid) - before[name]) / wall, 2)
+
+
+def run_fsync(plan: Plan, out: Path | None) -> dict[str, Any]:
+    costs = expected_costs()
+    workdir = Path(tempfile.mkdtemp(prefix="modeltrack-bench-"))
+    harness = Harness(plan, workdir)
+    try:
+        nginx = harness.nginx()
+        streams = harness.stream_upstream()
+        results = {"fsync": fsync_cost(harness, nginx, streams, workdir, plan, costs)}
+    finally:
+        harness.stop_all()
+    results["machine"] = {**machine(), "data_fs": _filesystem(workdir)}
+    if out is not None:
+        out.write_text(render_fsync(results, plan))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def _filesystem(path: Path) -> str:
+    done = subprocess.run(["df", "--output=fstype,source", str(path)], capture_output=True, text=True)
+    return " ".join(done.stdout.split()[2:]) or "?"
 
 
 def run(plan: Plan, skip_litellm: bool, out: Path | None) -> dict[str, Any]:
@@ -440,6 +463,69 @@ def run(plan: Plan, skip_litellm: bool, out: Path | None) -> dict[str, Any]:
         out.write_text(render(results, plan))
     shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+def fsync_cost(harness: Harness, nginx: Process, streams: Process, workdir: Path, plan: Plan, costs: dict[str, Decimal]) -> dict[str, Any]:
+    """
+    What --fsync always costs: modeltrack under each policy, interleaved round by
+    round, at 32 connections (throughput) and at 1 (latency), each with its own data dir.
+    """
+    policies = ("interval", "always")
+    processes = {p: harness.modeltrack(nginx, streams, workdir / f"data-fsync-{p}", "--fsync", p) for p in policies}
+    for process in processes.values():
+        harness.wrk(process.port, 1)  # warm-up
+    found: dict[str, dict[str, list[dict[str, Any]]]] = {p: {"32": [], "1": []} for p in policies}
+    for _ in range(plan.throughput_rounds):
+        for policy, process in processes.items():
+            found[policy]["32"].append(harness.wrk(process.port, plan.throughput_seconds))
+            found[policy]["1"].append(harness.wrk(process.port, plan.throughput_seconds, connections=1))
+    exactness = []
+    for policy, process in processes.items():
+        process.stop()
+        runs = found[policy]["32"] + found[policy]["1"]
+        events = [e for e in read_events(workdir / f"data-fsync-{policy}")]
+        ok = sum(1 for e in events if e["outcome"] == "ok")
+        exactness.append({"policy": policy, "measured_calls": sum(r["requests"] for r in runs), "ok_events": ok})
+    median = lambda runs: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]  # noqa: E731
+    return {
+        "policies": {p: {"32": median(found[p]["32"]), "1": median(found[p]["1"])} for p in policies},
+        "events": exactness,
+    }
+
+
+def render_fsync(results: dict[str, Any], plan: Plan) -> str:
+    f = results["fsync"]
+    m = results["machine"]
+    lines = [
+        "# The cost of --fsync always",
+        "",
+        f"Written by `bench/run.py --only fsync` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+        f"Machine: {m['cpu']}, {m['cores']} cores; data dirs on `{m.get('data_fs', '?')}`.",
+        "",
+        "modeltrack under `--fsync interval` (the default) and `--fsync always` (each answer",
+        "completes only once its event is fsynced), against nginx's fixed chat answer, wrk",
+        f"for {plan.throughput_seconds:g} s per round, median of {plan.throughput_rounds} interleaved rounds.",
+        "",
+        "| policy | req/s at 32 conns | p50 ms | p99 ms | req/s at 1 conn | p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for policy, r in f["policies"].items():
+        a, b = r["32"], r["1"]
+        lines.append(f"| {policy} | {a['rps']:.0f} | {a['p50_ms']:.2f} | {a['p99_ms']:.2f} | {b['rps']:.0f} | {b['p50_ms']:.2f} | {b['p99_ms']:.2f} |")
+    i, a = f["policies"]["interval"], f["policies"]["always"]
+    lines += [
+        "",
+        f"- throughput at 32 connections: always / interval = **{a['32']['rps'] / i['32']['rps']:.2f}x** "
+        "(one fsync is shared by every call that ends in the same batch)",
+        f"- latency at 1 connection: p50 +**{a['1']['p50_ms'] - i['1']['p50_ms']:.2f} ms**, "
+        f"p99 +**{a['1']['p99_ms'] - i['1']['p99_ms']:.2f} ms** (one fsync per call)",
+        "",
+        "Events written (every measured call is there; warm-up calls add a few):",
+        "",
+        *[f"- {e['policy']}: {e['measured_calls']} calls measured, {e['ok_events']} ok events" for e in f["events"]],
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def median_of_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -710,8 +796,13 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="a few seconds: check the harness and exactness")
     parser.add_argument("--skip-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument("--out", type=Path, help="where to write the results (default bench/RESULTS.md; none for --smoke)")
+    parser.add_argument("--only", choices=("fsync",), help="run one phase alone: fsync (--fsync always against interval; writes bench/FSYNC.md)")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
+    if args.only == "fsync":
+        found = run_fsync(plan, args.out or (None if args.smoke else BENCH / "FSYNC.md"))
+        print(json.dumps(found["fsync"], indent=1))
+        return 0
     out = args.out or (None if args.smoke else BENCH / "RESULTS.md")
     results = run(plan, args.skip_litellm, out)
     print(json.dumps(results["exactness"], indent=1))
