@@ -28,6 +28,7 @@ from modeltrack.web.proxy import ProxyResource, Timeouts
 from modeltrack.web.site import ProxySite
 from modeltrack.web.status import Readiness
 from modeltrack.web.upstream import Upstream
+from tests import rawhttp
 
 
 class RecordingJournal:
@@ -206,18 +207,7 @@ def body_of(transport: StringTransport) -> bytes:
     """
     The response body, de-chunked if it was sent chunked.
     """
-    head, _, rest = transport.value().partition(b"\r\n\r\n")
-    if b"transfer-encoding: chunked" not in head.lower():
-        return rest
-    body = b""
-    while rest:
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            break
-        body += rest[:size]
-        rest = rest[size + 2 :]
-    return body
+    return rawhttp.body_of(transport.value())
 
 
 def answer(call: Call, body: Any, code: int = 200) -> FakeResponse:
