@@ -78,3 +78,17 @@ def test_without_always_nothing_waits() -> None:
     h = Harness()
     _, transport = h.send("POST", "/v1/chat/completions", b"{not json")
     assert transport.value().endswith(b"0\r\n\r\n") and h.journal.syncs == []
+
+
+def test_a_client_gone_before_its_held_end_marker_was_sent_did_not_complete() -> None:
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    h = durable_harness()
+    channel, transport = h.send("POST", "/v1/chat/completions", STREAM)
+    response = FakeResponse(200, {b"content-type": b"text/event-stream"})
+    h.agent.calls[0].deferred.callback(response)
+    response.send(*chat_stream("gpt-4o-2024-08-06", include_usage=True))  # [DONE] held
+    channel.connectionLost(Failure(ConnectionDone()))
+    [event] = h.journal.events()
+    assert event["outcome"] == "client_closed"

@@ -449,8 +449,7 @@ class Exchange(Protocol):
         if self._done:
             return None  # cancelled by us
         self._cancel_timer()
-        provider = self.endpoint.provider
-        origin = self._resource.upstreams[provider].origin
+        origin = self._resource.upstreams[self.endpoint.provider].origin
         if failure.check(TimeoutError):
             seconds = self._resource.timeouts.connect
             message = f"could not connect to {origin} within {seconds:g} seconds"
@@ -494,8 +493,10 @@ class Exchange(Protocol):
         self._client_gone = True
         if not self._done:
             # A client may stop reading at a stream's end marker and close before the
-            # provider ends its body: that call is complete, not abandoned.
-            self._end(self._answered() if self.meter.ended else "client_closed")
+            # provider ends its body: that call is complete, not abandoned (unless the
+            # marker was still held back, waiting for the disk: then it never got it).
+            complete = self.meter.ended and not self._held
+            self._end(self._answered() if complete else "client_closed")
             self._stop_upstream()
         return None
 
