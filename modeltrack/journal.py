@@ -214,6 +214,9 @@ class Journal:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}")
         self.file = SegmentFile(directory, rotate_bytes, now, write)
         self.fsync_policy = fsync
+        #: Under C{always}, an answer is complete to its client only once its event
+        #: is on disk (see L{modeltrack.web.proxy.Exchange}).
+        self.holds_answers = fsync == "always"
         self.max_queued = max_queued
         self._call_from_thread = call_from_thread
         self._now = now
@@ -229,14 +232,6 @@ class Journal:
         self._appended = 0
         self._signalled = False
         self._flush_waiters: list[tuple[int, Deferred[None]]] = []
-
-    @property
-    def holds_answers(self) -> bool:
-        """
-        Under C{always}, an answer is complete to its client only once its event is
-        on disk (see L{modeltrack.web.proxy.Exchange}).
-        """
-        return self.fsync_policy == "always"
 
     @property
     def queued(self) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests import rawhttp
 from tests.memory import Harness
@@ -85,3 +87,35 @@ async def test_over_a_socket_each_bad_head_is_answered_and_closed(proxy: Any) ->
         answer = await in_thread(rawhttp.exchange, port, data)
         assert rawhttp.status_of(answer) == code
         assert b"connection: close" in answer.lower()
+
+
+GOOD_HEAD = b"GET /healthz HTTP/1.1\r\nHost: p\r\nX-A: b\r\nX-Longer-Name: some value\r\n\r\n"
+
+
+def _feed_cut(data: bytes, cuts: list[int]) -> bytes:
+    h = Harness()
+    channel, transport = h.connect()
+    points = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
+    for a, b in zip(points, points[1:]):
+        if data[a:b] and not transport.disconnecting:
+            channel.dataReceived(data[a:b])
+    return transport.value()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0), max_size=12))
+def test_any_split_of_a_good_head_is_served(cuts: list[int]) -> None:
+    assert _feed_cut(GOOD_HEAD, cuts).startswith(b"HTTP/1.1 200")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(min_value=16, max_value=len(GOOD_HEAD) - 4),
+    st.sampled_from([b"\n", b"\r", b"\r\n "]),
+    st.lists(st.integers(min_value=0), max_size=12),
+)
+def test_any_split_of_a_head_with_a_bare_cr_lf_or_fold_is_refused(at: int, bad: bytes, cuts: list[int]) -> None:
+    data = GOOD_HEAD[:at] + bad + GOOD_HEAD[at:]
+    if bad == b"\r\n " and GOOD_HEAD[at - 1 : at + 1] == b"\r\n":
+        return  # between a CR and its LF: not a fold
+    assert _feed_cut(data, cuts).startswith(b"HTTP/1.1 400"), data

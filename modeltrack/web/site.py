@@ -108,16 +108,7 @@ _MESSAGES = {
 }
 
 
-def _has_bare_lf(data: bytes) -> bool:
-    """
-    Does the head in C{data} (up to its blank line, if there) end a line with a bare LF?
-    """
-    end = data.find(b"\r\n\r\n")
-    head = data if end < 0 else data[:end]
-    return head.count(b"\n") != head.count(b"\r\n")
-
-
-def _framing_is_clear(headers: Any, version: bytes) -> bool:
+def _framing_is_clear(headers: Any, version: bytes | None) -> bool:
     """
     RFC 9112 3.2 and 6.1, as a proxy must read them: an HTTP/1.1 request has exactly
     one Host; a Transfer-Encoding is C{chunked} and nothing else (Twisted refuses the
@@ -125,13 +116,13 @@ def _framing_is_clear(headers: Any, version: bytes) -> bool:
     that is not digits).
     """
     hosts = headers.getRawHeaders(b"host") or []
-    if version == b"HTTP/1.1" and len(hosts) != 1:
+    if version != b"HTTP/1.0" and len(hosts) != 1:
         return False
     codings = headers.getRawHeaders(b"transfer-encoding")
     if codings is None:
         return True
     # HTTP/1.0 has no transfer codings: its framing would be a guess (RFC 9112 6.1).
-    return version == b"HTTP/1.1" and b",".join(codings).strip().lower() == b"chunked"
+    return version != b"HTTP/1.0" and b",".join(codings).strip().lower() == b"chunked"
 
 
 class ProxyChannel(http.HTTPChannel):
@@ -154,17 +145,19 @@ class ProxyChannel(http.HTTPChannel):
     totalHeadersSize = 1 << 30
     maxHeaders = 1 << 30
     _head_timer: Any = None
+    _head_since: float | None = None
     _head_bytes = 0
     _head_lines = 0
     _tail = b""
+    _first_line = b""
+    _request_version: bytes | None = None
     _refused = False
-    _version = b""
 
     def connectionMade(self) -> None:
         if self.site.fast_path:
             write_through(self.transport)
         super().connectionMade()
-        self._start_head_timer()
+        self._new_head()
         if isinstance(self.transport, _WriteThroughServer):
             # A client sends its request as soon as it is connected, so it is usually
             # here by the time the connection is accepted: read it now rather than
@@ -172,43 +165,74 @@ class ProxyChannel(http.HTTPChannel):
             # the socket empty; the client gone: the reactor sees it on its next poll.)
             self.transport.doRead()
 
-    def _start_head_timer(self) -> None:
-        self._head_timer = self.callLater(self.site.head_timeout, self._refuse, 408)
+    def _new_head(self) -> None:
+        self._head_bytes = self._head_lines = 0
+        self._tail = self._first_line = b""
+        self._request_version = None
+        self._head_since = self.site.clock.seconds()
+        # One timer per connection, not one per request: it is not cancelled when a
+        # head is whole (a cancel and a new call per request cost more than a check),
+        # and when it fires it looks at the head in progress, if any.
+        if self._head_timer is None:
+            self._head_timer = self.callLater(self.site.head_timeout, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._head_timer = None
+        if self._head_since is None:
+            return  # between requests: the next head starts the timer again
+        late = self.site.clock.seconds() - self._head_since
+        if late >= self.site.head_timeout:
+            self._refuse(408)
+        else:
+            self._head_timer = self.callLater(self.site.head_timeout - late, self._check_deadline)
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
         if self.line_mode:  # a request head is arriving
-            if self._head_timer is None:
-                self._start_head_timer()
-            if b"\n" in data and _has_bare_lf(self._tail + data):
-                return self._refuse(400)
-            self._tail = data[-3:]
+            if self._head_since is None:
+                self._new_head()
+            problem = self._check_head(data)
+            if problem:
+                return self._refuse(problem)
         super().dataReceived(data)
 
-    def lineReceived(self, line: bytes) -> None:
-        self._head_bytes += len(line) + 2
-        self._head_lines += 1
-        if self._head_bytes > MAX_HEAD or self._head_lines > MAX_HEADER_LINES + 1:
-            return self._refuse(431)
-        if b"\r" in line or b"\n" in line or line[:1] in (b" ", b"\t"):
-            # Bare CR or LF; obs-fold (RFC 9112 5.2: a proxy must not pass it on).
-            return self._refuse(400)
-        if self._head_lines == 1 and line:
-            self._version = line.rpartition(b" ")[2]
-        super().lineReceived(line)
+    def _check_head(self, data: bytes) -> int:
+        """
+        What Twisted's parser lets through, checked on each read of a head with a few
+        byte scans (not per line, which cost more than the rest of the parse): 431 for
+        a head too large, 400 for a bare CR or LF or an obs-fold (RFC 9112 2.2 and
+        5.2: a proxy must not pass them on); 0 if none.
+        """
+        buffer = self._tail + data  # the tail: a CRLF or a fold cut between two reads
+        end = buffer.find(b"\r\n\r\n")
+        head = buffer if end < 0 else buffer[: end + 4]
+        self._head_bytes += len(head) - len(self._tail)
+        self._head_lines += head.count(b"\n") - self._tail.count(b"\n")
+        if self._head_bytes > MAX_HEAD or self._head_lines > MAX_HEADER_LINES + 2:  # + request line, blank line
+            return 431
+        crlf = head.count(b"\r\n")
+        scanned = head[:-1] if head.endswith(b"\r") else head  # its LF may come next
+        if head.count(b"\n") != crlf or scanned.count(b"\r") != crlf or b"\n " in head or b"\n\t" in head:
+            return 400
+        # The last bytes, for a CRLF or a fold cut between this read and the next; never
+        # starting inside a CRLF (its LF alone would look bare).
+        self._tail = head[-4:] if head[-3:-2] == b"\n" else head[-3:]
+        if self._request_version is None:
+            first = (self._first_line + data).lstrip(b"\r\n")
+            line, found, _ = first.partition(b"\r\n")
+            if found:
+                self._request_version = line.rpartition(b" ")[2]
+            else:
+                self._first_line = first[-MAX_HEAD_LINE:]
+        return 0
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._refuse(431)
 
     def allHeadersReceived(self) -> None:
-        if self._head_timer is not None:
-            if self._head_timer.active():
-                self._head_timer.cancel()
-            self._head_timer = None
-        self._head_bytes = self._head_lines = 0
-        self._tail = b""
-        if not _framing_is_clear(self.requests[-1].requestHeaders, self._version):
+        self._head_since = None
+        if not _framing_is_clear(self.requests[-1].requestHeaders, self._request_version):
             return self._refuse(400)
         super().allHeadersReceived()
 
