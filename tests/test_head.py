@@ -118,4 +118,6 @@ def test_any_split_of_a_head_with_a_bare_cr_lf_or_fold_is_refused(at: int, bad: 
     data = GOOD_HEAD[:at] + bad + GOOD_HEAD[at:]
     if bad == b"\r\n " and GOOD_HEAD[at - 1 : at + 1] == b"\r\n":
         return  # between a CR and its LF: not a fold
+    if data.find(b"\r\n\r\n") != len(data) - 4:
+        return  # the insertion ended the head early: a whole request, then another
     assert _feed_cut(data, cuts).startswith(b"HTTP/1.1 400"), data

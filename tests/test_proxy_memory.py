@@ -393,3 +393,37 @@ def self_failure(d):
     d.addBoth(results.append)
     assert results and isinstance(results[0], Failure), results
     return results[0]
+
+
+def test_a_provider_is_its_dialect_module_and_a_registry_line() -> None:
+    """
+    The seam: a dialect added to the table is served, named by prefix or by a path only
+    it serves, with its own error shape, and the others are routed as before.
+    """
+    from twisted.web.http_headers import Headers
+
+    from modeltrack.providers.dialect import Dialect, Endpoint
+    from modeltrack.providers.registry import DIALECTS
+    from modeltrack.routes import RouteTable
+
+    def errors(error_type: str, message: str) -> dict:
+        return {"problem": {"kind": error_type, "text": message}}
+
+    toy = Dialect(
+        name="toy",
+        prefix="/toy",
+        endpoints=(Endpoint("toy", "/v1/generate", errors), Endpoint("toy", "/v1/models", errors, method=b"GET", metered=False)),
+        error_body=errors,
+        credential_headers=(b"x-toy-key",),
+        claims=lambda headers: headers.hasHeader(b"x-toy-key"),
+    )
+    table = RouteTable((toy, *DIALECTS))
+    plain = Headers()
+    assert table.match(b"POST", "/v1/generate", plain)[0].provider == "toy"
+    assert table.match(b"POST", "/toy/v1/generate", plain)[0].provider == "toy"
+    assert table.match(b"GET", "/v1/models", Headers({b"x-toy-key": [b"k"]}))[0].provider == "toy"
+    assert table.match(b"GET", "/v1/models", plain)[0].provider == "openai"
+    assert table.match(b"GET", "/v1/models", Headers({b"x-api-key": [b"k"]}))[0].provider == "anthropic"
+    assert table.match(b"POST", "/v1/messages", plain)[0].provider == "anthropic"
+    assert table.match(b"POST", "/toy/v1/messages", plain) is None
+    assert table.error_body("toy", "t", "m") == {"problem": {"kind": "t", "text": "m"}}

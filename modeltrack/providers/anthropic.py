@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.web.http_headers import Headers
+
+from modeltrack.providers.dialect import Dialect, Endpoint
 from modeltrack.providers.meter import SSEMeter
 from modeltrack.usage import Reading, Usage, count, dig, text
 
@@ -92,3 +95,24 @@ class MessagesStreamMeter(SSEMeter):
 
 def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def claims(headers: Headers) -> bool:
+    """
+    The Anthropic SDKs send C{x-api-key} (or a bearer token with C{anthropic-version}).
+    """
+    return headers.hasHeader(b"x-api-key") or headers.hasHeader(b"anthropic-version")
+
+
+DIALECT = Dialect(
+    name=NAME,
+    prefix="/anthropic",
+    endpoints=(
+        Endpoint(NAME, "/v1/messages", error_body, read_body=read_body, stream_meter=MessagesStreamMeter),
+        Endpoint(NAME, "/v1/messages/count_tokens", error_body, metered=False),
+        Endpoint(NAME, "/v1/models", error_body, method=b"GET", metered=False),
+    ),
+    error_body=error_body,
+    credential_headers=(b"x-api-key", b"authorization"),
+    claims=claims,
+)

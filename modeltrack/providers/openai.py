@@ -9,6 +9,9 @@ import json
 import re
 from typing import Any
 
+from twisted.web.http_headers import Headers
+
+from modeltrack.providers.dialect import Dialect, Endpoint
 from modeltrack.providers.meter import DROP, SSEMeter
 from modeltrack.usage import Reading, Usage, count, dig, text
 
@@ -159,3 +162,36 @@ class ResponsesStreamMeter(SSEMeter):
 
 def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": None, "code": None}}
+
+
+def ask_for_usage(body: dict[str, Any]) -> bool:
+    """
+    A Chat or legacy Completions stream reports no usage at all unless asked with
+    C{stream_options.include_usage}: ask, if the client did not.
+    """
+    options = body.setdefault("stream_options", {})
+    if isinstance(options, dict) and options.get("include_usage") is not True:
+        options["include_usage"] = True
+        return True
+    return False
+
+
+def _endpoint(path: str, **kwargs: Any) -> Endpoint:
+    return Endpoint(NAME, path, error_body, **kwargs)
+
+
+DIALECT = Dialect(
+    name=NAME,
+    prefix="/openai",
+    endpoints=(
+        *(
+            _endpoint(path, read_body=read_chat_body, stream_meter=ChatStreamMeter, ask_for_usage=ask_for_usage)
+            for path in ("/v1/chat/completions", "/v1/completions")
+        ),
+        _endpoint("/v1/responses", read_body=read_responses_body, stream_meter=ResponsesStreamMeter),
+        _endpoint("/v1/embeddings", read_body=read_chat_body),
+        _endpoint("/v1/models", method=b"GET", metered=False),
+    ),
+    error_body=error_body,
+    credential_headers=(b"authorization",),
+)

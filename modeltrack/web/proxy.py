@@ -36,7 +36,7 @@ from modeltrack.journal import Journal
 from modeltrack.pricing import UNPRICED, Price
 from modeltrack.providers.meter import BodyMeter, RelayOnly
 from modeltrack.stats import Stats
-from modeltrack.usage import Reading, text
+from modeltrack.usage import Reading
 from modeltrack.web.status import Readiness, json_response, render_status
 from modeltrack.web.upstream import Upstream, for_client, for_upstream
 from modeltrack.web.writethrough import after_sending
@@ -326,17 +326,13 @@ class Exchange(Protocol):
             message = "the request body must be a JSON object"
             self._respond(400, "invalid_request_error", message, "rejected")
             return None, body
-        self.requested_model = text(obj.get("model"))
-        self.streaming = obj.get("stream") is True
-        if self.endpoint.injects_usage and self.streaming:
-            options = obj.setdefault("stream_options", {})
-            if isinstance(options, dict) and options.get("include_usage") is not True:
-                # Without it a chat stream reports no usage at all. The usage chunk
-                # it adds is read and kept from the client, which sees the stream
-                # it asked for.
-                options["include_usage"] = True
-                self._strip_usage = True
-                body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        self.requested_model, self.streaming = self.endpoint.read_request(obj)
+        ask = self.endpoint.ask_for_usage
+        if self.streaming and ask is not None and ask(obj):
+            # The usage the provider now adds is read and kept from the client, which
+            # sees the stream it asked for.
+            self._strip_usage = True
+            body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
         return obj, body
 
     def _answer_from_cache(self, entry: Entry) -> None:

@@ -1,0 +1,77 @@
+"""
+What a provider module declares: its L{Dialect} (how callers name it, the error shape,
+which headers carry a caller's key) and its L{Endpoint}s (the routes it serves and how
+each is metered). The route table (L{modeltrack.routes}) and the pipeline
+(L{modeltrack.web.proxy}) read only these, so a new provider is its own module, one line
+in L{modeltrack.providers.registry}, and its tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.web.http_headers import Headers
+
+from modeltrack.providers.meter import SSEMeter
+from modeltrack.usage import Reading, text
+
+
+def model_and_stream(body: dict[str, Any]) -> tuple[str | None, bool]:
+    """
+    Where the OpenAI and Anthropic APIs name a call's model and ask for a stream: the
+    body's C{model} and C{stream: true}.
+    """
+    return text(body.get("model")), body.get("stream") is True
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """
+    One upstream API route.
+
+    @ivar metered: calls here cost money and each leaves a cost event.
+    @ivar read_body: reads usage from a non-streaming response body.
+    @ivar stream_meter: builds the meter for an event-stream response; it is called
+        with C{strip=True} when the proxy asked for usage the client did not.
+    @ivar read_request: the model and stream flag of a request body.
+    @ivar ask_for_usage: for a streamed call, makes the request body ask for usage
+        the provider would not report otherwise; true if it changed the body (the
+        added usage is then kept from the client, which sees the stream it asked for).
+    @ivar errors: the provider's error shape: C{(error type, message) -> body}.
+    """
+
+    provider: str
+    path: str
+    errors: Callable[[str, str], dict[str, Any]]
+    method: bytes = b"POST"
+    metered: bool = True
+    read_body: Callable[[dict[str, Any]], Reading] | None = None
+    stream_meter: Callable[..., SSEMeter] | None = None
+    read_request: Callable[[dict[str, Any]], tuple[str | None, bool]] = model_and_stream
+    ask_for_usage: Callable[[dict[str, Any]], bool] | None = None
+
+    def error_body(self, error_type: str, message: str) -> dict[str, Any]:
+        return self.errors(error_type, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """
+    One provider's API as the proxy serves it.
+
+    @ivar name: the provider in events and options (C{openai}, C{anthropic}).
+    @ivar prefix: the client path prefix that names it explicitly (C{/openai}).
+    @ivar endpoints: the routes it serves.
+    @ivar error_body: its error shape.
+    @ivar credential_headers: the request headers that carry a caller's key (lower case).
+    @ivar claims: whether a request's headers say it speaks this dialect, for a path
+        more than one provider serves (C{/v1/models}); L{None} for the default.
+    """
+
+    name: str
+    prefix: str
+    endpoints: tuple[Endpoint, ...]
+    error_body: Callable[[str, str], dict[str, Any]]
+    credential_headers: tuple[bytes, ...]
+    claims: Callable[[Headers], bool] | None = None
