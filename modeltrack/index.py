@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from modeltrack.datadir import create_file
-from modeltrack.journal import LIVE_NAME
+from modeltrack.journal import LIVE_NAME, segments
 from modeltrack.usage import MAX_COUNT
 
 PICO = Decimal(10) ** 12
@@ -190,7 +190,7 @@ def pending(db: sqlite3.Connection, data_dir: Path) -> list[tuple[Path, int, int
     """
     known = {name: (inode, offset, sealed) for name, inode, offset, sealed in db.execute("SELECT * FROM sources")}
     work = []
-    for path in sorted(data_dir.glob("events-*.jsonl")) + [data_dir / LIVE_NAME]:
+    for path in segments(data_dir) + [data_dir / LIVE_NAME]:
         try:
             stat = os.stat(path)
         except FileNotFoundError:
@@ -415,7 +415,7 @@ def recent(data_dir: Path, limit: int) -> list[dict[str, Any]]:
     file and then of the newest segments.
     """
     found: list[dict[str, Any]] = []
-    for path in [data_dir / LIVE_NAME] + sorted(data_dir.glob("events-*.jsonl"), reverse=True):
+    for path in [data_dir / LIVE_NAME] + segments(data_dir)[::-1]:
         for line in _last_lines(path, limit - len(found)):
             try:
                 found.append(json.loads(line))

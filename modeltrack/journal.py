@@ -36,6 +36,12 @@ BATCH_WINDOW = 0.005
 DAY = 86400
 
 
+#: A sealed segment's name: the UTC time of its first write, to the microsecond (the
+#: only place the format is written or read: see L{segment_name}, L{segments},
+#: L{segment_month}).
+_SEGMENT_PREFIX, _SEGMENT_TIME, _SEGMENT_SUFFIX = "events-", "%Y%m%dT%H%M%S.%fZ", ".jsonl"
+
+
 def segment_name(first_write: float, directory: Path) -> Path:
     """
     A sealed segment's path, named for the UTC time of its first write, to the
@@ -45,10 +51,25 @@ def segment_name(first_write: float, directory: Path) -> Path:
     micros = int(first_write * 1_000_000)
     while True:
         moment = datetime.fromtimestamp(micros / 1_000_000, timezone.utc)
-        path = directory / f"events-{moment.strftime('%Y%m%dT%H%M%S.%fZ')}.jsonl"
+        path = directory / f"{_SEGMENT_PREFIX}{moment.strftime(_SEGMENT_TIME)}{_SEGMENT_SUFFIX}"
         if not path.exists():
             return path
         micros += 1
+
+
+def segments(directory: Path) -> list[Path]:
+    """
+    The sealed segments in C{directory}, oldest first (the live file not among them).
+    """
+    return sorted(directory.glob(f"{_SEGMENT_PREFIX}*{_SEGMENT_SUFFIX}"))
+
+
+def segment_month(path: Path) -> str:
+    """
+    The UTC month (YYYY-MM) a segment's first event was written in.
+    """
+    started = path.name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)]
+    return datetime.strptime(started, _SEGMENT_TIME).strftime("%Y-%m")
 
 
 class SegmentFile:

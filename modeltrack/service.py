@@ -41,6 +41,7 @@ from modeltrack.options import ConfigError, Settings, read_token
 from modeltrack.pricing import PriceBook
 from modeltrack.sdnotify import notify
 from modeltrack.providers import anthropic, openai
+from modeltrack.providers.registry import DIALECTS
 from modeltrack.stats import Stats
 from modeltrack.web.proxy import ProxyResource, Timeouts
 from modeltrack.web.site import ProxySite
@@ -83,7 +84,9 @@ class ModeltrackService(Service):
         self._pools = []
         upstreams = {}
         trust_root = None if settings.ca_bundle is None else load_trust_root(settings.ca_bundle)
-        for provider, url in ((openai.NAME, settings.openai_url), (anthropic.NAME, settings.anthropic_url)):
+        urls = {openai.NAME: settings.openai_url, anthropic.NAME: settings.anthropic_url}
+        for dialect in DIALECTS:
+            provider, url = dialect.name, urls[dialect.name]
             pool = make_pool(reactor, settings.pool_size, self.fast_path)
             self._pools.append(pool)
             if self.fast_path:

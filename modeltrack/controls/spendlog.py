@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from modeltrack.controls.budgets import BudgetLedger
 from modeltrack.datadir import STATE_DIR_MODE
-from modeltrack.journal import LIVE_NAME
+from modeltrack.journal import LIVE_NAME, segment_month, segments
 
 log = Logger()
 
@@ -45,11 +45,6 @@ def scan(path: Path) -> Rows:
     return rows
 
 
-def _segment_month(name: str) -> str:
-    # events-20261128T000000.000000Z.jsonl -> 2026-11
-    return f"{name[7:11]}-{name[11:13]}"
-
-
 def rebuild(ledger: BudgetLedger, data_dir: Path, month: str) -> None:
     """
     Load this month's spend (C{month} is YYYY-MM) into C{ledger}.
@@ -58,8 +53,8 @@ def rebuild(ledger: BudgetLedger, data_dir: Path, month: str) -> None:
     known = _load(checkpoint)
     kept: dict[str, list[list[str]]] = {}
     total: Rows = {}
-    for segment in sorted(data_dir.glob("events-*.jsonl")):
-        if _segment_month(segment.name) < month:
+    for segment in segments(data_dir):
+        if segment_month(segment) < month:
             continue  # the journal seals at UTC midnight: nothing of this month in there
         rows = known.get(segment.name)
         if rows is None:
