@@ -9,12 +9,30 @@ import json
 import math
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from twisted.web.http_headers import Headers
 
 from modeltrack.pricing import Price
 from modeltrack.usage import Reading, Usage
+
+class Outcome(StrEnum):
+    """
+    How a metered call ended (the event's C{outcome}; the README's table says when).
+    """
+
+    OK = "ok"
+    UPSTREAM_ERROR = "upstream_error"
+    STREAM_ERROR = "stream_error"
+    UPSTREAM_UNREACHABLE = "upstream_unreachable"
+    UPSTREAM_TLS_ERROR = "upstream_tls_error"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    CLIENT_CLOSED = "client_closed"
+    REJECTED = "rejected"
+    SHUTDOWN = "shutdown"
+    PROXY_ERROR = "proxy_error"
+
 
 #: Request header → event field. Values are labels chosen by the caller.
 ATTRIBUTION_HEADERS = (
@@ -71,7 +89,7 @@ def cost_event(
     requested_model: str | None,
     streaming: bool,
     status_code: int,
-    outcome: str,
+    outcome: Outcome,
     reading: Reading,
     price: Price,
     latency_ms: float,

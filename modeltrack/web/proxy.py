@@ -29,6 +29,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from modeltrack import events, routes
+from modeltrack.events import Outcome
 from modeltrack.controls.cache import Entry
 from modeltrack.controls.gate import NO_TICKET, Gate
 from modeltrack.failures import log_failure, safe_method, upstream_reason
@@ -257,12 +258,12 @@ class Exchange(Protocol):
         resource.stats.requests += 1
         if not valid_target:
             request.channel.persistent = False
-            return self._respond(400, "invalid_request_error", INVALID_TARGET, "rejected")
+            return self._respond(400, "invalid_request_error", INVALID_TARGET, Outcome.REJECTED)
         body = None
         if request.method == b"POST":
             if request.too_large:
                 message = f"request body is larger than {resource.max_body} bytes"
-                return self._respond(413, "request_too_large", message, "rejected")
+                return self._respond(413, "request_too_large", message, Outcome.REJECTED)
             body = request.content.getvalue()
             if self.endpoint.metered:
                 obj, body = self._read_request(body)
@@ -270,7 +271,7 @@ class Exchange(Protocol):
                     return None
                 if not resource.journal.accepting:
                     message = "the event log is not writable; no call is made that cannot be recorded"
-                    return self._respond(503, "overloaded_error", message, "rejected")
+                    return self._respond(503, "overloaded_error", message, Outcome.REJECTED)
                 if not resource.gate.idle:
                     body = self._admit(obj, body)
                     if body is None:
@@ -306,7 +307,7 @@ class Exchange(Protocol):
             # Both SDKs retry a 429 unless told not to; a budget does not free up in a
             # second, and each retry would be one more refused call and event.
             self.request.setHeader(b"x-should-retry", b"false")
-            self._respond(429, *ticket.refusal, "rejected")
+            self._respond(429, *ticket.refusal, Outcome.REJECTED)
             return None
         if ticket.hit is not None:
             self._answer_from_cache(ticket.hit)
@@ -324,7 +325,7 @@ class Exchange(Protocol):
             obj = None
         if not isinstance(obj, dict):
             message = "the request body must be a JSON object"
-            self._respond(400, "invalid_request_error", message, "rejected")
+            self._respond(400, "invalid_request_error", message, Outcome.REJECTED)
             return None, body
         self.requested_model, self.streaming = self.endpoint.read_request(obj)
         ask = self.endpoint.ask_for_usage
@@ -345,7 +346,7 @@ class Exchange(Protocol):
         request.setHeader(b"x-modeltrack-cache", b"HIT")
         request.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         self._write_last(entry.body)
-        self._end("ok", finish=True)
+        self._end(Outcome.OK, finish=True)
 
     # -- upstream answers ----------------------------------------------------
 
@@ -415,21 +416,21 @@ class Exchange(Protocol):
             # The upstream connection broke mid-body: make the truncation visible to
             # the client as a broken connection, not as a clean end. (What the meter
             # read from whole events stands; a cut-off body is not parsed.)
-            return self._end("upstream_unreachable", abort=True)
+            return self._end(Outcome.UPSTREAM_UNREACHABLE, abort=True)
         tail = self.meter.close()
         if tail:
             self._write_last(tail)
         self._end(self._answered(), finish=True)
 
-    def _answered(self) -> str:
+    def _answered(self) -> Outcome:
         """
         The outcome of a call whose answer reached its end.
         """
         if self.status >= 400:
-            return "upstream_error"
+            return Outcome.UPSTREAM_ERROR
         if self.streaming and self.meter.reading.error_type:
-            return "stream_error"
-        return "ok"
+            return Outcome.STREAM_ERROR
+        return Outcome.OK
 
     def crashed(self, failure: Failure) -> None:
         """
@@ -437,7 +438,7 @@ class Exchange(Protocol):
         """
         log_failure(log, "modeltrack pipeline error on {route}", failure, route=self.endpoint.path)
         if not self._done:
-            self._end("proxy_error", abort=True)
+            self._end(Outcome.PROXY_ERROR, abort=True)
             self._stop_upstream()
 
     def _request_failed(self, failure: Failure) -> None:
@@ -449,16 +450,16 @@ class Exchange(Protocol):
         if failure.check(TimeoutError):
             seconds = self._resource.timeouts.connect
             message = f"could not connect to {origin} within {seconds:g} seconds"
-            self._respond(504, "timeout_error", message, "upstream_timeout")
+            self._respond(504, "timeout_error", message, Outcome.UPSTREAM_TIMEOUT)
             return None
         if _tls_failure(failure):
             message = f"the TLS certificate of {origin} could not be verified"
             log.warn("Upstream TLS error: {message}", message=message)
-            self._respond(502, "api_error", message, "upstream_tls_error")
+            self._respond(502, "api_error", message, Outcome.UPSTREAM_TLS_ERROR)
             return None
         message = f"could not reach {origin}: {upstream_reason(failure)}"
         log.warn("Upstream unreachable: {message}", message=message)
-        self._respond(502, "api_error", message, "upstream_unreachable")
+        self._respond(502, "api_error", message, Outcome.UPSTREAM_UNREACHABLE)
         return None
 
     # -- time and the client -------------------------------------------------
@@ -477,12 +478,12 @@ class Exchange(Protocol):
                 self._end(self._answered(), finish=True)
             else:
                 # Headers came; the body went silent. The client sees a cut, not an end.
-                self._end("upstream_timeout", abort=True)
+                self._end(Outcome.UPSTREAM_TIMEOUT, abort=True)
             self.transport.stopProducing()
             return
         seconds = self._resource.timeouts.headers
         message = f"the upstream sent no response headers within {seconds:g} seconds"
-        self._respond(504, "timeout_error", message, "upstream_timeout")
+        self._respond(504, "timeout_error", message, Outcome.UPSTREAM_TIMEOUT)
         pending.cancel()
 
     def _lost_client(self, failure: Failure | None) -> None:
@@ -492,7 +493,7 @@ class Exchange(Protocol):
             # provider ends its body: that call is complete, not abandoned (unless the
             # marker was still held back, waiting for the disk: then it never got it).
             complete = self.meter.ended and not self._held
-            self._end(self._answered() if complete else "client_closed")
+            self._end(self._answered() if complete else Outcome.CLIENT_CLOSED)
             self._stop_upstream()
         return None
 
@@ -507,7 +508,7 @@ class Exchange(Protocol):
                 self.request.transport.abortConnection()
             self._resource.forget(self)
         elif not self._done:
-            self._end("shutdown", abort=True)
+            self._end(Outcome.SHUTDOWN, abort=True)
             self._stop_upstream()
 
     def _stop_upstream(self) -> None:
@@ -534,7 +535,7 @@ class Exchange(Protocol):
 
     # -- the end -------------------------------------------------------------
 
-    def _respond(self, code: int, error_type: str, message: str, outcome: str) -> None:
+    def _respond(self, code: int, error_type: str, message: str, outcome: Outcome) -> None:
         """
         Answer the client with an error of our own, in the provider's shape.
         """
@@ -568,7 +569,7 @@ class Exchange(Protocol):
             self._held.append(data)
 
     def _end(
-        self, outcome: str, *, finish: bool = False, abort: bool = False, error_type: str | None = None
+        self, outcome: Outcome, *, finish: bool = False, abort: bool = False, error_type: str | None = None
     ) -> None:
         if self._done:
             return
@@ -611,7 +612,7 @@ class Exchange(Protocol):
             self._finish()
         self._resource.forget(self)
 
-    def _record(self, outcome: str) -> None:
+    def _record(self, outcome: Outcome) -> None:
         resource = self._resource
         if not self.endpoint.metered:
             resource.forget(self)
@@ -651,7 +652,7 @@ class Exchange(Protocol):
         saved = gate.settle(
             ticket, self.endpoint.provider, self._labels, price, reading.usage, reading.price_context, when
         )
-        if outcome == "ok" and isinstance(self.meter, BodyMeter):
+        if outcome == Outcome.OK and isinstance(self.meter, BodyMeter):
             phrase = self.request.code_message or b"OK"
             gate.store(ticket, self.status, phrase, self.request.responseHeaders, self.meter.body, price, model, now)
         event.update(ticket.event_fields(saved))
