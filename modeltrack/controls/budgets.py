@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -72,6 +73,19 @@ def day_of(when: datetime) -> str:
     return when.date().isoformat()  # YYYY-MM-DD, cheaper than strftime
 
 
+class BudgetStatus(StrEnum):
+    """
+    A call's standing with its budget (the event's C{budget_status}).
+    """
+
+    NONE = "none"
+    OK = "ok"
+    WARNING = "warning"
+    OVER = "over"
+    UNPRICED = "unpriced"
+    BLOCKED = "blocked"
+
+
 @dataclass(slots=True)
 class Admission:
     """
@@ -88,7 +102,7 @@ class Admission:
     budget: Budget | None = None
     period: str = ""
     reserved: Decimal = Decimal(0)
-    status: str = "none"
+    status: BudgetStatus = BudgetStatus.NONE
     percent: Decimal = Decimal(0)
     spend: Decimal = Decimal(0)
 
@@ -97,7 +111,7 @@ class Admission:
         """
         The C{X-ModelTrack-Budget-Warning} header value, when there is one.
         """
-        if self.budget is None or self.status not in ("warning", "over"):
+        if self.budget is None or self.status not in (BudgetStatus.WARNING, BudgetStatus.OVER):
             return None
         return (
             f"{self.budget.scope} at {self.percent:.1f}% of {self.budget.limit} USD "
@@ -164,20 +178,20 @@ class BudgetLedger:
             return Admission()
         period = budget.period_of(day)
         spend, reserved, percent = self.standing(budget, day)
-        admission = Admission(budget, period, Decimal(0), "ok", percent, spend)
+        admission = Admission(budget, period, Decimal(0), BudgetStatus.OK, percent, spend)
         if estimate is None:
-            admission.status = "unpriced"
+            admission.status = BudgetStatus.UNPRICED
             return admission
         if budget.action == "block" and spend + reserved + estimate > budget.limit:
-            admission.status = "blocked"
+            admission.status = BudgetStatus.BLOCKED
             return admission
         key = (budget, period)
         self._reserved[key] = reserved + estimate
         admission.reserved = estimate
         if spend + reserved >= budget.limit and budget.action == "warn":
-            admission.status = "over"
+            admission.status = BudgetStatus.OVER
         elif percent >= budget.warn_at_percent:
-            admission.status = "warning"
+            admission.status = BudgetStatus.WARNING
         return admission
 
     def release(self, admission: Admission) -> None:

@@ -15,9 +15,9 @@ from typing import Any
 from twisted.web.http_headers import Headers
 
 from modeltrack.alerts import BudgetAlerts
-from modeltrack.controls.budgets import Admission, BudgetLedger, day_of
+from modeltrack.controls.budgets import Admission, BudgetLedger, BudgetStatus, day_of
 from modeltrack.controls.cache import Entry, ResponseCache
-from modeltrack.controls.routing import Routing, RoutingStats, Rule
+from modeltrack.controls.routing import RouteAction, Routing, RoutingStats, Rule
 from modeltrack.events import NO_CONTROLS
 from modeltrack.pricing import Price, PriceBook
 from modeltrack.usage import Usage, limit_from
@@ -92,7 +92,7 @@ class Ticket:
         return {
             "budget_scope": budget.scope if budget else None,
             "budget_status": self.admission.status if budget else None,
-            "routed": self.rule is not None and self.rule.action == "downgrade",
+            "routed": self.rule is not None and self.rule.action == RouteAction.DOWNGRADE,
             "routed_from": self.routed_from,
             "routing_rule": self.rule.name if self.rule else None,
             "cache_hit": self.hit is not None,
@@ -154,7 +154,7 @@ class Gate:
             rule = self.routing.decide(provider, model, percent)
             if rule is not None:
                 ticket.rule = rule
-                if rule.action == "block_expensive":
+                if rule.action == RouteAction.BLOCK_EXPENSIVE:
                     self.routing_stats.blocked[rule.name] += 1
                     ticket.refusal = (
                         "budget_exceeded",
@@ -180,7 +180,7 @@ class Gate:
         if budget is not None:
             estimate = self._worst_case(provider, path, model, body, raw_body, now)
             ticket.admission = self.ledger.admit(budget, estimate, day)
-            if ticket.admission.status == "blocked":
+            if ticket.admission.status == BudgetStatus.BLOCKED:
                 spend = ticket.admission.spend
                 if self.alerts is not None:
                     self.alerts.announce(budget, budget.period_of(day), "limit", spend)

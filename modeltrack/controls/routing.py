@@ -9,13 +9,23 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from modeltrack.controls.budgets import ConfigFileError, _decimal, _read_json
 
 TRIGGERS = ("budget_percent_above",)
-ROUTE_ACTIONS = ("downgrade", "block_expensive")
+class RouteAction(StrEnum):
+    """
+    What a routing rule does to a call past its threshold.
+    """
+
+    DOWNGRADE = "downgrade"
+    BLOCK_EXPENSIVE = "block_expensive"
+
+
+ROUTE_ACTIONS = tuple(action.value for action in RouteAction)
 DEFAULT_OPT_OUT_HEADER = "X-ModelTrack-No-Route"
 
 
@@ -26,7 +36,7 @@ class Rule:
     from_models: tuple[str, ...]
     to_model: str
     provider: str = ""
-    action: str = "downgrade"
+    action: RouteAction = RouteAction.DOWNGRADE
     trigger: str = "budget_percent_above"
     enabled: bool = True
 
@@ -114,7 +124,7 @@ def load_routing(path: Path) -> Routing | None:
         if not isinstance(enabled, bool):
             raise ConfigFileError(f"{where}: enabled must be true or false")
         threshold = _decimal(entry.get("threshold"), f"{where}: threshold")
-        rules.append(Rule(name, threshold, tuple(from_models), to_model, provider, action, trigger, enabled))
+        rules.append(Rule(name, threshold, tuple(from_models), to_model, provider, RouteAction(action), trigger, enabled))
     header = document.get("opt_out_header", DEFAULT_OPT_OUT_HEADER)
     if not isinstance(header, str) or not header:
         raise ConfigFileError(f"{path.name}: opt_out_header must be a header name")
