@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from modeltrack.admin.api import AdminAPI
 from modeltrack.admin.site import admin_site
-from modeltrack.alerts import BudgetAlerts
+from modeltrack.controls.alerts import BudgetAlerts
 from modeltrack.controls.budgets import BudgetLedger
 from modeltrack.controls.cache import ResponseCache, load_secret, load_snapshot, write_atomically
 from modeltrack.controls.files import ControlFiles
@@ -168,7 +168,8 @@ class ModeltrackService(Service):
         rebuild(self.gate.ledger, self.settings.data_dir, now.strftime("%Y-%m"))
         self.journal.start()
         if self.gate.alerts is not None:
-            self.gate.alerts.seed(self.gate.ledger, now.date().isoformat())
+            ledger = self.gate.ledger
+            self.gate.alerts.seed(ledger.spends(ledger.budgets, now.date().isoformat()))
         if self.gate.cache is not None:
             load_snapshot(self.gate.cache, self._cache_path)
             self._snapshots = LoopingCall(self._save_cache)

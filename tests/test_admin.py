@@ -236,7 +236,7 @@ def test_alert_delivery_retries_with_backoff() -> None:
     from treq.testing import StubTreq
     from twisted.internet.task import Clock
 
-    from modeltrack.alerts import BudgetAlerts
+    from modeltrack.controls.alerts import BudgetAlerts
     from modeltrack.controls.budgets import Budget
 
     class Flaky(Resource):

@@ -151,6 +151,12 @@ class BudgetLedger:
                 return budget
         return None
 
+    def spends(self, budgets: Iterable[Budget], day: str) -> list[tuple[Budget, str, Decimal]]:
+        """
+        Each budget's period containing C{day} and its spend in it.
+        """
+        return [(budget, budget.period_of(day), self.standing(budget, day)[0]) for budget in budgets]
+
     def matching(self, team: str | None, app: str | None, feature: str | None) -> list[Budget]:
         """
         Every budget a call with these labels counts toward.

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.web.http_headers import Headers
 
-from modeltrack.alerts import BudgetAlerts
+from modeltrack.controls.alerts import BudgetAlerts
 from modeltrack.controls.budgets import Admission, BudgetLedger, BudgetStatus, day_of
 from modeltrack.controls.cache import Entry, ResponseCache
 from modeltrack.controls.routing import RouteAction, Routing, RoutingStats, Rule
@@ -237,7 +237,8 @@ class Gate:
             day = day_of(now)
             self.ledger.spend(labels["team"], labels["app"], labels["feature"], day, price.cost_usd)
             if self.alerts is not None:
-                self.alerts.check(self.ledger, labels["team"], labels["app"], labels["feature"], day)
+                budgets = self.ledger.matching(labels["team"], labels["app"], labels["feature"])
+                self.alerts.check(self.ledger.spends(budgets, day))
         if ticket.hit is not None:
             return Decimal(ticket.hit.cost_usd) if ticket.hit.cost_usd is not None else None
         if ticket.routed_from and usage is not None and price.cost_usd is not None and ticket.rule:

@@ -8,12 +8,12 @@ delays, and a webhook that stays down costs a log line, nothing else.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from modeltrack.controls.budgets import Budget, BudgetLedger
+from modeltrack.controls.budgets import Budget
 from modeltrack.failures import upstream_reason
 
 log = Logger()
@@ -50,26 +50,24 @@ class BudgetAlerts:
         #: Deliveries still trying, for a stop (or a test) to wait on.
         self.pending: set[Deferred[None]] = set()
 
-    def seed(self, ledger: BudgetLedger, day: str) -> None:
+    def seed(self, spends: Iterable[tuple[Budget, str, Decimal]]) -> None:
         """
         Levels already reached at start-up (spend rebuilt from the log) were announced
-        by the run that reached them: not again.
+        by the run that reached them: not again. C{spends}: (budget, period, spend).
         """
-        for budget in ledger.budgets:
-            spend = ledger.standing(budget, day)[0]
+        for budget, period, spend in spends:
             for level in reached(budget, spend):
-                self._sent.add((budget.scope, budget.period_of(day), level))
+                self._sent.add((budget.scope, period, level))
 
-    def check(self, ledger: BudgetLedger, team: str | None, app: str | None, feature: str | None, day: str) -> None:
+    def check(self, spends: Iterable[tuple[Budget, str, Decimal]]) -> None:
         """
-        Spend was just counted for these labels: announce any level newly reached by a
-        budget they fall under.
+        Spend was just counted toward these budgets (budget, period, spend): announce
+        any level newly reached.
         """
-        for budget in ledger.matching(team, app, feature):
-            spend = ledger.standing(budget, day)[0]
+        for budget, period, spend in spends:
             levels = reached(budget, spend)
             if levels:
-                self.announce(budget, budget.period_of(day), levels[-1], spend)
+                self.announce(budget, period, levels[-1], spend)
 
     def announce(self, budget: Budget, period: str, level: str, spend: Decimal) -> None:
         key = (budget.scope, period, level)
