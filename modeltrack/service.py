@@ -143,7 +143,13 @@ class ModeltrackService(Service):
             metrics=self.metrics,
         )
         self.site = ProxySite(
-            self.resource, reactor, settings.max_body, settings.access_log, settings.head_timeout, self.fast_path
+            self.resource,
+            reactor,
+            settings.max_body,
+            settings.access_log,
+            settings.head_timeout,
+            self.fast_path,
+            track=self.resource.track,
         )
         self.tls = None
         if settings.tls_cert is not None and settings.tls_key is not None:

@@ -177,7 +177,7 @@ class Harness:
             timeouts=timeouts,
             max_body=max_body,
         )
-        self.site = ProxySite(self.resource, self.clock, max_body)
+        self.site = ProxySite(self.resource, self.clock, max_body, track=self.resource.track)
 
     def connect(self) -> tuple[Any, StringTransport]:
         channel = self.site.buildProtocol(None)

@@ -38,7 +38,7 @@ from modeltrack.pricing import UNPRICED, Price
 from modeltrack.providers.meter import BodyMeter, RelayOnly
 from modeltrack.stats import Stats
 from modeltrack.usage import Reading
-from modeltrack.web.status import Readiness, json_response, render_status
+from modeltrack.web.status import Readiness, StatusPaths, json_response
 from modeltrack.web.upstream import Upstream, for_client, for_upstream
 from modeltrack.web.writethrough import after_sending
 
@@ -89,6 +89,7 @@ class ProxyResource(Resource):
         self.gate = gate
         self.stats = stats
         self.readiness = readiness
+        self.status_paths = StatusPaths(journal, stats, readiness, gate, clock)
         self.clock = clock
         self.timeouts = timeouts
         self.max_body = max_body
@@ -156,7 +157,7 @@ class ProxyResource(Resource):
         found = routes.match(request.method, request.path.decode("latin-1"), request.requestHeaders)
         if not valid and (found is None or not found[0].metered):
             return _refuse(request, INVALID_TARGET)
-        status = render_status(request.path, request, self)
+        status = self.status_paths.render(request.path, request)
         if status is not None:
             return status
         if found is None:
@@ -166,7 +167,9 @@ class ProxyResource(Resource):
         request.route = endpoint.path  # type: ignore[attr-defined]
         exchange = Exchange(self, request, endpoint, upstream_path)
         try:
-            exchange.start(valid)
+            # ProxyRequest drops a body past the cap and says so (the only request
+            # type ProxySite makes).
+            exchange.start(valid, body_too_large=getattr(request, "too_large", False))
         except Exception:
             exchange.crashed(Failure())
         return NOT_DONE_YET
@@ -248,7 +251,7 @@ class Exchange(Protocol):
 
     # -- start ---------------------------------------------------------------
 
-    def start(self, valid_target: bool = True) -> None:
+    def start(self, valid_target: bool = True, body_too_large: bool = False) -> None:
         resource = self._resource
         request = self.request
         request.notifyFinish().addErrback(self._lost_client)
@@ -261,7 +264,7 @@ class Exchange(Protocol):
             return self._respond(400, "invalid_request_error", INVALID_TARGET, Outcome.REJECTED)
         body = None
         if request.method == b"POST":
-            if request.too_large:
+            if body_too_large:
                 message = f"request body is larger than {resource.max_body} bytes"
                 return self._respond(413, "request_too_large", message, Outcome.REJECTED)
             body = request.content.getvalue()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import weakref
 from io import BytesIO
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -43,7 +43,9 @@ class ProxyRequest(server.Request):
     def __init__(self, channel: object, *args: object, **kwargs: object) -> None:
         super().__init__(channel, *args, **kwargs)
         # From its first line on, so a stop waits for a request still arriving.
-        channel.site.resource.track(self)  # type: ignore[attr-defined]
+        track = channel.site.track  # type: ignore[attr-defined]
+        if track is not None:
+            track(self)
 
     def gotLength(self, length: int | None) -> None:
         site: ProxySite = self.channel.site
@@ -276,6 +278,7 @@ class ProxySite(server.Site):
     @ivar clock: the time source for request durations.
     @ivar head_timeout: seconds a request head has to arrive whole (see L{ProxyChannel}).
     @ivar fast_path: client connections send through L{write_through}.
+    @ivar track: told of every request from its first line (a stop waits for them).
     """
 
     requestFactory = ProxyRequest
@@ -289,6 +292,7 @@ class ProxySite(server.Site):
         access_log: bool = False,
         head_timeout: float = DEFAULT_HEAD_TIMEOUT,
         fast_path: bool = True,
+        track: Callable[[server.Request], object] | None = None,
     ) -> None:
         # No form parsing: bodies here are JSON, and parsing them as forms costs time.
         super().__init__(resource, reactor=clock, parsePOSTFormSubmission=False)
@@ -296,6 +300,7 @@ class ProxySite(server.Site):
         self.max_body = max_body
         self.head_timeout = head_timeout
         self.fast_path = fast_path
+        self.track = track
         self.access_log_on = access_log
         self.displayTracebacks = False
         self.connections: weakref.WeakSet[ProxyChannel] = weakref.WeakSet()

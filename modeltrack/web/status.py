@@ -43,37 +43,48 @@ def json_response(request: Request, code: int, body: Any) -> bytes:
     return json.dumps(body).encode("utf-8") + b"\n"
 
 
-def render_status(path: bytes, request: Request, proxy: Any) -> bytes | None:
+class StatusPaths:
     """
-    The answer for a status path, or L{None} if C{path} is not one. C{proxy} is the
-    L{modeltrack.web.proxy.ProxyResource} (its journal, stats, readiness and controls).
+    The answers for the status paths, from what they report on: the event log, the
+    running totals, readiness, the controls and the clock.
     """
-    journal = proxy.journal
-    if path == b"/healthz":
-        return json_response(request, 200, {"status": "ok"})
-    if path == b"/readyz":
-        problems = []
-        if not proxy.readiness.listening:
-            problems.append("not listening")
-        if not journal.healthy:
-            problems.append("event log not writable")
-        if problems:
-            return json_response(request, 503, {"status": "unavailable", "problems": problems})
-        return json_response(request, 200, {"status": "ready"})
-    if path == b"/stats":
-        return json_response(request, 200, proxy.stats.snapshot(journal))
-    gate = proxy.gate
-    if path == b"/budgets":
-        today = datetime.fromtimestamp(proxy.clock.seconds(), timezone.utc).strftime("%Y-%m-%d")
-        body = {
-            "budgets": gate.ledger.report(today),
-            "open_reservations_usd": str(gate.ledger.open_reservations()),
-        }
-        return json_response(request, 200, body)
-    if path == b"/cache/stats":
-        if gate.cache is None:
-            return json_response(request, 200, {"enabled": False})
-        return json_response(request, 200, {"enabled": True, **gate.cache.stats()})
-    if path == b"/routing/stats":
+
+    def __init__(self, journal: Any, stats: Any, readiness: Readiness, gate: Any, clock: Any) -> None:
+        self._journal = journal
+        self._stats = stats
+        self._readiness = readiness
+        self._gate = gate
+        self._clock = clock
+
+    def render(self, path: bytes, request: Request) -> bytes | None:
+        """
+        The answer for a status path, or L{None} if C{path} is not one.
+        """
+        if path not in STATUS_PATHS:
+            return None
+        journal, gate = self._journal, self._gate
+        if path == b"/healthz":
+            return json_response(request, 200, {"status": "ok"})
+        if path == b"/readyz":
+            problems = []
+            if not self._readiness.listening:
+                problems.append("not listening")
+            if not journal.healthy:
+                problems.append("event log not writable")
+            if problems:
+                return json_response(request, 503, {"status": "unavailable", "problems": problems})
+            return json_response(request, 200, {"status": "ready"})
+        if path == b"/stats":
+            return json_response(request, 200, self._stats.snapshot(journal))
+        if path == b"/budgets":
+            today = datetime.fromtimestamp(self._clock.seconds(), timezone.utc).strftime("%Y-%m-%d")
+            body = {
+                "budgets": gate.ledger.report(today),
+                "open_reservations_usd": str(gate.ledger.open_reservations()),
+            }
+            return json_response(request, 200, body)
+        if path == b"/cache/stats":
+            if gate.cache is None:
+                return json_response(request, 200, {"enabled": False})
+            return json_response(request, 200, {"enabled": True, **gate.cache.stats()})
         return json_response(request, 200, {"enabled": gate.routing is not None, **gate.routing_stats.report()})
-    return None
