@@ -17,6 +17,12 @@ from modeltrack.providers.registry import DIALECTS
 __all__ = ["Endpoint", "RouteTable", "error_body", "match", "provider_by_auth"]
 
 _MODELS = "/v1/models"
+#: Methods a relayed route may use (the APIs' own).
+_RELAYED_METHODS = frozenset((b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"))
+#: A relayed path: segments of unreserved characters (and the ones the APIs use in
+#: ids), none of them "." or "..", no empty segment, no percent-encoding (which could
+#: hide a dot segment or a slash from this check and not from the upstream).
+_RELAYED_PATH = re.compile(r"(/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~:@!$&'()*+,;=-]+)+/?")
 #: A model id in a path: no slash, so no way to reach any other upstream path.
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,255}")
 
@@ -76,10 +82,29 @@ class RouteTable:
         if dialect is None:
             serving = self._serving.get((method, path))
             if not serving:
-                return None
+                return self._relayed(method, path, upstream_path, None, headers)
             dialect = serving[0] if len(serving) == 1 else self._by_headers(serving, headers)
         endpoint = self._by_route.get((dialect.name, method, path))
-        return None if endpoint is None else (endpoint, upstream_path)
+        if endpoint is None:
+            return self._relayed(method, path, upstream_path, dialect, headers)
+        return endpoint, upstream_path
+
+    def _relayed(
+        self, method: bytes, path: str, upstream_path: str, named: Dialect | None, headers: Headers
+    ) -> tuple[Endpoint, str] | None:
+        """
+        The rest of a provider's API: any other path under its relayed prefixes,
+        relayed untouched and unmetered, under a route named for its first two
+        segments (C{/v1/files}).
+        """
+        if method not in _RELAYED_METHODS or not _RELAYED_PATH.fullmatch(path):
+            return None
+        candidates = [d for d in ((named,) if named else self._dialects) if any(path.startswith(p) for p in d.relayed)]
+        if not candidates:
+            return None
+        dialect = candidates[0] if named else self._by_headers(candidates, headers)
+        route = "/".join(path.split("/")[:3])
+        return Endpoint(dialect.name, route, dialect.error_body, method=method, metered=False), upstream_path
 
 
 ROUTES = RouteTable(DIALECTS)

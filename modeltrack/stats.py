@@ -23,6 +23,8 @@ class Stats:
         self.events = 0
         self.unpriced = 0
         self.outcomes: Counter[str] = Counter()
+        #: Calls to routes relayed without metering, by provider and route.
+        self.relayed: Counter[tuple[str, str]] = Counter()
         self._providers: dict[str, dict[str, Any]] = {}
 
     def record(self, event: dict[str, Any], cost: Decimal | None) -> None:
@@ -54,8 +56,16 @@ class Stats:
             "write_errors": journal.write_errors,
             "unpriced": self.unpriced,
             "outcomes": dict(self.outcomes),
+            "relayed": _nested(self.relayed),
             "providers": {
                 name: {**totals, "cost_usd": str(totals["cost_usd"])}
                 for name, totals in sorted(self._providers.items())
             },
         }
+
+
+def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    nested: dict[str, dict[str, int]] = {}
+    for (provider, route), n in sorted(counts.items()):
+        nested.setdefault(provider, {})[route] = n
+    return nested

@@ -46,6 +46,9 @@ ANTHROPIC_USAGE = {
     "service_tier": "standard",
 }
 EMBEDDING_USAGE = {"prompt_tokens": 8, "total_tokens": 8}
+_METERED_PATHS = frozenset(
+    ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/messages", "/v1/messages/count_tokens")
+)
 #: Usage counts no call has: a model named here is answered with one.
 ABSURD_COUNTS = {"huge-usage": 2**64, "vast-usage": 10**400}
 #: What the model names in requests resolve to, as the real APIs report them.
@@ -189,6 +192,8 @@ class FakeUpstream(Resource):
             return self._json(request, 200, {"object": "list", "data": [{"id": "m", "object": "model", "created": 1, "owned_by": "x"}]})
         if path == "/v1/messages/count_tokens":
             return self._json(request, 200, {"input_tokens": 42})
+        if path not in _METERED_PATHS:
+            return self._rest_of_the_api(request, path)
         params = json.loads(body or b"{}")
         requested = params.get("model", "")
         model = SNAPSHOTS.get(requested, requested)
@@ -247,6 +252,26 @@ class FakeUpstream(Resource):
             if stream:
                 return self._stream(request, messages_stream(model, error), requested)
             return self._json(request, 200, message_body(model))
+        return self._json(request, 404, {"error": {"message": "not here", "type": "invalid_request_error"}})
+
+    def _rest_of_the_api(self, request: Request, path: str) -> bytes:
+        """
+        A few of the routes the proxy relays unmetered, answered in their APIs' shapes.
+        """
+        method = request.method
+        parts = path.split("/")
+        if method == b"GET" and path in ("/v1/files", "/v1/messages/batches"):
+            return self._json(request, 200, {"object": "list", "data": [], "has_more": False, "first_id": None, "last_id": None})
+        if method == b"POST" and path == "/v1/files":
+            return self._json(request, 200, {"id": "file-1", "object": "file", "bytes": 5, "created_at": 1, "filename": "a.jsonl", "purpose": "batch", "status": "processed"})
+        if method == b"DELETE" and path.startswith("/v1/files/"):
+            return self._json(request, 200, {"id": parts[3], "object": "file", "deleted": True})
+        if method == b"POST" and path == "/v1/moderations":
+            return self._json(request, 200, {"id": "modr-1", "model": "omni-moderation-latest", "results": []})
+        if method == b"GET" and path.startswith("/v1/batches/"):
+            batch = {"id": parts[3], "object": "batch", "endpoint": "/v1/chat/completions", "status": "completed",
+                     "input_file_id": "file-1", "completion_window": "24h", "created_at": 1}
+            return self._json(request, 200, batch)
         return self._json(request, 404, {"error": {"message": "not here", "type": "invalid_request_error"}})
 
     def _json(self, request: Request, code: int, body: Any) -> bytes:

@@ -217,9 +217,11 @@ def test_not_an_open_proxy() -> None:
     h = Harness()
     _, absolute = h.send("GET", "http://evil.example/v1/models")
     _, connect = h.send("CONNECT", "evil.example:443")
-    _, unknown = h.send("POST", "/v1/files", {})
+    _, unknown = h.send("POST", "/internal/files", {})
     _, traversal = h.send("GET", "/v1/models/../../admin")
-    assert [status_of(t) for t in (absolute, connect, unknown, traversal)] == [400, 400, 404, 404]
+    _, encoded = h.send("GET", "/v1/files/%2e%2e/admin")
+    _, empty = h.send("GET", "/v1//admin")
+    assert [status_of(t) for t in (absolute, connect, unknown, traversal, encoded, empty)] == [400, 400, 404, 404, 404, 404]
     assert h.agent.calls == [] and h.journal.lines == []
 
 

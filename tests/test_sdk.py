@@ -240,3 +240,45 @@ async def test_framing_length_kept_stream_chunked_truncation_visible(proxy: Any)
         await in_thread(post, "short-body")
     await proxy.flushed()
     assert [e["outcome"] for e in proxy.events()] == ["ok", "ok", "upstream_unreachable"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_rest_of_each_api_is_relayed_untouched_and_unmetered(proxy: Any, upstream: Any) -> None:
+    import io
+
+    oai = openai_client(proxy)
+    ant = anthropic_client(proxy)
+
+    def calls() -> list[Any]:
+        return [
+            oai.files.list(),
+            oai.files.create(file=("a.jsonl", io.BytesIO(b'{"a":1}\n')), purpose="batch"),
+            oai.files.delete("file-1"),
+            oai.moderations.create(input="hi"),
+            oai.batches.retrieve("batch_abc"),
+            ant.messages.batches.list(),
+            ant.beta.files.list(),
+        ]
+
+    found = await in_thread(calls)
+    assert found[2].deleted and found[4].status == "completed" and found[3].results == []
+    seen = [(s.method, s.path.decode()) for s in upstream.resource.seen]
+    assert seen == [
+        (b"GET", "/v1/files"),
+        (b"POST", "/v1/files"),
+        (b"DELETE", "/v1/files/file-1"),
+        (b"POST", "/v1/moderations"),
+        (b"GET", "/v1/batches/batch_abc"),
+        (b"GET", "/v1/messages/batches"),
+        (b"GET", "/v1/files"),
+    ]
+    upload = upstream.resource.seen[1]
+    assert b'{"a":1}\n' in upload.body and upload.header(b"content-type")[0].startswith(b"multipart/form-data")
+    assert upstream.resource.seen[-1].header(b"authorization") == [b"Bearer " + ANTHROPIC_KEY.encode()]
+    await proxy.flushed()
+    assert proxy.events() == []  # relayed, not metered
+    stats = proxy.service.stats.snapshot(proxy.service.journal)
+    assert stats["relayed"] == {
+        "anthropic": {"/v1/files": 1, "/v1/messages": 1},  # told apart by the Anthropic SDK's headers
+        "openai": {"/v1/batches": 1, "/v1/files": 3, "/v1/moderations": 1},
+    }

@@ -115,4 +115,5 @@ DIALECT = Dialect(
     error_body=error_body,
     credential_headers=(b"x-api-key", b"authorization"),
     claims=claims,
+    relayed=("/v1/",),
 )

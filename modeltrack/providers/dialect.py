@@ -67,6 +67,8 @@ class Dialect:
     @ivar credential_headers: the request headers that carry a caller's key (lower case).
     @ivar claims: whether a request's headers say it speaks this dialect, for a path
         more than one provider serves (C{/v1/models}); L{None} for the default.
+    @ivar relayed: path prefixes under which every other path of the provider's API
+        (files, batches, moderations, ...) is relayed untouched, unmetered.
     """
 
     name: str
@@ -75,3 +77,4 @@ class Dialect:
     error_body: Callable[[str, str], dict[str, Any]]
     credential_headers: tuple[bytes, ...]
     claims: Callable[[Headers], bool] | None = None
+    relayed: tuple[str, ...] = ()

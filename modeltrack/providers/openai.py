@@ -194,4 +194,5 @@ DIALECT = Dialect(
     ),
     error_body=error_body,
     credential_headers=(b"authorization",),
+    relayed=("/v1/",),
 )

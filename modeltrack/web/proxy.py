@@ -176,6 +176,8 @@ class ProxyResource(Resource):
 
 
 INVALID_TARGET = "the request target holds bytes other than visible ASCII"
+#: Methods whose requests carry a body to forward (any other does if it came with one).
+_WITH_BODY = frozenset((b"POST", b"PUT", b"PATCH"))
 #: RFC 9112 3.2: a request target is visible ASCII, nothing else (what an upstream
 #: client refuses to send must be refused here, before anything else happens).
 _VISIBLE_ASCII = re.compile(rb"[!-~]+")
@@ -263,7 +265,7 @@ class Exchange(Protocol):
             request.channel.persistent = False
             return self._respond(400, "invalid_request_error", INVALID_TARGET, Outcome.REJECTED)
         body = None
-        if request.method == b"POST":
+        if request.method in _WITH_BODY or body_too_large or request.content.tell():
             if body_too_large:
                 message = f"request body is larger than {resource.max_body} bytes"
                 return self._respond(413, "request_too_large", message, Outcome.REJECTED)
@@ -618,6 +620,7 @@ class Exchange(Protocol):
     def _record(self, outcome: Outcome) -> None:
         resource = self._resource
         if not self.endpoint.metered:
+            resource.stats.relayed[self.endpoint.provider, self.endpoint.path] += 1
             resource.forget(self)
             return
         now = resource.clock.seconds()
