@@ -92,3 +92,20 @@ def test_a_client_gone_before_its_held_end_marker_was_sent_did_not_complete() ->
     channel.connectionLost(Failure(ConnectionDone()))
     [event] = h.journal.events()
     assert event["outcome"] == "client_closed"
+
+
+def test_a_call_s_phases_in_order() -> None:
+    from modeltrack.web.proxy import Phase
+
+    h = durable_harness()
+    h.send("POST", "/v1/chat/completions", STREAM)
+    [exchange] = h.resource.in_flight
+    assert exchange.phase is Phase.FORWARDED
+    response = FakeResponse(200, {b"content-type": b"text/event-stream"})
+    h.agent.calls[0].deferred.callback(response)
+    assert exchange.phase is Phase.STREAMING
+    response.send(*chat_stream("gpt-4o-2024-08-06", include_usage=True))
+    response.end()
+    assert exchange.phase is Phase.ENDING  # its answer held until its event is on disk
+    h.journal.sync()
+    assert exchange.phase is Phase.ENDED and not h.resource.in_flight

@@ -13,6 +13,7 @@ import os
 import re
 from datetime import datetime, timezone
 from decimal import Decimal
+from enum import IntEnum
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred, succeed
@@ -45,6 +46,20 @@ from modeltrack.web.writethrough import after_sending
 log = Logger()
 
 REQUEST_ID_HEADER = b"x-modeltrack-request-id"
+
+
+class Phase(IntEnum):
+    """
+    Where a call is, in the only order a call moves through them (a later phase is
+    never left for an earlier one).
+    """
+
+    RECEIVED = 1  # its request is whole, nothing decided yet
+    ADMITTED = 2  # let through by the controls (a refusal or a cached answer ends it here)
+    FORWARDED = 3  # sent upstream, waiting for the response head
+    STREAMING = 4  # the response body is being relayed
+    ENDING = 5  # ended, its answer held until its event is on disk (--fsync always)
+    ENDED = 6  # ended and answered: nothing more happens to it
 _NO_USAGE = Price(Decimal(0), None)
 
 
@@ -239,7 +254,7 @@ class Exchange(Protocol):
         self._forwarded: float | None = None
         self._pending: Any = None
         self._timer: Any = None
-        self._done = False
+        self.phase = Phase.RECEIVED
         self._client_gone = False
         self._paused = False
         self._labels = events.NO_LABELS
@@ -249,7 +264,6 @@ class Exchange(Protocol):
         #: event is on disk: its last bytes and its end wait in C{_held}.
         self._holds = endpoint.metered and resource.journal.holds_answers
         self._held: list[bytes] = []
-        self._awaiting_disk = False
 
     # -- start ---------------------------------------------------------------
 
@@ -281,11 +295,13 @@ class Exchange(Protocol):
                     body = self._admit(obj, body)
                     if body is None:
                         return None
+        self.phase = Phase.ADMITTED
         query = request.uri.partition(b"?")[2]
         target = self._upstream_path.encode("latin-1") + (b"?" + query if query else b"")
         upstream = resource.upstreams[self.endpoint.provider]
         self._forwarded = resource.clock.seconds()
         self._timer = resource.clock.callLater(resource.timeouts.headers, self._timed_out)
+        self.phase = Phase.FORWARDED
         self._pending = upstream.request(
             request.method, target, for_upstream(request.requestHeaders), body
         )
@@ -357,9 +373,10 @@ class Exchange(Protocol):
 
     def _got_response(self, response: IResponse) -> None:
         self._pending = None
-        if self._done:
+        if self.phase >= Phase.ENDING:
             response.deliverBody(_Discard())
             return
+        self.phase = Phase.STREAMING
         resource = self._resource
         request = self.request
         self._ttfb = resource.clock.seconds() - self.started
@@ -402,7 +419,7 @@ class Exchange(Protocol):
             self.transport.pauseProducing()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._done:
+        if self.phase >= Phase.ENDING:
             return
         relay = self.meter.feed(data)
         if relay:
@@ -415,7 +432,7 @@ class Exchange(Protocol):
         self._last_data = self._resource.clock.seconds()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self._done:
+        if self.phase >= Phase.ENDING:
             return  # we ended it: timeout, client gone, or shutdown
         if not reason.check(ResponseDone, PotentialDataLoss):
             # The upstream connection broke mid-body: make the truncation visible to
@@ -442,13 +459,13 @@ class Exchange(Protocol):
         A bug in the pipeline: log it, end the request, and still record its event.
         """
         log_failure(log, "modeltrack pipeline error on {route}", failure, route=self.endpoint.path)
-        if not self._done:
+        if self.phase < Phase.ENDING:
             self._end(Outcome.PROXY_ERROR, abort=True)
             self._stop_upstream()
 
     def _request_failed(self, failure: Failure) -> None:
         self._pending = None
-        if self._done:
+        if self.phase >= Phase.ENDING:
             return None  # cancelled by us
         self._cancel_timer()
         origin = self._resource.upstreams[self.endpoint.provider].origin
@@ -471,8 +488,7 @@ class Exchange(Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        pending = self._pending
-        if pending is None:
+        if self.phase is Phase.STREAMING:
             clock, idle = self._resource.clock, self._resource.timeouts.idle
             quiet = clock.seconds() - self._last_data
             if quiet < idle:
@@ -486,6 +502,7 @@ class Exchange(Protocol):
                 self._end(Outcome.UPSTREAM_TIMEOUT, abort=True)
             self.transport.stopProducing()
             return
+        pending = self._pending
         seconds = self._resource.timeouts.headers
         message = f"the upstream sent no response headers within {seconds:g} seconds"
         self._respond(504, "timeout_error", message, Outcome.UPSTREAM_TIMEOUT)
@@ -493,7 +510,7 @@ class Exchange(Protocol):
 
     def _lost_client(self, failure: Failure | None) -> None:
         self._client_gone = True
-        if not self._done:
+        if self.phase < Phase.ENDING:
             # A client may stop reading at a stream's end marker and close before the
             # provider ends its body: that call is complete, not abandoned (unless the
             # marker was still held back, waiting for the disk: then it never got it).
@@ -506,13 +523,13 @@ class Exchange(Protocol):
         """
         End now, for a shutdown that could not wait any longer.
         """
-        if self._awaiting_disk:
+        if self.phase is Phase.ENDING:
             # Its event is queued but not yet on disk: the client never sees it complete.
-            self._awaiting_disk = False
+            self.phase = Phase.ENDED
             if not self._client_gone:
                 self.request.transport.abortConnection()
             self._resource.forget(self)
-        elif not self._done:
+        elif self.phase < Phase.ENDING:
             self._end(Outcome.SHUTDOWN, abort=True)
             self._stop_upstream()
 
@@ -532,7 +549,7 @@ class Exchange(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
-        if self.transport is not None and not self._done:
+        if self.transport is not None and self.phase < Phase.ENDING:
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -566,7 +583,7 @@ class Exchange(Protocol):
         disk. A stream's bytes from its end marker on wait; a body waits one chunk
         behind (its last chunk may be the one that completes it).
         """
-        if isinstance(self.meter, BodyMeter) and not self._done:
+        if isinstance(self.meter, BodyMeter) and self.phase < Phase.ENDING:
             held, self._held = self._held, [data]
             if held:
                 self.request.write(b"".join(held))
@@ -576,9 +593,9 @@ class Exchange(Protocol):
     def _end(
         self, outcome: Outcome, *, finish: bool = False, abort: bool = False, error_type: str | None = None
     ) -> None:
-        if self._done:
+        if self.phase >= Phase.ENDING:
             return
-        self._done = True
+        self.phase = Phase.ENDED
         self._cancel_timer()
         request = self.request
         if not self._client_gone:
@@ -587,7 +604,7 @@ class Exchange(Protocol):
                 request.transport.abortConnection()
             elif finish:
                 if self._holds:
-                    self._awaiting_disk = True  # finished by _completed
+                    self.phase = Phase.ENDING  # finished by _completed
                 else:
                     self._finish()
         if error_type is not None and self.meter.reading.error_type is None:
@@ -607,9 +624,9 @@ class Exchange(Protocol):
         """
         The event is on disk: the held answer may complete.
         """
-        if not self._awaiting_disk:
+        if self.phase is not Phase.ENDING:
             return  # aborted by a stop meanwhile
-        self._awaiting_disk = False
+        self.phase = Phase.ENDED
         if not self._client_gone:
             if self._held:
                 self.request.write(b"".join(self._held))
@@ -664,7 +681,7 @@ class Exchange(Protocol):
         event.update(ticket.event_fields(saved))
         resource.journal.append(events.encode(event))
         resource.stats.record(event, price.cost_usd)
-        if self._awaiting_disk:
+        if self.phase is Phase.ENDING:
             resource.journal.flush().addCallback(self._completed)
         else:
             resource.forget(self)
