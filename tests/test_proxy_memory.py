@@ -429,3 +429,21 @@ def test_a_provider_is_its_dialect_module_and_a_registry_line() -> None:
     assert table.match(b"POST", "/v1/messages", plain)[0].provider == "anthropic"
     assert table.match(b"POST", "/toy/v1/messages", plain) is None
     assert table.error_body("toy", "t", "m") == {"problem": {"kind": "t", "text": "m"}}
+
+
+def test_every_finished_call_reaches_each_sink_as_one_read_only_record() -> None:
+    import pytest
+
+    from modeltrack.accounting import CallRecord
+    from tests.memory import answer
+
+    h = Harness()
+    taken: list[CallRecord] = []
+    h.resource.sinks.append(taken.append)  # a new sink: one line
+    h.send("POST", "/v1/chat/completions", CHAT)
+    answer(h.agent.calls[0], {"model": "gpt-4o-2024-08-06", "choices": [], "usage": CHAT_USAGE})
+    [record] = taken
+    assert json.loads(record.line) == dict(record.event) == h.journal.events()[0]
+    assert record.answer is not None and record.answer.code == 200
+    with pytest.raises(TypeError):
+        record.event["cost_usd"] = 0  # type: ignore[index]

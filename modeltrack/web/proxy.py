@@ -30,6 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from modeltrack import events, routes
+from modeltrack.accounting import Answer, CallRecord, sinks
 from modeltrack.events import Outcome
 from modeltrack.controls.cache import Entry
 from modeltrack.controls.gate import NO_TICKET, Gate
@@ -110,6 +111,8 @@ class ProxyResource(Resource):
         self.max_body = max_body
         #: L{modeltrack.metrics.Metrics}, when an admin listener serves them.
         self.metrics = metrics
+        #: Where every finished metered call goes (L{modeltrack.accounting}).
+        self.sinks = sinks(journal, stats, gate, metrics)
         self.in_flight: set[Exchange] = set()
         #: Every request from its first line to its end, so a drain also waits for
         #: one still arriving (it has no exchange yet).
@@ -670,24 +673,33 @@ class Exchange(Protocol):
             ttfb_ms=None if self._ttfb is None else self._ttfb * 1000,
             labels=self._labels,
         )
-        gate = resource.gate
         ticket = self.ticket
-        saved = gate.settle(
+        # The controls settle first: what they saved and decided is part of the event.
+        saved = resource.gate.settle(
             ticket, self.endpoint.provider, self._labels, price, reading.usage, reading.price_context, when
         )
+        event.update(ticket.event_fields(saved))
+        answer = None
         if outcome == Outcome.OK and isinstance(self.meter, BodyMeter):
             phrase = self.request.code_message or b"OK"
-            gate.store(ticket, self.status, phrase, self.request.responseHeaders, self.meter.body, price, model, now)
-        event.update(ticket.event_fields(saved))
-        resource.journal.append(events.encode(event))
-        resource.stats.record(event, price.cost_usd)
+            answer = Answer(self.status, phrase, self.request.responseHeaders, self.meter.body)
+        record = CallRecord.of(
+            event,
+            events.encode(event),
+            price=price,
+            saved=saved,
+            overhead=None if self._forwarded is None else self._forwarded - self.started,
+            ticket=ticket,
+            answer=answer,
+            model=model,
+            ended=now,
+        )
+        for sink in resource.sinks:
+            sink(record)
         if self.phase is Phase.ENDING:
             resource.journal.flush().addCallback(self._completed)
         else:
             resource.forget(self)
-        if resource.metrics is not None:
-            overhead = None if self._forwarded is None else self._forwarded - self.started
-            resource.metrics.observe(event, price.cost_usd, saved, overhead)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
