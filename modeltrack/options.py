@@ -62,6 +62,8 @@ class Settings:
     reserve_output_tokens: int = 4096
     reserve_context_tokens: int = 200_000
     fast_path: bool = True
+    #: OpenAI-compatible upstreams: (name, origin) pairs.
+    upstreams: tuple[tuple[str, str], ...] = ()
 
 
 class ConfigError(Exception):
@@ -116,12 +118,19 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["listen-tls"] = []
+        self["upstream"] = []
 
     def opt_listen(self, description: str) -> None:
         """
         Twisted endpoint to listen on; repeatable [env MODELTRACK_LISTEN, space-separated; default tcp:8080:interface=127.0.0.1].
         """
         self["listen"].append(description)
+
+    def opt_upstream(self, spec: str) -> None:
+        """
+        An OpenAI-compatible upstream, NAME=URL (e.g. groq=https://api.groq.com/openai), served at /NAME/v1/...; repeatable [env MODELTRACK_UPSTREAMS, space-separated].
+        """
+        self["upstream"].append(spec)
 
     def opt_listen_tls(self, description: str) -> None:
         """
@@ -189,6 +198,7 @@ def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
         reserve_output_tokens=int(_positive(options, "reserve-output-tokens")),
         reserve_context_tokens=int(_positive(options, "reserve-context-tokens")),
         fast_path=not options["no-fast-path"],
+        upstreams=_check_upstreams(tuple(options["upstream"]) or tuple(environ.get("MODELTRACK_UPSTREAMS", "").split())),
     )
 
 
@@ -319,6 +329,22 @@ def is_loopback(description: str) -> bool:
         return ipaddress.ip_address(interface).is_loopback
     except ValueError:
         return False
+
+
+def _check_upstreams(specs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    from modeltrack.providers import compat
+
+    found: dict[str, str] = {}
+    for spec in specs:
+        name, equals, url = spec.partition("=")
+        if not equals or not compat.NAME.fullmatch(name):
+            raise ConfigError(f"--upstream: {spec!r} is not NAME=URL with a name of lower-case letters, digits and dashes")
+        if name in compat.RESERVED:
+            raise ConfigError(f"--upstream: {name!r} is a built-in provider's prefix; choose another name")
+        if name in found:
+            raise ConfigError(f"--upstream: {name!r} is named twice")
+        found[name] = _check_url("--upstream", url)
+    return tuple(found.items())
 
 
 def _check_webhook(url: str | None) -> str | None:

@@ -40,7 +40,8 @@ class RouteTable:
         self._by_route = {(e.provider, e.method, e.path): e for d in self._dialects for e in d.endpoints}
         self._prefixes = {d.prefix: d for d in self._dialects}
         self._serving: dict[tuple[bytes, str], list[Dialect]] = {}
-        for dialect in self._dialects:
+        self._unprefixed = tuple(d for d in self._dialects if not d.by_prefix_only)
+        for dialect in self._unprefixed:
             for endpoint in dialect.endpoints:
                 self._serving.setdefault((endpoint.method, endpoint.path), []).append(dialect)
 
@@ -49,14 +50,14 @@ class RouteTable:
         for dialect in candidates:
             if dialect.claims is not None and dialect.claims(headers):
                 return dialect
-        default = self._dialects[-1]
+        default = self._unprefixed[-1]
         return default if default in candidates else candidates[-1]
 
     def provider_by_auth(self, headers: Headers) -> str:
         """
         The provider a caller speaks to, by its auth header style.
         """
-        return self._by_headers(self._dialects, headers).name
+        return self._by_headers(self._unprefixed, headers).name
 
     def error_body(self, provider: str, error_type: str, message: str) -> dict[str, Any]:
         """
@@ -99,7 +100,7 @@ class RouteTable:
         """
         if method not in _RELAYED_METHODS or not _RELAYED_PATH.fullmatch(path):
             return None
-        candidates = [d for d in ((named,) if named else self._dialects) if any(path.startswith(p) for p in d.relayed)]
+        candidates = [d for d in ((named,) if named else self._unprefixed) if any(path.startswith(p) for p in d.relayed)]
         if not candidates:
             return None
         dialect = candidates[0] if named else self._by_headers(candidates, headers)

@@ -40,7 +40,8 @@ from modeltrack.metrics import Metrics
 from modeltrack.options import ConfigError, Settings, read_token
 from modeltrack.pricing import PriceBook
 from modeltrack.sdnotify import notify
-from modeltrack.providers import anthropic, openai
+from modeltrack.providers import anthropic, compat, openai
+from modeltrack.routes import RouteTable
 from modeltrack.providers.registry import DIALECTS
 from modeltrack.stats import Stats
 from modeltrack.web.proxy import ProxyResource, Timeouts
@@ -84,8 +85,9 @@ class ModeltrackService(Service):
         self._pools = []
         upstreams = {}
         trust_root = None if settings.ca_bundle is None else load_trust_root(settings.ca_bundle)
-        urls = {openai.NAME: settings.openai_url, anthropic.NAME: settings.anthropic_url}
-        for dialect in DIALECTS:
+        urls = {openai.NAME: settings.openai_url, anthropic.NAME: settings.anthropic_url, **dict(settings.upstreams)}
+        compatible = tuple(compat.dialect(name) for name, _ in settings.upstreams)
+        for dialect in (*compatible, *DIALECTS):
             provider, url = dialect.name, urls[dialect.name]
             pool = make_pool(reactor, settings.pool_size, self.fast_path)
             self._pools.append(pool)
@@ -141,6 +143,7 @@ class ModeltrackService(Service):
             ),
             max_body=settings.max_body,
             metrics=self.metrics,
+            route_table=RouteTable((*compatible, *DIALECTS)),
         )
         self.site = ProxySite(
             self.resource,

@@ -178,6 +178,8 @@ class FakeUpstream(Resource):
 
     seen: list[Seen] = field(default_factory=list)
     open_requests: list[tuple[Request, list[bytes]]] = field(default_factory=list)
+    #: Like some OpenAI-compatible servers: no usage in a stream, whatever was asked.
+    ignores_stream_options: bool = False
     isLeaf = True
 
     def __post_init__(self) -> None:
@@ -239,6 +241,8 @@ class FakeUpstream(Resource):
         if path in ("/v1/chat/completions", "/v1/completions"):
             if stream:
                 include = (params.get("stream_options") or {}).get("include_usage") is True
+                if self.ignores_stream_options:
+                    include = False
                 return self._stream(request, chat_stream(model, include, error), requested)
             return self._json(request, 200, chat_body(model, legacy=path == "/v1/completions"))
         if path == "/v1/responses":

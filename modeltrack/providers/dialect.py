@@ -69,6 +69,8 @@ class Dialect:
         more than one provider serves (C{/v1/models}); L{None} for the default.
     @ivar relayed: path prefixes under which every other path of the provider's API
         (files, batches, moderations, ...) is relayed untouched, unmetered.
+    @ivar by_prefix_only: reached only under its prefix (an upstream named by the
+        operator), never by a bare path.
     """
 
     name: str
@@ -78,3 +80,4 @@ class Dialect:
     credential_headers: tuple[bytes, ...]
     claims: Callable[[Headers], bool] | None = None
     relayed: tuple[str, ...] = ()
+    by_prefix_only: bool = False

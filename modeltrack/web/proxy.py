@@ -98,6 +98,7 @@ class ProxyResource(Resource):
         timeouts: Timeouts = Timeouts(),
         max_body: int,
         metrics: Any = None,
+        route_table: routes.RouteTable = routes.ROUTES,
     ) -> None:
         super().__init__()
         self.upstreams = upstreams
@@ -109,6 +110,7 @@ class ProxyResource(Resource):
         self.clock = clock
         self.timeouts = timeouts
         self.max_body = max_body
+        self.routes = route_table
         #: L{modeltrack.metrics.Metrics}, when an admin listener serves them.
         self.metrics = metrics
         #: Where every finished metered call goes (L{modeltrack.accounting}).
@@ -172,7 +174,7 @@ class ProxyResource(Resource):
             # Absolute-form targets and CONNECT are how a forward proxy is used.
             return _refuse(request, "this is not an open proxy")
         valid = valid_target(request.uri)
-        found = routes.match(request.method, request.path.decode("latin-1"), request.requestHeaders)
+        found = self.routes.match(request.method, request.path.decode("latin-1"), request.requestHeaders)
         if not valid and (found is None or not found[0].metered):
             return _refuse(request, INVALID_TARGET)
         status = self.status_paths.render(request.path, request)
@@ -650,7 +652,12 @@ class Exchange(Protocol):
         price = _NO_USAGE
         if reading.usage_error is not None:
             price = UNPRICED  # counts that cannot be believed are not priced
-        elif reading.usage is not None:
+        elif reading.usage is None:
+            if 200 <= self.status < 300 and self.ticket.hit is None:
+                # Answered, with no usage reported (a stream cut before it, a server
+                # that ignores stream_options): the cost is unknown, never $0.
+                price = UNPRICED
+        else:
             try:
                 price = resource.gate.prices.price(
                     self.endpoint.provider, model, reading.usage, reading.price_context, when
