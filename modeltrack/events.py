@@ -95,6 +95,7 @@ def cost_event(
     latency_ms: float,
     ttfb_ms: float | None,
     labels: dict[str, str | None],
+    deployment: str | None = None,
 ) -> dict[str, Any]:
     usage = reading.usage or Usage()
     cost: Decimal | None = price.cost_usd
@@ -105,6 +106,7 @@ def cost_event(
         "endpoint": endpoint,
         "model": reading.model or requested_model,
         "requested_model": requested_model,
+        "deployment": deployment,
         "streaming": streaming,
         "status_code": status_code,
         "outcome": outcome,

@@ -32,6 +32,8 @@ class Settings:
     data_dir: Path
     openai_url: str
     anthropic_url: str
+    #: Azure OpenAI's resource origin; L{None}: no Azure routes.
+    azure_url: str | None = None
     fsync: str = "interval"
     rotate_bytes: int = 64 << 20
     max_body: int = 32 << 20
@@ -88,6 +90,7 @@ class Options(usage.Options):
     optParameters = [
         ["data-dir", None, None, "Where events and config live [env MODELTRACK_DATA_DIR, default ./data]."],
         ["openai-url", None, None, f"OpenAI API origin [env MODELTRACK_OPENAI_URL, default {DEFAULT_OPENAI_URL}]."],
+        ["azure-url", None, None, "Azure OpenAI resource origin, e.g. https://myres.openai.azure.com, served under /azure [env MODELTRACK_AZURE_URL]."],
         ["anthropic-url", None, None, f"Anthropic API origin [env MODELTRACK_ANTHROPIC_URL, default {DEFAULT_ANTHROPIC_URL}]."],
         ["fsync", None, "interval", "When the event log is fsynced: always (every batch), interval (once a second) or never."],
         ["rotate-mb", None, "64", "Seal events.jsonl into a segment when it reaches this many MiB (also at UTC midnight)."],
@@ -198,6 +201,7 @@ def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
         reserve_output_tokens=int(_positive(options, "reserve-output-tokens")),
         reserve_context_tokens=int(_positive(options, "reserve-context-tokens")),
         fast_path=not options["no-fast-path"],
+        azure_url=_optional_url("--azure-url", options["azure-url"] or environ.get("MODELTRACK_AZURE_URL")),
         upstreams=_check_upstreams(tuple(options["upstream"]) or tuple(environ.get("MODELTRACK_UPSTREAMS", "").split())),
     )
 
@@ -329,6 +333,10 @@ def is_loopback(description: str) -> bool:
         return ipaddress.ip_address(interface).is_loopback
     except ValueError:
         return False
+
+
+def _optional_url(option: str, url: str | None) -> str | None:
+    return None if not url else _check_url(option, url)
 
 
 def _check_upstreams(specs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

@@ -75,6 +75,8 @@ class RouteTable:
                 dialect = named
                 path = path[len(prefix) :]
                 break
+        if dialect is not None and dialect.route is not None:
+            return dialect.route(method, path)
         upstream_path = path
         if path.startswith(_MODELS + "/") and method == b"GET":
             if not _MODEL_ID.fullmatch(path[len(_MODELS) + 1 :]):

@@ -40,7 +40,7 @@ from modeltrack.metrics import Metrics
 from modeltrack.options import ConfigError, Settings, read_token
 from modeltrack.pricing import PriceBook
 from modeltrack.sdnotify import notify
-from modeltrack.providers import anthropic, compat, openai
+from modeltrack.providers import anthropic, azure, compat, openai
 from modeltrack.routes import RouteTable
 from modeltrack.providers.registry import DIALECTS
 from modeltrack.stats import Stats
@@ -86,8 +86,12 @@ class ModeltrackService(Service):
         upstreams = {}
         trust_root = None if settings.ca_bundle is None else load_trust_root(settings.ca_bundle)
         urls = {openai.NAME: settings.openai_url, anthropic.NAME: settings.anthropic_url, **dict(settings.upstreams)}
-        compatible = tuple(compat.dialect(name) for name, _ in settings.upstreams)
-        for dialect in (*compatible, *DIALECTS):
+        # Served only under their prefixes: the upstreams an operator configured.
+        configured = tuple(compat.dialect(name) for name, _ in settings.upstreams)
+        if settings.azure_url is not None:
+            urls[azure.NAME] = settings.azure_url
+            configured += (azure.DIALECT,)
+        for dialect in (*configured, *DIALECTS):
             provider, url = dialect.name, urls[dialect.name]
             pool = make_pool(reactor, settings.pool_size, self.fast_path)
             self._pools.append(pool)
@@ -143,7 +147,7 @@ class ModeltrackService(Service):
             ),
             max_body=settings.max_body,
             metrics=self.metrics,
-            route_table=RouteTable((*compatible, *DIALECTS)),
+            route_table=RouteTable((*configured, *DIALECTS)),
         )
         self.site = ProxySite(
             self.resource,

@@ -75,6 +75,15 @@ def sse(event: str | None, data: Any) -> bytes:
     return f"{head}data: {payload}\n\n".encode()
 
 
+#: What an Azure deployment answers as its model, whatever the deployment is called.
+AZURE_SNAPSHOT = "gpt-4o-2024-11-20"
+#: Azure's stream opens with an empty chunk that carries only content-filter results.
+AZURE_FIRST_CHUNK = sse(None, {
+    "id": "", "object": "", "created": 0, "model": "", "choices": [],
+    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {"hate": {"filtered": False, "severity": "safe"}}}],
+})
+
+
 def chat_stream(model: str, include_usage: bool, error: bool = False) -> list[bytes]:
     base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model}
     extra = {"usage": None} if include_usage else {}
@@ -189,6 +198,10 @@ class FakeUpstream(Resource):
         body = request.content.read()
         self.seen.append(Seen(request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()), body))
         path = request.path.decode()
+        # Azure's paths: /openai/deployments/{deployment}/X and /openai/v1/X are /v1/X.
+        azure = path.startswith("/openai/")
+        if azure:
+            path = "/v1/" + (path[len("/openai/v1/") :] if path.startswith("/openai/v1/") else path.split("/", 4)[4])
         anthropic = path.startswith("/v1/messages")
         if path.startswith("/v1/models"):
             return self._json(request, 200, {"object": "list", "data": [{"id": "m", "object": "model", "created": 1, "owned_by": "x"}]})
@@ -198,7 +211,7 @@ class FakeUpstream(Resource):
             return self._rest_of_the_api(request, path)
         params = json.loads(body or b"{}")
         requested = params.get("model", "")
-        model = SNAPSHOTS.get(requested, requested)
+        model = AZURE_SNAPSHOT if azure else SNAPSHOTS.get(requested, requested)
         stream = params.get("stream") is True
         if requested == "hang":
             return NOT_DONE_YET
@@ -243,7 +256,10 @@ class FakeUpstream(Resource):
                 include = (params.get("stream_options") or {}).get("include_usage") is True
                 if self.ignores_stream_options:
                     include = False
-                return self._stream(request, chat_stream(model, include, error), requested)
+                chunks = chat_stream(model, include, error)
+                if azure:
+                    chunks.insert(0, AZURE_FIRST_CHUNK)
+                return self._stream(request, chunks, requested)
             return self._json(request, 200, chat_body(model, legacy=path == "/v1/completions"))
         if path == "/v1/responses":
             if stream:

@@ -39,6 +39,9 @@ class Endpoint:
         the provider would not report otherwise; true if it changed the body (the
         added usage is then kept from the client, which sees the stream it asked for).
     @ivar errors: the provider's error shape: C{(error type, message) -> body}.
+    @ivar deployment: the deployment the client path named (Azure's classic paths).
+    @ivar model_names_deployment: the body's C{model} is a deployment name (Azure's v1
+        paths), not the model the call is priced by.
     """
 
     provider: str
@@ -50,6 +53,8 @@ class Endpoint:
     stream_meter: Callable[..., SSEMeter] | None = None
     read_request: Callable[[dict[str, Any]], tuple[str | None, bool]] = model_and_stream
     ask_for_usage: Callable[[dict[str, Any]], bool] | None = None
+    deployment: str | None = None
+    model_names_deployment: bool = False
 
     def error_body(self, error_type: str, message: str) -> dict[str, Any]:
         return self.errors(error_type, message)
@@ -71,6 +76,8 @@ class Dialect:
         (files, batches, moderations, ...) is relayed untouched, unmetered.
     @ivar by_prefix_only: reached only under its prefix (an upstream named by the
         operator), never by a bare path.
+    @ivar route: for paths the table cannot list (a deployment name in them): the
+        endpoint and upstream path for C{(method, path)} under the prefix, or L{None}.
     """
 
     name: str
@@ -81,3 +88,4 @@ class Dialect:
     claims: Callable[[Headers], bool] | None = None
     relayed: tuple[str, ...] = ()
     by_prefix_only: bool = False
+    route: Callable[[bytes, str], tuple[Endpoint, str] | None] | None = None

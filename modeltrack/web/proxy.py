@@ -679,6 +679,8 @@ class Exchange(Protocol):
             latency_ms=(now - self.started) * 1000,
             ttfb_ms=None if self._ttfb is None else self._ttfb * 1000,
             labels=self._labels,
+            deployment=self.endpoint.deployment
+            or (self.requested_model if self.endpoint.model_names_deployment else None),
         )
         ticket = self.ticket
         # The controls settle first: what they saved and decided is part of the event.
