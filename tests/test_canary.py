@@ -1,7 +1,8 @@
 """
 Fault suite: keys never reach the disk, the log, the metrics, the admin API or an error
 body. Six canary keys, one in every place a key can travel (Authorization: Bearer,
-x-api-key, api-key, x-goog-api-key, ?key=, ?api-key=), go together on every call, and
+x-api-key, api-key, x-goog-api-key, ?key=, ?api-key=), go together on every call, to
+every provider (OpenAI, Anthropic, Azure, a compatible upstream, relayed routes), and
 calls end every way a call can end. Then every byte under the data dirs (events, the
 SQLite index, state, snapshots), every log line in both formats, /metrics, /stats, the
 admin API and every answer received are searched for each canary.
@@ -73,6 +74,7 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
     proxy = start_proxy(
         reactor, data, upstream.url, cache=True, headers_timeout=0.5, max_body=4096,
         admin_listen="tcp:0:interface=127.0.0.1", drain_seconds=0.2,
+        azure_url=upstream.url, upstreams=(("groq", upstream.url),),
     )
     tls_proxy = start_proxy(reactor, tmp_path / "tls", f"https://localhost:{tls_port.getHost().port}")
     answers: list[bytes] = []
@@ -90,6 +92,10 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
             (b"/v1/chat/completions", chat("fail-500")),  # upstream 5xx
             (b"/v1/chat/completions", chat("reset-stream", stream=True)),  # reset mid-stream
             (b"/v1/chat/completions", chat("hang")),  # headers timeout
+            (b"/azure/openai/deployments/my-gpt/chat/completions", chat("gpt-4o", stream=True)),  # Azure
+            (b"/azure/openai/v1/chat/completions", chat("fail-500")),  # Azure v1, upstream 5xx
+            (b"/groq/v1/chat/completions", chat("llama-3.3-70b-versatile")),  # a compatible upstream
+            (b"/v1/files", chat("gpt-4o")),  # relayed, unmetered
         ]
         for path, body in calls:
             answers.append(await in_thread(rawhttp.exchange, port, request(path, body)))
@@ -121,6 +127,7 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
         "ok", "rejected", "upstream_error", "upstream_unreachable", "upstream_timeout",
         "client_closed", "upstream_tls_error", "shutdown",
     }, outcomes
+    assert {"openai", "anthropic", "azure", "groq"} <= {e["provider"] for e in proxy.events()}
     assert any(e["cache_hit"] for e in proxy.events())
     assert any(e["budget_status"] == "blocked" for e in proxy.events())
     assert [rawhttp.status_of(a) for a in answers[4:8]] == [404, 400, 413, 429]
