@@ -219,7 +219,7 @@ def show_price(data_dir: Path | None, model: str, provider: str | None) -> int:
     from modeltrack.pricing import load_overrides
 
     overrides = {} if data_dir is None else load_overrides(data_dir / "pricing.json") or {}
-    rates = overrides.get(model.lower())
+    rates = overrides.get((provider or "", model.lower())) or overrides.get(("", model.lower()))
     source = "pricing.json"
     if rates is None:
         if provider is None:

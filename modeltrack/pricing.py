@@ -53,23 +53,23 @@ UNPRICED = Price(None, None)
 
 
 class PriceBook:
-    def __init__(self, overrides: dict[str, ModelPrice] | None = None) -> None:
+    def __init__(self, overrides: Overrides | None = None) -> None:
         # genai-prices imports its 1.6 MB price data and its pricing modules on first
         # use: price something now, at start-up, not on the reactor thread in the middle
         # of a request (where the import stalls every stream, and fails outright if the
         # process is out of file descriptors).
         _, info = data_snapshot.get_snapshot().find_provider_model("gpt-4o", None, "openai", None)
         LinearPrice(info.get_prices(datetime.now(timezone.utc)))
-        self._overrides: dict[str, LinearPrice] = {}
+        self._overrides: dict[tuple[str, str], LinearPrice] = {}
         self.set_overrides(overrides)
         self._rates: dict[tuple[str, str, tuple[tuple[str, str], ...], int], LinearPrice | None] = {}
         self._windows: dict[tuple[str, str], int | None] = {}
 
-    def set_overrides(self, overrides: dict[str, ModelPrice] | None) -> None:
+    def set_overrides(self, overrides: Overrides | None) -> None:
         """
         Per-model rates from pricing.json (L{None}: the file is gone, no overrides).
         """
-        self._overrides = {model: LinearPrice(rates) for model, rates in (overrides or {}).items()}
+        self._overrides = {key: LinearPrice(rates) for key, rates in (overrides or {}).items()}
 
     def price(
         self,
@@ -89,7 +89,8 @@ class PriceBook:
             or usage.cache_write_1h_tokens > usage.cache_write_tokens
         ):
             return UNPRICED  # inconsistent counts: record them unpriced rather than guess
-        override = self._overrides.get(model.lower())
+        lower = model.lower()
+        override = self._overrides.get((provider, lower)) or self._overrides.get(("", lower))
         if override is not None:
             return Price(override.cost(usage), "pricing.json")
         rates = self._resolve(provider, model, context, when)
@@ -210,10 +211,18 @@ def _coefficients(rates: ModelPrice, base: int) -> tuple[int, Decimal, tuple[Dec
     return base, at_base - coefficients[0] * base, coefficients
 
 
-def load_overrides(path: Path) -> dict[str, ModelPrice] | None:
+#: pricing.json's entries: (provider, model) -> rates; the provider is "" for an entry
+#: that holds for every provider.
+Overrides = dict[tuple[str, str], ModelPrice]
+
+
+def load_overrides(path: Path) -> Overrides | None:
     """
-    Read pricing.json: C{{"models": {"<model>": {"input_mtok": 1.5, ...}}}}, rates in
-    USD per million tokens. A missing file means no overrides.
+    Read pricing.json: C{{"models": {"<model>": {"input_mtok": 1.5, ...}}, "providers":
+    {"<provider>": {"models": {...}}}}}, rates in USD per million tokens; an entry under
+    a provider holds only for it (two upstreams may serve one model name at different
+    prices) and comes before one for every provider. Rates of 0 declare a model free.
+    A missing file means no overrides.
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -223,12 +232,19 @@ def load_overrides(path: Path) -> dict[str, ModelPrice] | None:
         document = json.loads(text, parse_float=Decimal)
     except ValueError as e:
         raise PricingFileError(f"{path.name}: not valid JSON: {e}") from None
-    models = document.get("models") if isinstance(document, dict) else None
-    if not isinstance(models, dict):
-        raise PricingFileError(f'{path.name}: expected an object with a "models" object')
-    overrides = {}
+    models = document.get("models", {}) if isinstance(document, dict) else None
+    providers = document.get("providers", {}) if isinstance(document, dict) else None
+    if not isinstance(models, dict) or not isinstance(providers, dict) or not (models or providers):
+        raise PricingFileError(f'{path.name}: expected an object with a "models" object (and/or "providers")')
+    overrides: Overrides = {}
     for model, rates in models.items():
-        overrides[model.lower()] = _override(path.name, model, rates)
+        overrides["", model.lower()] = _override(path.name, model, rates)
+    for provider, section in providers.items():
+        scoped = section.get("models") if isinstance(section, dict) else None
+        if not isinstance(scoped, dict):
+            raise PricingFileError(f'{path.name}: providers.{provider}: expected an object with a "models" object')
+        for model, rates in scoped.items():
+            overrides[provider, model.lower()] = _override(path.name, f"{provider} {model}", rates)
     return overrides
 
 

@@ -171,3 +171,22 @@ def test_price_data_is_loaded_at_start_up() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True"
+
+
+def test_a_pricing_json_entry_can_hold_for_one_provider(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    from modeltrack.pricing import PriceBook, load_overrides
+    from modeltrack.usage import Usage
+
+    path = tmp_path / "pricing.json"
+    path.write_text(json.dumps({
+        "models": {"my-llama": {"input_mtok": 0, "output_mtok": 0}},
+        "providers": {"together": {"models": {"my-llama": {"input_mtok": 0.88, "output_mtok": 0.88}}}},
+    }))
+    book = PriceBook(load_overrides(path))
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    when = datetime(2026, 11, 30, tzinfo=timezone.utc)
+    assert book.price("together", "my-llama", usage, {}, when).cost_usd == Decimal("1.76")
+    free = book.price("vllm", "my-llama", usage, {}, when)
+    assert free.cost_usd == 0 and free.source == "pricing.json"  # free, not unpriced
