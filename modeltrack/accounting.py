@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from twisted.web.http_headers import Headers
 
@@ -29,10 +29,10 @@ class Answer:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class CallRecord:
+class CallRecord(NamedTuple):
     """
-    One finished metered call.
+    One finished metered call (a tuple: immutable, and built in a fraction of what a
+    frozen dataclass takes, once per call).
 
     @ivar event: the cost event's fields (read-only).
     @ivar line: the event as its line in the log.
@@ -58,7 +58,7 @@ class CallRecord:
 
     @classmethod
     def of(cls, event: dict[str, Any], line: bytes, **fields: Any) -> CallRecord:
-        return cls(MappingProxyType(event), line, **fields)
+        return cls(MappingProxyType(event), line, **fields)  # type: ignore[call-arg]  # mypy cannot match **fields
 
 
 Sink = Callable[[CallRecord], object]
