@@ -68,7 +68,7 @@ def sinks(journal: Any, stats: Any, gate: Gate, metrics: Any = None) -> list[Sin
     """
     Where every finished call goes, in order: the event log first (the sooner it is
     queued, the sooner it is on disk), then the totals, the metrics (when an admin
-    listener serves them) and the response cache.
+    listener serves them) and the response cache (when there is one).
     """
     found: list[Sink] = [
         lambda record: journal.append(record.line),
@@ -76,7 +76,8 @@ def sinks(journal: Any, stats: Any, gate: Gate, metrics: Any = None) -> list[Sin
     ]
     if metrics is not None:
         found.append(lambda record: metrics.observe(record.event, record.price.cost_usd, record.saved, record.overhead))
-    found.append(_cache_store(gate))
+    if gate.cache is not None:  # set at start-up, for the process's life
+        found.append(_cache_store(gate))
     return found
 
 
