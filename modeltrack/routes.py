@@ -11,18 +11,13 @@ from typing import Any, Iterable
 
 from twisted.web.http_headers import Headers
 
-from modeltrack.providers.dialect import Dialect, Endpoint
+from modeltrack.providers.dialect import Dialect, Endpoint, relayable, relayed_endpoint
 from modeltrack.providers.registry import DIALECTS
 
 __all__ = ["Endpoint", "RouteTable", "error_body", "match", "provider_by_auth"]
 
 _MODELS = "/v1/models"
-#: Methods a relayed route may use (the APIs' own).
-_RELAYED_METHODS = frozenset((b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"))
-#: A relayed path: segments of unreserved characters (and the ones the APIs use in
-#: ids), none of them "." or "..", no empty segment, no percent-encoding (which could
-#: hide a dot segment or a slash from this check and not from the upstream).
-_RELAYED_PATH = re.compile(r"(/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~:@!$&'()*+,;=-]+)+/?")
+
 #: A model id in a path: no slash, so no way to reach any other upstream path.
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,255}")
 
@@ -100,14 +95,13 @@ class RouteTable:
         relayed untouched and unmetered, under a route named for its first two
         segments (C{/v1/files}).
         """
-        if method not in _RELAYED_METHODS or not _RELAYED_PATH.fullmatch(path):
+        if not relayable(method, path):
             return None
         candidates = [d for d in ((named,) if named else self._unprefixed) if any(path.startswith(p) for p in d.relayed)]
         if not candidates:
             return None
         dialect = candidates[0] if named else self._by_headers(candidates, headers)
-        route = "/".join(path.split("/")[:3])
-        return Endpoint(dialect.name, route, dialect.error_body, method=method, metered=False), upstream_path
+        return relayed_endpoint(dialect, method, path, 2), upstream_path
 
 
 ROUTES = RouteTable(DIALECTS)

@@ -17,15 +17,25 @@ TOKEN_FIELDS = (
 )
 
 
+MAX_RELAYED_ROUTES = 200
+
+
 class Stats:
     def __init__(self) -> None:
         self.requests = 0
         self.events = 0
         self.unpriced = 0
         self.outcomes: Counter[str] = Counter()
-        #: Calls to routes relayed without metering, by provider and route.
+        #: Calls to routes relayed without metering, by provider and route (at most
+        #: L{MAX_RELAYED_ROUTES}: a path's first segments are the caller's to choose).
         self.relayed: Counter[tuple[str, str]] = Counter()
         self._providers: dict[str, dict[str, Any]] = {}
+
+    def relayed_call(self, provider: str, route: str) -> None:
+        key = (provider, route)
+        if key not in self.relayed and len(self.relayed) >= MAX_RELAYED_ROUTES:
+            key = (provider, "_other")
+        self.relayed[key] += 1
 
     def record(self, event: dict[str, Any], cost: Decimal | None) -> None:
         """

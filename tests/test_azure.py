@@ -41,6 +41,7 @@ async def test_azure_classic_and_v1_paths(reactor: Any, tmp_path: Path, upstream
                 ),
                 v1.chat.completions.create(model="prod-deployment", messages=USER),
                 v1.models.list(),
+                v1.files.list(),  # relayed, unmetered
             ]
 
         found = await in_thread(calls)
@@ -58,6 +59,7 @@ async def test_azure_classic_and_v1_paths(reactor: Any, tmp_path: Path, upstream
         b"/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21",
         b"/openai/v1/chat/completions",
         b"/openai/v1/models",
+        b"/openai/v1/files",
     ]
     assert seen[0].header(b"api-key") == [AZURE_KEY.encode()]
     assert seen[2].header(b"authorization") == [b"Bearer " + AZURE_KEY.encode()]
@@ -76,3 +78,6 @@ async def test_azure_classic_and_v1_paths(reactor: Any, tmp_path: Path, upstream
     # The bare /v1 path is OpenAI's (here unreachable: 502), never Azure's.
     assert events[-1]["provider"] == "openai"
     assert CHAT_USAGE["prompt_tokens"] == events[0]["input_tokens"]
+    assert len(events) == 4  # three Azure calls and the refused bare one: nothing for models or files
+    relayed = proxy.service.stats.snapshot(proxy.service.journal)["relayed"]
+    assert relayed["azure"] == {"/openai/v1/files": 1, "/openai/v1/models": 1}  # unmetered routes

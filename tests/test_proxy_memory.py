@@ -447,3 +447,13 @@ def test_every_finished_call_reaches_each_sink_as_one_read_only_record() -> None
     assert record.answer is not None and record.answer.code == 200
     with pytest.raises(TypeError):
         record.event["cost_usd"] = 0  # type: ignore[index]
+
+
+def test_relayed_routes_counted_are_bounded() -> None:
+    from modeltrack.stats import MAX_RELAYED_ROUTES, Stats
+
+    stats = Stats()
+    for n in range(MAX_RELAYED_ROUTES + 50):
+        stats.relayed_call("openai", f"/v1/route-{n}")  # a path's first segments are the caller's
+    assert len(stats.relayed) == MAX_RELAYED_ROUTES + 1
+    assert stats.relayed["openai", "_other"] == 50

@@ -13,7 +13,7 @@ import re
 from dataclasses import replace
 
 from modeltrack.providers import openai
-from modeltrack.providers.dialect import Dialect, Endpoint
+from modeltrack.providers.dialect import Dialect, Endpoint, relayable, relayed_endpoint
 
 NAME = "azure"
 
@@ -40,18 +40,26 @@ _V1_ENDPOINTS = {
 
 def route(method: bytes, path: str) -> tuple[Endpoint, str] | None:
     """
-    The endpoint for an Azure client path (below C{/azure}), and the path to send on.
+    The endpoint for an Azure client path (below C{/azure}), and the path to send on:
+    a metered route, or any other plain path of the API under C{/openai/}, relayed.
     """
     if path.startswith(_V1_PREFIX + "/"):
         endpoint = _V1_ENDPOINTS.get((method, path[len(_V1_PREFIX) :]))
-        return None if endpoint is None else (endpoint, path)
-    found = _DEPLOYMENT.fullmatch(path)
-    if found is None:
-        return None
-    endpoint = _CLASSIC_ENDPOINTS.get((method, found.group(2)))
-    if endpoint is None:
-        return None
-    return replace(endpoint, deployment=found.group(1)), path
+        if endpoint is not None:
+            return endpoint, path
+    else:
+        found = _DEPLOYMENT.fullmatch(path)
+        endpoint = None if found is None else _CLASSIC_ENDPOINTS.get((method, found.group(2)))
+        if endpoint is not None:
+            return replace(endpoint, deployment=found.group(1)), path  # type: ignore[union-attr]  # found is set
+    if path.startswith("/openai/") and relayable(method, path):
+        relayed = relayed_endpoint(DIALECT, method, path, 3)  # /openai/v1/files
+        parts = path.split("/")
+        if parts[2] == "deployments" and len(parts) > 4:
+            # The deployment is the caller's word: out of the route's name.
+            relayed = replace(relayed, path="/openai/deployments/{deployment}/" + parts[4])
+        return relayed, path
+    return None
 
 
 DIALECT = Dialect(

@@ -8,6 +8,7 @@ in L{modeltrack.providers.registry}, and its tests.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,6 +24,30 @@ def model_and_stream(body: dict[str, Any]) -> tuple[str | None, bool]:
     body's C{model} and C{stream: true}.
     """
     return text(body.get("model")), body.get("stream") is True
+
+
+#: Methods a relayed route may use (the APIs' own).
+_RELAYED_METHODS = frozenset((b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"))
+#: A relayed path: segments of unreserved characters (and the ones the APIs use in
+#: ids), none of them "." or "..", no empty segment, no percent-encoding (which could
+#: hide a dot segment or a slash from this check and not from the upstream).
+_RELAYED_PATH = re.compile(r"(/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~:@!$&'()*+,;=-]+)+/?")
+
+
+def relayable(method: bytes, path: str) -> bool:
+    """
+    May C{method path} be relayed untouched: an API method, and a plain path?
+    """
+    return method in _RELAYED_METHODS and _RELAYED_PATH.fullmatch(path) is not None
+
+
+def relayed_endpoint(dialect: Dialect, method: bytes, path: str, segments: int) -> Endpoint:
+    """
+    The unmetered endpoint relaying C{path}, its route named for its first C{segments}
+    segments (C{/v1/files}).
+    """
+    route = "/".join(path.split("/")[: segments + 1])
+    return Endpoint(dialect.name, route, dialect.error_body, method=method, metered=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -646,7 +646,7 @@ class Exchange(Protocol):
     def _record(self, outcome: Outcome) -> None:
         resource = self._resource
         if not self.endpoint.metered:
-            resource.stats.relayed[self.endpoint.provider, self.endpoint.path] += 1
+            resource.stats.relayed_call(self.endpoint.provider, self.endpoint.path)
             resource.forget(self)
             return
         now = resource.clock.seconds()
