@@ -1,24 +1,24 @@
 """
-The running proxy as a Twisted service: builds the parts, starts them in order, and
-stops them in the order that loses nothing: stop accepting, let in-flight calls finish
-(bounded), flush and fsync the event log, close upstream connections.
+The running proxy as a tree of Twisted services: the parent builds the parts and
+holds them as children in a declared order, starts them in that order and stops them
+in the reverse one, each after the last, so that nothing is lost: stop accepting and
+let in-flight calls finish (bounded), stop polling, stop the index, close upstream
+connections, save the cache, flush and fsync the event log. What belongs to the
+process (signals, the collector, the open-files limit) is in L{modeltrack.process}.
 """
 
 from __future__ import annotations
 
-import gc
 import os
-import resource
-import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted import version as twisted_version
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger
@@ -34,11 +34,13 @@ from modeltrack.controls.gate import Gate
 from modeltrack.controls.spendlog import rebuild
 from modeltrack.datadir import state_dir
 from modeltrack.indexer import Indexer
+from modeltrack.failures import log_failure
 from modeltrack.journal import Journal
 from modeltrack.logs import observer
 from modeltrack.metrics import Metrics
 from modeltrack.options import ConfigError, Settings, read_token
 from modeltrack.pricing import PriceBook
+from modeltrack.process import Signals, pace_the_collector, raise_open_files_limit
 from modeltrack.sdnotify import notify
 from modeltrack.providers import anthropic, azure, compat, openai
 from modeltrack.routes import RouteTable
@@ -53,16 +55,57 @@ from modeltrack.web.upstream import OriginAgent, Upstream, load_trust_root, make
 
 log = Logger()
 
-#: Middle-generation collections between two full ones (CPython's default is 10).
-FULL_COLLECTION_EVERY = 30
-
 CACHE_SNAPSHOT_SECONDS = 300.0
 
 
-class ModeltrackService(Service):
+class Step(Service):
+    """
+    One part's start and stop, as a child service.
+    """
+
+    def __init__(
+        self, name: str, start: Callable[[], object] | None = None, stop: Callable[[], object] | None = None
+    ) -> None:
+        self.name = name
+        self._start = start
+        self._stop = stop
+
+    def startService(self) -> None:
+        super().startService()
+        if self._start is not None:
+            self._start()
+
+    def stopService(self) -> Deferred[object] | None:
+        super().stopService()
+        if self._stop is None:
+            return None
+        return maybeDeferred(self._stop)
+
+
+class InOrder(MultiService):
+    """
+    A L{MultiService} that stops its children one after the other, last started
+    first, each once the one before it has stopped; a child whose stop fails is logged
+    and the others still stop.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        done: Deferred[None] = succeed(None)
+        for child in reversed(list(self)):
+            done.addCallback(lambda _, child=child: maybeDeferred(child.stopService))
+            done.addErrback(lambda failure, child=child: log_failure(log, "Stopping {part} failed", failure, part=child.name))
+        # A Deferred of its own: one that waits on another already counts as called.
+        stopped: Deferred[None] = Deferred()
+        done.addCallback(stopped.callback)
+        return stopped
+
+
+class ModeltrackService(InOrder):
     name = "modeltrack"
 
     def __init__(self, settings: Settings, reactor: Any) -> None:
+        super().__init__()
         self.settings = settings
         self._reactor = reactor
         self.journal = Journal(
@@ -162,6 +205,25 @@ class ModeltrackService(Service):
         if settings.tls_cert is not None and settings.tls_key is not None:
             self.tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key)
         self.ports: list[Any] = []
+        self.admin_port: Any = None
+        self.signals = Signals(reactor, self._reload_on_signal, self._stop_reactor)
+        self._polling = LoopingCall(self._poll)
+        self._polling.clock = reactor
+        self._snapshots = LoopingCall(self._save_cache)
+        self._snapshots.clock = reactor
+        # Started in this order, stopped in the reverse one.
+        steps = [
+            Step("controls", start=self._load_controls),
+            Step("event log", start=self.journal.start, stop=self.journal.stop),
+            Step("response cache", start=self._start_cache, stop=self._stop_cache) if cache is not None else None,
+            Step("upstream pools", stop=self._close_pools),
+            Step("index", stop=self.indexer.stop),  # started once listening
+            Step("config polling", start=self._start_polling, stop=self._polling.stop),
+            Step("listeners", start=self._listen, stop=self._stop_listening_and_drain),
+        ]
+        for step in steps:
+            if step is not None:
+                step.setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
         """
@@ -173,31 +235,37 @@ class ModeltrackService(Service):
         super().setServiceParent(parent)
 
     def startService(self) -> None:
-        _raise_open_files_limit()
+        raise_open_files_limit()
+        self.signals.install()
+        super().startService()
+
+    def _load_controls(self) -> None:
         self.control_files.reload(force=True)
         now = datetime.fromtimestamp(self._reactor.seconds(), timezone.utc)
-        # Before the journal starts: its thread may seal a live file left from an
+        # Before the event log starts: its thread may seal a live file left from an
         # earlier day, and a file renamed under the scan would be missed.
         rebuild(self.gate.ledger, self.settings.data_dir, now.strftime("%Y-%m"))
-        self.journal.start()
         if self.gate.alerts is not None:
             ledger = self.gate.ledger
             self.gate.alerts.seed(ledger.spends(ledger.budgets, now.date().isoformat()))
-        if self.gate.cache is not None:
-            load_snapshot(self.gate.cache, self._cache_path)
-            self._snapshots = LoopingCall(self._save_cache)
-            self._snapshots.clock = self._reactor
-            self._snapshots.start(CACHE_SNAPSHOT_SECONDS, now=False)
-        self._polling = LoopingCall(self._poll)
-        self._polling.clock = self._reactor
+
+    def _start_cache(self) -> None:
+        assert self.gate.cache is not None
+        load_snapshot(self.gate.cache, self._cache_path)
+        self._snapshots.start(CACHE_SNAPSHOT_SECONDS, now=False)
+
+    def _stop_cache(self) -> Deferred[None]:
+        if self._snapshots.running:
+            self._snapshots.stop()
+        return self._save_cache()
+
+    def _start_polling(self) -> None:
         self._polling.start(self.settings.config_poll_seconds, now=False)
-        self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
-        # Once the reactor has installed its own handlers, take SIGTERM: a stop asked
-        # for by the service manager is the normal end of this process, and should exit
-        # 0 after draining (twistd re-raises the signal it stopped for otherwise).
-        self._previous_sigterm: Any = None
-        self._reactor.callWhenRunning(self._take_sigterm)
-        super().startService()
+
+    def _close_pools(self) -> Deferred[Any]:
+        return DeferredList([pool.closeCachedConnections() for pool in self._pools])
+
+    def _listen(self) -> None:
         # Every listener is bound here, before the reactor runs (so before any serves);
         # one that cannot be bound closes the others: nothing listens after a failed
         # start, and the line names the option that failed.
@@ -209,7 +277,6 @@ class ModeltrackService(Service):
             d = endpoint.listen(factory)
             d.addCallbacks(lambda port, option=option: (option, port), lambda failure, option=option: (option, failure))
             listening.append(d)
-        self.admin_port: Any = None
         self._early_failure: str | None = None
         gatherResults(listening).addCallback(self._bound)
         if self._early_failure is not None:
@@ -249,18 +316,7 @@ class ModeltrackService(Service):
         # Started only once listening: a failed start leaves no index process or
         # query thread behind to keep the process from exiting.
         self.indexer.start()
-        # What start-up loaded (modules, price tables) lives as long as the process:
-        # out of the collector's way, a full collection walks only what calls create.
-        gc.freeze()
-        # A full collection walks every live object (35-80 ms with 1,000 streams
-        # open) and CPython starts one whenever the long-lived objects grow by a
-        # quarter: three times while 1,000 streams open, each stalling all of them.
-        # The relay makes no reference cycles per call, so full collections are
-        # spaced further apart: every 30 middle-generation collections (about 8 s
-        # under that load) instead of 10. What it costs: the cycles Twisted leaves
-        # behind each closed upstream connection wait longer (150 s soaks, RSS
-        # spread: 0.6 % at 10, 2.2 % at 30, 3.3 % at 50, 6.2 % at 100).
-        gc.set_threshold(700, 10, FULL_COLLECTION_EVERY)
+        pace_the_collector()
         self.readiness.listening = True
         # Listening and the event log open: tell systemd (Type=notify) we are ready.
         notify(b"READY=1\nMAINPID=%d" % os.getpid())
@@ -272,18 +328,6 @@ class ModeltrackService(Service):
     @property
     def _cache_path(self) -> Path:
         return self.settings.data_dir / "state" / "cache.msgpack"
-
-    def _sighup(self, signum: int, frame: object) -> None:
-        # Signal handlers run between bytecodes of whatever the reactor was doing: hop
-        # onto the reactor properly before touching anything.
-        self._reactor.callFromThread(self._reload_on_signal)
-
-    def _take_sigterm(self) -> None:
-        if self.running:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, self._sigterm)
-
-    def _sigterm(self, signum: int, frame: object) -> None:
-        self._reactor.callFromThread(self._stop_reactor)
 
     def _stop_reactor(self) -> None:
         log.info("SIGTERM: stopping")
@@ -314,15 +358,7 @@ class ModeltrackService(Service):
         snapshot = self.gate.cache.copy()
         return deferToThread(write_atomically, self._cache_path, snapshot.snapshot())
 
-    def stopService(self) -> Deferred[object]:
-        notify(b"STOPPING=1")
-        super().stopService()
-        signal.signal(signal.SIGHUP, self._previous_sighup)
-        if self._previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-        self._polling.stop()
-        if self.gate.cache is not None:
-            self._snapshots.stop()
+    def _stop_listening_and_drain(self) -> Deferred[Any]:
         self.readiness.listening = False
         self.resource.draining = True
         self.site.close_idle_connections()
@@ -330,26 +366,11 @@ class ModeltrackService(Service):
         d: Deferred[Any] = DeferredList([port.stopListening() or succeed(None) for port in ports])
         self.ports = []
         self.admin_port = None
-        d.addCallback(lambda _: self.resource.drain(self.settings.drain_seconds))
-        d.addCallback(lambda _: self.journal.stop())
-        d.addCallback(lambda _: self.indexer.stop())
-        if self.gate.cache is not None:
-            d.addCallback(lambda _: self._save_cache())
-        d.addCallback(lambda _: DeferredList([pool.closeCachedConnections() for pool in self._pools]))
+        return d.addCallback(lambda _: self.resource.drain(self.settings.drain_seconds))
+
+    def stopService(self) -> Deferred[None]:
+        notify(b"STOPPING=1")
+        self.signals.restore()
+        d = super().stopService()
         d.addCallback(lambda _: log.info("modeltrack stopped: {events} events written", events=self.journal.written))
         return d
-
-
-def _raise_open_files_limit() -> None:
-    """
-    Every proxied call holds two sockets (client and upstream); the usual soft limit
-    of 1,024 open files would cap a proxy at a few hundred streams. Raise it to the
-    hard limit, as far as the process is allowed.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            return
-    log.info("Open files limit: {limit}", limit=max(soft, hard))

@@ -89,3 +89,30 @@ def test_no_fast_path_is_an_option() -> None:
     options = Options()
     options.parseOptions(["--admin-listen", "none"])
     assert options.settings.fast_path is True
+
+
+def test_parts_stop_in_reverse_order_one_after_another_and_a_failure_stops_none_of_the_rest() -> None:
+    from twisted.internet.defer import Deferred, fail
+
+    from modeltrack.service import InOrder, Step
+
+    stopped: list[str] = []
+    slow: Deferred[None] = Deferred()
+
+    def stop(name: str, result: object = None) -> Any:
+        def f() -> object:
+            stopped.append(name)
+            return result
+
+        return f
+
+    parent = InOrder()
+    Step("first", stop=stop("first")).setServiceParent(parent)
+    Step("broken", stop=stop("broken", fail(RuntimeError("boom")))).setServiceParent(parent)
+    Step("slow", stop=stop("slow", slow)).setServiceParent(parent)
+    parent.startService()
+    done = parent.stopService()
+    assert stopped == ["slow"] and not done.called  # the next waits for the slow one
+    slow.callback(None)
+    assert stopped == ["slow", "broken", "first"] and done.called
+    assert not parent.running
