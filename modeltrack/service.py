@@ -218,7 +218,7 @@ class ModeltrackService(InOrder):
             Step("response cache", start=self._start_cache, stop=self._stop_cache) if cache is not None else None,
             Step("upstream pools", stop=self._close_pools),
             Step("index", stop=self.indexer.stop),  # started once listening
-            Step("config polling", start=self._start_polling, stop=self._polling.stop),
+            Step("config polling", start=self._start_polling, stop=self._stop_polling),
             Step("listeners", start=self._listen, stop=self._stop_listening_and_drain),
         ]
         for step in steps:
@@ -261,6 +261,10 @@ class ModeltrackService(InOrder):
 
     def _start_polling(self) -> None:
         self._polling.start(self.settings.config_poll_seconds, now=False)
+
+    def _stop_polling(self) -> None:
+        if self._polling.running:  # not if start-up failed before it
+            self._polling.stop()
 
     def _close_pools(self) -> Deferred[Any]:
         return DeferredList([pool.closeCachedConnections() for pool in self._pools])
