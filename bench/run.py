@@ -30,11 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -610,7 +611,7 @@ def soak(harness: Harness, mt: Process, plan: Plan) -> dict[str, Any]:
     streams_per_round = min(200, plan.streams)
     while time.monotonic() - started < plan.soak_seconds:
         box: dict[str, Any] = {}
-        wrk = threading.Thread(target=lambda: box.update(harness.wrk(mt.port, max(1.0, min(5.0, plan.soak_seconds / 4)), connections=8)))
+        wrk = threading.Thread(target=lambda box=box: box.update(harness.wrk(mt.port, max(1.0, min(5.0, plan.soak_seconds / 4)), connections=8)))
         wrk.start()
         summary = harness.stream_load(mt.port, streams_per_round, 20, 50, 200)
         wrk.join()

@@ -7,15 +7,15 @@ Hot-path microbenchmarks (pytest-benchmark). Not part of the test suite:
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from modeltrack import events
-from modeltrack.providers import anthropic, openai
 from modeltrack.pricing import Price, PriceBook
+from modeltrack.providers import anthropic, openai
 from modeltrack.usage import Reading, Usage
 from tests.fakes import chat_stream, messages_stream
 
-WHEN = datetime(2026, 11, 1, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 1, tzinfo=UTC)
 PRICE = Price(PriceBook().price("anthropic", "claude-sonnet-4-5-20250929", Usage(input_tokens=1), {}, WHEN).cost_usd, "genai-prices")
 USAGE = Usage(input_tokens=52120, cache_read_tokens=50000, cache_write_tokens=2000, cache_write_1h_tokens=500, output_tokens=310)
 

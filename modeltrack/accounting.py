@@ -6,10 +6,11 @@ Adding a sink, or a field, touches this module and the sink, not the pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from twisted.web.http_headers import Headers
 

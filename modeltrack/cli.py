@@ -24,7 +24,7 @@ import io
 import json
 import os
 import sys
-from datetime import date
+from datetime import UTC, date
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ def check(data_dir: Path) -> int:
 
 
 def show_price(data_dir: Path | None, model: str, provider: str | None) -> int:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from genai_prices import data_snapshot
 
@@ -229,7 +229,7 @@ def show_price(data_dir: Path | None, model: str, provider: str | None) -> int:
         except LookupError:
             print(f"modeltrack: {model}: no price known for it at {provider} (calls to it are recorded unpriced)", file=sys.stderr)
             return 1
-        rates = info.get_prices(datetime.now(timezone.utc))
+        rates = info.get_prices(datetime.now(UTC))
         source = f"genai-prices ({provider} {info.id})"
     print(f"{model}: {source}, USD per million tokens")
     for key, value in sorted(vars(rates).items()):
@@ -257,7 +257,7 @@ def render(rows: list[dict[str, Any]], columns: list[str], form: str) -> str:
         return out.getvalue()
     cells = [columns] + [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    return "".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() + "\n" for line in cells)
+    return "".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n" for line in cells)
 
 
 if __name__ == "__main__":

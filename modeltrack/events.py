@@ -17,6 +17,7 @@ from twisted.web.http_headers import Headers
 from modeltrack.pricing import Price
 from modeltrack.usage import Reading, Usage
 
+
 class Outcome(StrEnum):
     """
     How a metered call ended (the event's C{outcome}; the README's table says when).

@@ -17,10 +17,11 @@ import os
 import select
 import sqlite3
 import sys
+from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from modeltrack.datadir import create_file
 from modeltrack.journal import LIVE_NAME, segments
@@ -339,7 +340,7 @@ def report(
     for record in db.execute(query, params):
         totals = _totals(record[len(by):])
         if totals["requests"]:
-            rows.append({**dict(zip(by, record[: len(by)])), **totals})
+            rows.append({**dict(zip(by, record[: len(by)], strict=True)), **totals})
     return rows
 
 

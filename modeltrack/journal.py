@@ -17,9 +17,9 @@ import os
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -50,7 +50,7 @@ def segment_name(first_write: float, directory: Path) -> Path:
     """
     micros = int(first_write * 1_000_000)
     while True:
-        moment = datetime.fromtimestamp(micros / 1_000_000, timezone.utc)
+        moment = datetime.fromtimestamp(micros / 1_000_000, UTC)
         path = directory / f"{_SEGMENT_PREFIX}{moment.strftime(_SEGMENT_TIME)}{_SEGMENT_SUFFIX}"
         if not path.exists():
             return path

@@ -9,7 +9,7 @@ request targets, which can hold keys.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import FileLogObserver, ILogObserver, formatEvent
@@ -20,7 +20,7 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 def _time(event: dict[str, Any]) -> str:
-    moment = datetime.fromtimestamp(event.get("log_time") or 0, timezone.utc)
+    moment = datetime.fromtimestamp(event.get("log_time") or 0, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

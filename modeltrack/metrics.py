@@ -11,9 +11,10 @@ without limit. Session and request ids are never labels.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -156,7 +157,7 @@ class Metrics:
         )
         spend = GaugeMetricFamily("modeltrack_budget_spend_usd", "Spend this period.", labels=labels)
         limit = GaugeMetricFamily("modeltrack_budget_limit_usd", "The budget's limit per period.", labels=labels)
-        today = datetime.fromtimestamp(self._clock.seconds(), timezone.utc).date().isoformat()
+        today = datetime.fromtimestamp(self._clock.seconds(), UTC).date().isoformat()
         for row in self._gate.ledger.report(today):
             key = [row["scope"], row["period"], row["action"]]
             ratio.add_metric(key, row["percent"] / 100)

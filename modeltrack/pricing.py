@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ class PriceBook:
         # of a request (where the import stalls every stream, and fails outright if the
         # process is out of file descriptors).
         _, info = data_snapshot.get_snapshot().find_provider_model("gpt-4o", None, "openai", None)
-        LinearPrice(info.get_prices(datetime.now(timezone.utc)))
+        LinearPrice(info.get_prices(datetime.now(UTC)))
         self._overrides: dict[tuple[str, str], LinearPrice] = {}
         self.set_overrides(overrides)
         self._rates: dict[tuple[str, str, tuple[tuple[str, str], ...], int], LinearPrice | None] = {}
@@ -179,7 +179,7 @@ class LinearPrice:
                 lowest, constant, coefficients = tier
                 break
         total = constant
-        for field, coefficient in zip(_FIELDS, coefficients):
+        for field, coefficient in zip(_FIELDS, coefficients, strict=True):
             if coefficient:
                 total += coefficient * getattr(usage, field)
         return total

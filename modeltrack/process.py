@@ -8,7 +8,8 @@ from __future__ import annotations
 import gc
 import resource
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.logger import Logger
 

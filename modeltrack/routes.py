@@ -7,7 +7,8 @@ metered: a L{RouteTable} built from the providers' dialects
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from twisted.web.http_headers import Headers
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from twisted import version as twisted_version
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
@@ -33,25 +33,26 @@ from modeltrack.controls.files import ControlFiles
 from modeltrack.controls.gate import Gate
 from modeltrack.controls.spendlog import rebuild
 from modeltrack.datadir import state_dir
-from modeltrack.indexer import Indexer
 from modeltrack.failures import log_failure
+from modeltrack.indexer import Indexer
 from modeltrack.journal import Journal
 from modeltrack.logs import observer
 from modeltrack.metrics import Metrics
 from modeltrack.options import ConfigError, Settings, read_token
 from modeltrack.pricing import PriceBook
 from modeltrack.process import Signals, pace_the_collector, raise_open_files_limit
-from modeltrack.sdnotify import notify
 from modeltrack.providers import anthropic, azure, compat, openai
-from modeltrack.routes import RouteTable
 from modeltrack.providers.registry import DIALECTS
+from modeltrack.routes import RouteTable
+from modeltrack.sdnotify import notify
 from modeltrack.stats import Stats
+from modeltrack.web import fastpath
 from modeltrack.web.proxy import ProxyResource, Timeouts
 from modeltrack.web.site import ProxySite
 from modeltrack.web.status import Readiness
 from modeltrack.web.tls import ReloadableServerTLS
-from modeltrack.web import fastpath
 from modeltrack.web.upstream import OriginAgent, Upstream, load_trust_root, make_pool, plain_agent
+from twisted import version as twisted_version
 
 log = Logger()
 
@@ -241,7 +242,7 @@ class ModeltrackService(InOrder):
 
     def _load_controls(self) -> None:
         self.control_files.reload(force=True)
-        now = datetime.fromtimestamp(self._reactor.seconds(), timezone.utc)
+        now = datetime.fromtimestamp(self._reactor.seconds(), UTC)
         # Before the event log starts: its thread may seal a live file left from an
         # earlier day, and a file renamed under the scan would be missed.
         rebuild(self.gate.ledger, self.settings.data_dir, now.strftime("%Y-%m"))
@@ -352,7 +353,7 @@ class ModeltrackService(InOrder):
 
     def _poll(self) -> None:
         self.control_files.reload()
-        month = datetime.fromtimestamp(self._reactor.seconds(), timezone.utc).strftime("%Y-%m")
+        month = datetime.fromtimestamp(self._reactor.seconds(), UTC).strftime("%Y-%m")
         self.gate.ledger.forget_before(month)
 
     def _save_cache(self) -> Deferred[None]:

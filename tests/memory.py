@@ -144,10 +144,13 @@ class SpyAgent:
         return call.deferred
 
 
+TEST_TIMEOUTS = Timeouts(connect=5, headers=30, idle=10)
+
+
 class Harness:
     def __init__(
         self,
-        timeouts: Timeouts = Timeouts(connect=5, headers=30, idle=10),
+        timeouts: Timeouts = TEST_TIMEOUTS,
         max_body: int = 1 << 20,
         *,
         budgets: list[Budget] | None = None,

@@ -24,7 +24,7 @@ def exchange(port: int, data: bytes, timeout: float = 10.0, shutdown: bool = Fal
                 if not chunk:
                     break
                 received += chunk
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
         return received
 

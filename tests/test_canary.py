@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 from twisted.logger import globalLogPublisher
 

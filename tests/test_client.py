@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -65,7 +66,7 @@ def exchange(wire: bytes, splits: list[int] = (), method: bytes = b"POST") -> di
 
     connection.request(method, REQUEST).addCallbacks(got, failures.append)
     cuts = [0, *splits, len(wire)]
-    for start, end in zip(cuts, cuts[1:]):
+    for start, end in pairwise(cuts):
         if wire[start:end]:
             connection.dataReceived(wire[start:end])
     return {
@@ -296,7 +297,7 @@ def test_a_streamed_response_leaves_no_reference_cycle() -> None:
 
         def got(response: Any) -> None:
             responses.append(weakref.ref(response))
-            response.deliverBody(body)
+            response.deliverBody(body)  # noqa: F821 (deleted below, after its last use)
 
         connection.request(b"POST", REQUEST).addCallback(got)
         connection.dataReceived(CHUNKED)

@@ -20,7 +20,7 @@ from twisted.internet import endpoints
 
 from modeltrack.options import ConfigError, _check_upstreams
 from tests.conftest import QuietSite, start_proxy
-from tests.fakes import CHAT_USAGE, FakeUpstream
+from tests.fakes import FakeUpstream
 from tests.test_sdk import in_thread
 
 USER = [{"role": "user", "content": "hi"}]

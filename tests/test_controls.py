@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,11 @@ from modeltrack.usage import Usage
 from tests.fakes import CHAT_USAGE
 from tests.memory import Harness, answer, body_of, head_of, status_of
 
-NOV_30_2359 = datetime(2026, 11, 30, 23, 59, tzinfo=timezone.utc).timestamp()
+NOV_30_2359 = datetime(2026, 11, 30, 23, 59, tzinfo=UTC).timestamp()
 CHAT = {"model": "gpt-4o", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}
 TEAM = {"X-ModelTrack-Team": "ml", "Authorization": "Bearer sk-tenant-a"}
 PRICES = PriceBook()
-WHEN = datetime(2026, 9, 21, tzinfo=timezone.utc)
+WHEN = datetime(2026, 9, 21, tzinfo=UTC)
 #: What one fake chat answer costs on gpt-4o-2024-08-06.
 ACTUAL = (Decimal(176) * Decimal("2.5") + 1024 * Decimal("1.25") + 300 * 10) / 10**6
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
@@ -125,7 +125,7 @@ def shown(found: Found, element_id: str) -> Decimal:
 
 @pytest_twisted.ensureDeferred
 async def test_every_page_shows_the_sqlite_totals(reactor: Any, tmp_path: Path) -> None:
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     seed(tmp_path, today)
     proxy = start_proxy(reactor, tmp_path, "http://127.0.0.1:9", admin_listen="tcp:0:interface=127.0.0.1")
     OUTPUT.mkdir(parents=True, exist_ok=True)

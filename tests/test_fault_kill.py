@@ -46,11 +46,11 @@ async def test_kill_9_under_load_loses_no_answered_call(tmp_path: Path, upstream
     client = processes.Running([sys.executable, str(Path(__file__).parent / "loadclient.py"), str(port), str(CONCURRENCY)])
     cut_calls = 0
     try:
-        for kill in range(KILLS):
+        for _ in range(KILLS):
             proxy = processes.proxy(port, data_dir, upstream.url, "--fsync", "always")
             await deferToThread(proxy.wait_for, processes.listening)
             target = client.count("ok ") + CALLS_PER_ROUND
-            await deferToThread(client.wait_for, lambda lines: sum(l.startswith("ok ") for l in lines) >= target)
+            await deferToThread(client.wait_for, lambda lines, target=target: sum(l.startswith("ok ") for l in lines) >= target)
             assert proxy.stop(signal.SIGKILL) == -signal.SIGKILL
         answered = {line.split()[1] for line in client.lines if line.startswith("ok ")}
     finally:

@@ -27,7 +27,7 @@ class LogCapture:
         self.lines.append(repr(event))
         self.lines.append(formatEvent(event) or "")
 
-    def __enter__(self) -> "LogCapture":
+    def __enter__(self) -> LogCapture:
         globalLogPublisher.addObserver(self)
         return self
 
@@ -136,7 +136,7 @@ def test_the_index_skips_a_line_it_cannot_hold_and_says_where(tmp_path: Path) ->
     offsets = [text.index(line) for line in lines[1:4]]
     assert db.execute("SELECT offset FROM skipped_lines ORDER BY offset").fetchall() == [(o,) for o in offsets]
     assert len(warned) == 3
-    for message, offset in zip(warned, offsets):
+    for message, offset in zip(warned, offsets, strict=True):
         assert f"events.jsonl at offset {offset}" in message
 
 

@@ -5,6 +5,7 @@ for the time, and over a real socket for what a client sees.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import pytest_twisted
@@ -96,7 +97,7 @@ def _feed_cut(data: bytes, cuts: list[int]) -> bytes:
     h = Harness()
     channel, transport = h.connect()
     points = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
-    for a, b in zip(points, points[1:]):
+    for a, b in pairwise(points):
         if data[a:b] and not transport.disconnecting:
             channel.dataReceived(data[a:b])
     return transport.value()

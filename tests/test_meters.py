@@ -6,7 +6,8 @@ byte offset, LF and CRLF line ends, comments, pings, multi-line data, and error 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -18,13 +19,13 @@ from modeltrack.sse import SSEParser
 from modeltrack.usage import Usage
 from tests.fakes import (
     ANTHROPIC_USAGE,
+    RESPONSES_USAGE,
     chat_body,
     chat_stream,
     message_body,
     messages_stream,
     response_object,
     responses_stream,
-    RESPONSES_USAGE,
 )
 
 MESSAGES = b"".join(messages_stream("claude-sonnet-4-5-20250929"))

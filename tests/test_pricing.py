@@ -6,7 +6,7 @@ unknown model recorded as unpriced, never as a silent $0.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from modeltrack.usage import Usage
 from tests.conftest import start_proxy
 from tests.test_sdk import in_thread
 
-WHEN = datetime(2026, 11, 1, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def test_list_prices() -> None:
@@ -174,7 +174,7 @@ def test_price_data_is_loaded_at_start_up() -> None:
 
 
 def test_a_pricing_json_entry_can_hold_for_one_provider(tmp_path: Path) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from modeltrack.pricing import PriceBook, load_overrides
     from modeltrack.usage import Usage
@@ -186,7 +186,7 @@ def test_a_pricing_json_entry_can_hold_for_one_provider(tmp_path: Path) -> None:
     }))
     book = PriceBook(load_overrides(path))
     usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
-    when = datetime(2026, 11, 30, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 30, tzinfo=UTC)
     assert book.price("together", "my-llama", usage, {}, when).cost_usd == Decimal("1.76")
     free = book.price("vllm", "my-llama", usage, {}, when)
     assert free.cost_usd == 0 and free.source == "pricing.json"  # free, not unpriced

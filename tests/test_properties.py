@@ -7,6 +7,7 @@ connection may be reused.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import h11
@@ -40,7 +41,7 @@ _STREAM = st.tuples(st.lists(_LINE, max_size=30), st.sampled_from([b"\n", b"\r\n
 
 def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
     points = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
-    return [data[a:b] for a, b in zip(points, points[1:])]
+    return [data[a:b] for a, b in pairwise(points)]
 
 
 def _events(chunks: list[bytes]) -> list[tuple[bytes, bytes]]:

@@ -8,12 +8,12 @@ written by A and B together equal the calls made.
 from __future__ import annotations
 
 import json
-from collections import Counter
 import signal
 import socket
 import subprocess
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 

@@ -25,7 +25,7 @@ from tests.conftest import start_proxy
 from tests.fakes import FakeUpstream
 from tests.test_sdk import in_thread
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 
 
 def _name(common: str) -> x509.Name:

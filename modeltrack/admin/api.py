@@ -6,7 +6,7 @@ C{modeltrack} command, run on the index thread.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -47,7 +47,7 @@ class AdminAPI:
         return handler(query)
 
     def _today(self) -> date:
-        return datetime.fromtimestamp(self._clock.seconds(), timezone.utc).date()
+        return datetime.fromtimestamp(self._clock.seconds(), UTC).date()
 
     def _summary(self, query: dict[str, str]) -> Deferred[Any]:
         today = self._today()

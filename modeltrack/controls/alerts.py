@@ -7,8 +7,9 @@ delays, and a webhook that stays down costs a log line, nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger

@@ -14,12 +14,13 @@ derived from that, so budgets.json can change without losing anything.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 PERIODS = ("monthly", "daily")
 ACTIONS = ("block", "warn")

@@ -7,8 +7,9 @@ last good configuration stays in force; a missing file turns its control off.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twisted.logger import Logger
 

@@ -9,8 +9,9 @@ in L{modeltrack.providers.registry}, and its tests.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.web.http_headers import Headers
 

@@ -9,8 +9,6 @@ import json
 import re
 from typing import Any
 
-from twisted.web.http_headers import Headers
-
 from modeltrack.providers.dialect import Dialect, Endpoint
 from modeltrack.providers.meter import DROP, SSEMeter
 from modeltrack.usage import Reading, Usage, count, dig, text

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -31,9 +31,9 @@ from zope.interface import implementer
 
 from modeltrack import events, routes
 from modeltrack.accounting import Answer, CallRecord, sinks
-from modeltrack.events import Outcome
 from modeltrack.controls.cache import Entry
 from modeltrack.controls.gate import NO_TICKET, Gate
+from modeltrack.events import Outcome
 from modeltrack.failures import log_failure, safe_method, upstream_reason
 from modeltrack.journal import Journal
 from modeltrack.pricing import UNPRICED, Price
@@ -81,6 +81,9 @@ class Timeouts(NamedTuple):
     idle: float = 300.0
 
 
+DEFAULT_TIMEOUTS = Timeouts()
+
+
 class ProxyResource(Resource):
     """
     The site's only resource: status paths, the route table, and 404 for the rest.
@@ -99,7 +102,7 @@ class ProxyResource(Resource):
         stats: Stats,
         readiness: Readiness,
         clock: IReactorTime,
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
         max_body: int,
         metrics: Any = None,
         route_table: routes.RouteTable = routes.ROUTES,
@@ -331,7 +334,7 @@ class Exchange(Protocol):
             body,
             self.request.requestHeaders,
             self._labels,
-            datetime.fromtimestamp(resource.clock.seconds(), timezone.utc),
+            datetime.fromtimestamp(resource.clock.seconds(), UTC),
         )
         if ticket.refusal is not None:
             # Both SDKs retry a 429 unless told not to; a budget does not free up in a
@@ -650,7 +653,7 @@ class Exchange(Protocol):
             resource.forget(self)
             return
         now = resource.clock.seconds()
-        when = datetime.fromtimestamp(now, timezone.utc)
+        when = datetime.fromtimestamp(now, UTC)
         reading = self.meter.reading
         model = reading.model or self.requested_model
         price = _NO_USAGE

@@ -6,8 +6,9 @@ whose access log never holds a query string, a header or a body.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from io import BytesIO
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger

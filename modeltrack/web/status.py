@@ -7,8 +7,8 @@ C{/routing/stats}.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from http import HTTPStatus
-from datetime import datetime, timezone
 from typing import Any
 
 from twisted.web.http import datetimeToString
@@ -77,7 +77,7 @@ class StatusPaths:
         if path == b"/stats":
             return json_response(request, 200, self._stats.snapshot(journal))
         if path == b"/budgets":
-            today = datetime.fromtimestamp(self._clock.seconds(), timezone.utc).strftime("%Y-%m-%d")
+            today = datetime.fromtimestamp(self._clock.seconds(), UTC).strftime("%Y-%m-%d")
             body = {
                 "budgets": gate.ledger.report(today),
                 "open_reservations_usd": str(gate.ledger.open_reservations()),
