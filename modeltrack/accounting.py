@@ -59,7 +59,7 @@ class CallRecord(NamedTuple):
 
     @classmethod
     def of(cls, event: dict[str, Any], line: bytes, **fields: Any) -> CallRecord:
-        return cls(MappingProxyType(event), line, **fields)  # type: ignore[call-arg]  # mypy cannot match **fields
+        return cls(MappingProxyType(event), line, **fields)
 
 
 Sink = Callable[[CallRecord], object]

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -49,6 +50,8 @@ class _IndexProcess(ProcessProtocol):
     """
     One line out per update asked for, one line back when it is done.
     """
+
+    transport: IProcessTransport  # set by spawnProcess before anything is asked of it
 
     def __init__(self) -> None:
         self.waiting: deque[Deferred[None]] = deque()
@@ -129,8 +132,12 @@ class Indexer:
             return succeed(None)
         process.transport.closeStdin()
         kill = self._reactor.callLater(STOP_SECONDS, process.transport.signalProcess, "KILL")
-        process.ended.addBoth(lambda _: kill.cancel() if kill.active() else None)
-        return process.ended
+
+        def stopped(_: object) -> None:
+            if kill.active():
+                kill.cancel()
+
+        return process.ended.addBoth(stopped)
 
     def query(self, read: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
         """

@@ -83,7 +83,7 @@ class SegmentFile:
         directory: Path,
         rotate_bytes: int,
         now: Callable[[], float] = time.time,
-        write: Callable[[int, bytes], int] = os.write,
+        write: Callable[[int, memoryview], int] = os.write,
     ) -> None:
         self.directory = directory
         self.path = directory / LIVE_NAME
@@ -229,7 +229,7 @@ class Journal:
         max_queued: int = 100_000,
         call_from_thread: Callable[..., object],
         now: Callable[[], float] = time.time,
-        write: Callable[[int, bytes], int] = os.write,
+        write: Callable[[int, memoryview], int] = os.write,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}")

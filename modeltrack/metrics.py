@@ -136,8 +136,8 @@ class Metrics:
         for key, usd in sorted(self._cost.items()):
             cost.add_metric(list(key), float(usd))
         unpriced = CounterMetricFamily("modeltrack_unpriced", "Calls with usage but no known price.", labels=["provider", "model"])
-        for key, n in sorted(self._unpriced.items()):
-            unpriced.add_metric(list(key), n)
+        for provider_model, n in sorted(self._unpriced.items()):
+            unpriced.add_metric(list(provider_model), n)
         yield from (requests, errors, tokens, cost, unpriced)
         yield CounterMetricFamily("modeltrack_cache_hits", "Calls answered from the response cache.", value=self._cache_hits)
         saved = CounterMetricFamily("modeltrack_saved_usd", "What the cache and routing saved, at list price.", labels=["reason"])

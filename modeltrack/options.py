@@ -11,8 +11,10 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 from twisted.python import usage
@@ -151,7 +153,7 @@ class Options(usage.Options):
             raise SystemExit(2) from None
 
 
-def settings_from(options: usage.Options, environ: dict[str, str]) -> Settings:
+def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Settings:
     listen_tls = tuple(options["listen-tls"])
     listen = tuple(options["listen"]) or tuple(environ.get("MODELTRACK_LISTEN", "").split())
     if not listen and not listen_tls:
@@ -259,7 +261,12 @@ def _check_ca_bundle(path: str | None) -> Path | None:
     return Path(path).resolve()
 
 
-def _check_tls(cert: str | None, key: str | None) -> dict[str, Path | None]:
+class _TLSFiles(TypedDict, total=False):
+    tls_cert: Path
+    tls_key: Path
+
+
+def _check_tls(cert: str | None, key: str | None) -> _TLSFiles:
     if cert is None and key is None:
         return {}
     if cert is None or key is None:
@@ -279,7 +286,13 @@ def _check_log_format(value: str) -> str:
     return value
 
 
-def _check_admin(options: usage.Options, environ: dict[str, str], proxy_listen: tuple[str, ...]) -> dict[str, object]:
+class _AdminSettings(TypedDict, total=False):
+    admin_listen: str | None
+    admin_token: bytes | None
+    admin_token_file: Path | None
+
+
+def _check_admin(options: usage.Options, environ: Mapping[str, str], proxy_listen: tuple[str, ...]) -> _AdminSettings:
     listen = options["admin-listen"] or environ.get("MODELTRACK_ADMIN_LISTEN") or DEFAULT_ADMIN_LISTEN
     if listen.lower() == "none":
         return {"admin_listen": None}

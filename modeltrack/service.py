@@ -16,13 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from modeltrack.admin.api import AdminAPI
 from modeltrack.admin.site import admin_site
@@ -67,7 +68,7 @@ class Step(Service):
     def __init__(
         self, name: str, start: Callable[[], object] | None = None, stop: Callable[[], object] | None = None
     ) -> None:
-        self.name = name
+        self.setName(name)
         self._start = start
         self._stop = stop
 
@@ -83,6 +84,14 @@ class Step(Service):
         return maybeDeferred(self._stop)
 
 
+def _stop_next(_: object, child: IService) -> Deferred[object]:
+    return maybeDeferred(child.stopService)
+
+
+def _stop_failed(failure: Failure, child: IService) -> None:
+    log_failure(log, "Stopping {part} failed", failure, part=child.name)
+
+
 class InOrder(MultiService):
     """
     A L{MultiService} that stops its children one after the other, last started
@@ -94,8 +103,7 @@ class InOrder(MultiService):
         Service.stopService(self)
         done: Deferred[None] = succeed(None)
         for child in reversed(list(self)):
-            done.addCallback(lambda _, child=child: maybeDeferred(child.stopService))
-            done.addErrback(lambda failure, child=child: log_failure(log, "Stopping {part} failed", failure, part=child.name))
+            done.addCallback(_stop_next, child).addErrback(_stop_failed, child)
         # A Deferred of its own: one that waits on another already counts as called.
         stopped: Deferred[None] = Deferred()
         done.addCallback(stopped.callback)
@@ -103,10 +111,9 @@ class InOrder(MultiService):
 
 
 class ModeltrackService(InOrder):
-    name = "modeltrack"
-
     def __init__(self, settings: Settings, reactor: Any) -> None:
         super().__init__()
+        self.setName("modeltrack")
         self.settings = settings
         self._reactor = reactor
         self.journal = Journal(
@@ -278,6 +285,7 @@ class ModeltrackService(InOrder):
         for option, description, factory in self._listeners():
             endpoint = endpoints.serverFromString(self._reactor, description)
             if option == "--listen-tls":
+                assert self.tls is not None  # options: --listen-tls needs --tls-cert and --tls-key
                 endpoint = endpoints.wrapServerTLS(self.tls, endpoint)
             d = endpoint.listen(factory)
             d.addCallbacks(lambda port, option=option: (option, port), lambda failure, option=option: (option, failure))
@@ -289,10 +297,10 @@ class ModeltrackService(InOrder):
             sys.stderr.write(f"modeltrack: {self._early_failure}\n")
             raise SystemExit(1)
 
-    def _listeners(self) -> list[tuple[str, str, Any]]:
-        found = [("--listen", description, self.site) for description in self.settings.listen]
+    def _listeners(self) -> list[tuple[str, str, Site]]:
+        found: list[tuple[str, str, Site]] = [("--listen", description, self.site) for description in self.settings.listen]
         found += [("--listen-tls", description, self.site) for description in self.settings.listen_tls]
-        if self.admin is not None:
+        if self.admin is not None and self.settings.admin_listen is not None:
             found.append(("--admin-listen", self.settings.admin_listen, self.admin))
         return found
 

@@ -19,9 +19,10 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import parse_qs
 
+from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from modeltrack.admin.api import AdminAPI, BadQuery
@@ -60,6 +61,9 @@ class AdminRequest(server.Request):
     Holds its body in memory up to L{MAX_BODY}; more closes the connection.
     """
 
+    content: BytesIO  # type: ignore[assignment]  # Twisted's is None until gotLength
+    transport: ITransport  # set for as long as the request is served
+
     def gotLength(self, length: int | None) -> None:
         self.content = BytesIO()
         if length is not None and length > MAX_BODY:
@@ -89,7 +93,7 @@ class AdminResource(Resource):
         self._token = token
         self._cookie = None if token is None else hmac.new(token, b"modeltrack dashboard", hashlib.sha256).hexdigest().encode()
 
-    def render(self, request: server.Request) -> bytes | int:
+    def render(self, request: AdminRequest) -> bytes | int:
         for name, value in _SECURITY_HEADERS:
             request.setHeader(name, value)
         path = request.path
@@ -127,7 +131,7 @@ class AdminResource(Resource):
         cookie = request.getCookie(COOKIE)
         return cookie is not None and self._cookie is not None and hmac.compare_digest(cookie, self._cookie)
 
-    def _login(self, request: server.Request) -> bytes:
+    def _login(self, request: AdminRequest) -> bytes:
         form = parse_qs(request.content.getvalue().decode("utf-8", "replace"))
         given = (form.get("token") or [""])[-1].strip().encode()
         if self._token is None or not hmac.compare_digest(given, self._token):
@@ -143,7 +147,7 @@ class AdminResource(Resource):
 
     def _answer(self, request: server.Request, name: str) -> bytes | int:
         try:
-            d = self._api.answer(name, request.args)
+            d = self._api.answer(name, request.args or {})
         except BadQuery as e:
             return _json(request, 400, {"error": "bad_query", "message": str(e)})
         if d is None:
@@ -175,7 +179,7 @@ class AdminSite(server.Site):
     displayTracebacks = False
     noisy = False
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         """
         No access log: dashboard polling would drown the proxy's own lines.
         """

@@ -267,4 +267,6 @@ class Gate:
 
 def _opted_out(headers: Headers, routing: Routing) -> bool:
     values = headers.getRawHeaders(routing.opt_out_header.encode("latin-1"))
-    return bool(values) and values[-1].strip().lower() in (b"true", b"1", b"yes")
+    if not values:
+        return False
+    return values[-1].strip().lower() in (b"true", b"1", b"yes")

@@ -65,8 +65,8 @@ def rebuild(ledger: BudgetLedger, data_dir: Path, month: str) -> None:
             total[key] = total.get(key, Decimal(0)) + Decimal(cost)
     live = data_dir / LIVE_NAME
     if live.exists():
-        for key, cost in scan(live).items():
-            total[key] = total.get(key, Decimal(0)) + cost
+        for key, live_cost in scan(live).items():
+            total[key] = total.get(key, Decimal(0)) + live_cost
     ledger.load_daily({k: v for k, v in total.items() if k[3][:7] == month})
     _save(checkpoint, kept)
 

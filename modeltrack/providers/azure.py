@@ -25,8 +25,8 @@ _DEPLOYMENT = re.compile(r"/openai/deployments/(?!\.{1,2}/)([A-Za-z0-9._-]{1,64}
 _V1_PREFIX = "/openai/v1"
 
 
-def _endpoint(path: str, operation: str, **fields: bool) -> Endpoint:
-    return replace(_OPENAI[operation], provider=NAME, path=path, **fields)
+def _endpoint(path: str, operation: str, model_names_deployment: bool = False) -> Endpoint:
+    return replace(_OPENAI[operation], provider=NAME, path=path, model_names_deployment=model_names_deployment)
 
 
 #: Routes named as templates (the event's C{endpoint}); the deployment is kept apart.
@@ -49,9 +49,10 @@ def route(method: bytes, path: str) -> tuple[Endpoint, str] | None:
             return endpoint, path
     else:
         found = _DEPLOYMENT.fullmatch(path)
-        endpoint = None if found is None else _CLASSIC_ENDPOINTS.get((method, found.group(2)))
-        if endpoint is not None:
-            return replace(endpoint, deployment=found.group(1)), path  # type: ignore[union-attr]  # found is set
+        if found is not None:
+            endpoint = _CLASSIC_ENDPOINTS.get((method, found.group(2)))
+            if endpoint is not None:
+                return replace(endpoint, deployment=found.group(1)), path
     if path.startswith("/openai/") and relayable(method, path):
         relayed = relayed_endpoint(DIALECT, method, path, 3)  # /openai/v1/files
         parts = path.split("/")

@@ -20,7 +20,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web._newclient import ParseError, RequestNotSent, ResponseNeverReceived
 from twisted.web.client import ResponseDone, ResponseFailed
@@ -29,6 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
+from modeltrack.web.interfaces import IConnection
 from modeltrack.web.writethrough import write_through
 
 #: Longest response head (status line and headers) accepted.
@@ -90,9 +92,10 @@ class UpstreamResponse:
         connection.deliver_body(protocol)
 
     def setPreviousResponse(self, response: IResponse) -> None:
-        self.previousResponse = response  # type: ignore[assignment]
+        self.previousResponse = response
 
 
+@implementer(IPushProducer)
 class _BodyTransport:
     """
     A body protocol's hold on the connection: cut when the body ends, so that a late
@@ -133,6 +136,7 @@ class UpstreamConnection(Protocol):
     """
 
     state = "QUIESCENT"
+    transport: IConnection
 
     def __init__(self, quiescent: Callable[[UpstreamConnection], object]) -> None:
         self._quiescent = quiescent
@@ -172,7 +176,8 @@ class UpstreamConnection(Protocol):
         self._response = self._held = self._ended = None
         self._head_only = method == b"HEAD"
         self._received = False
-        self._waiting = waiting = Deferred(self._cancel)
+        waiting: Deferred[UpstreamResponse] = Deferred(self._cancel)
+        self._waiting = waiting
         self.transport.writeSequence(data)
         return waiting
 
@@ -377,7 +382,7 @@ class UpstreamConnection(Protocol):
         ended, self._ended = self._ended, None
         self._body = protocol
         self._control = _BodyTransport(self)
-        protocol.makeConnection(self._control)  # type: ignore[arg-type]
+        protocol.makeConnection(self._control)
         if held and self._body is protocol:
             protocol.dataReceived(b"".join(held))
         if ended is not None:
@@ -450,7 +455,7 @@ class UpstreamConnection(Protocol):
 
     # -- the end -------------------------------------------------------------
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         state, self.state = self.state, "CLOSED"
         self._lost = True
         waiting, self._waiting = self._waiting, None

@@ -47,13 +47,14 @@ def missing(reactor: Any) -> list[str]:
     if not hasattr(pool, "_factory") or "self._factory(" not in _source(HTTPConnectionPool._newConnection):
         gaps.append("HTTPConnectionPool._factory")
     from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
 
     for name in ("Server", "Client", "Connection"):
         if not isinstance(getattr(tcp, name, None), type):
             gaps.append(f"twisted.internet.tcp.{name}")
     if isinstance(getattr(tcp, "Connection", None), type):
         with socket.socket() as unconnected:
-            connection = tcp.Connection(unconnected, None, reactor)
+            connection = tcp.Connection(unconnected, Protocol(), reactor)
             gaps += [f"tcp.Connection.{name}" for name in _CONNECTION_ATTRIBUTES if not hasattr(connection, name)]
     return gaps
 

@@ -14,19 +14,19 @@ import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import TimeoutError
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from modeltrack import events, routes
@@ -43,6 +43,9 @@ from modeltrack.usage import Reading
 from modeltrack.web.status import Readiness, StatusPaths, json_response
 from modeltrack.web.upstream import Upstream, for_client, for_upstream
 from modeltrack.web.writethrough import after_sending
+
+if TYPE_CHECKING:
+    from modeltrack.web.site import ProxyRequest
 
 log = Logger()
 
@@ -125,7 +128,7 @@ class ProxyResource(Resource):
         self.in_flight: set[Exchange] = set()
         #: Every request from its first line to its end, so a drain also waits for
         #: one still arriving (it has no exchange yet).
-        self.open_requests: set[Request] = set()
+        self.open_requests: set[ProxyRequest] = set()
         #: Set when a stop begins: every response then closes its connection.
         self.draining = False
         self._drain_waiters: list[Deferred[None]] = []
@@ -158,11 +161,11 @@ class ProxyResource(Resource):
         self.open_requests.clear()
         self._check_drained()
 
-    def track(self, request: Request) -> None:
+    def track(self, request: ProxyRequest) -> None:
         self.open_requests.add(request)
         request.notifyFinish().addBoth(self._untrack, request)
 
-    def _untrack(self, result: object, request: Request) -> None:
+    def _untrack(self, result: object, request: ProxyRequest) -> None:
         self.open_requests.discard(request)
         self._check_drained()
 
@@ -176,7 +179,7 @@ class ProxyResource(Resource):
             for waiter in waiters:
                 waiter.callback(None)
 
-    def render(self, request: Request) -> bytes | int:
+    def render(self, request: ProxyRequest) -> bytes | int:
         if request.method == b"CONNECT" or not request.uri.startswith(b"/"):
             # Absolute-form targets and CONNECT are how a forward proxy is used.
             return _refuse(request, "this is not an open proxy")
@@ -191,12 +194,10 @@ class ProxyResource(Resource):
             message = f"modeltrack has no route for this path and method ({safe_method(request.method)})"
             return _error(request, 404, "not_found_error", message)
         endpoint, upstream_path = found
-        request.route = endpoint.path  # type: ignore[attr-defined]
+        request.route = endpoint.path
         exchange = Exchange(self, request, endpoint, upstream_path)
         try:
-            # ProxyRequest drops a body past the cap and says so (the only request
-            # type ProxySite makes).
-            exchange.start(valid, body_too_large=getattr(request, "too_large", False))
+            exchange.start(valid, body_too_large=request.too_large)
         except Exception:
             exchange.crashed(Failure())
         return NOT_DONE_YET
@@ -214,7 +215,7 @@ def valid_target(target: bytes) -> bool:
     return _VISIBLE_ASCII.fullmatch(target) is not None
 
 
-def _refuse(request: Request, message: str) -> bytes:
+def _refuse(request: ProxyRequest, message: str) -> bytes:
     """
     A 400 for a request no client of an API sends; its connection closes after it.
     """
@@ -222,7 +223,7 @@ def _refuse(request: Request, message: str) -> bytes:
     return _error(request, 400, "invalid_request_error", message)
 
 
-def _error(request: Request, code: int, error_type: str, message: str) -> bytes:
+def _error(request: ProxyRequest, code: int, error_type: str, message: str) -> bytes:
     """
     An error from the proxy itself, in the shape of the provider the caller speaks to
     (guessed from its auth headers when no route matched).
@@ -231,7 +232,7 @@ def _error(request: Request, code: int, error_type: str, message: str) -> bytes:
     return json_response(request, code, routes.error_body(provider, error_type, message))
 
 
-def _may_have_length(request: Request, code: int) -> bool:
+def _may_have_length(request: ProxyRequest, code: int) -> bool:
     # RFC 9110 8.6: never on 1xx or 204; a HEAD or 304 answer's length is not its body's.
     return request.method != b"HEAD" and code not in (204, 304) and code >= 200
 
@@ -244,10 +245,14 @@ class Exchange(Protocol):
     slow client pauses: a full client socket pauses the upstream read.
     """
 
+    # What a response body is delivered through (IResponse.deliverBody): a producer,
+    # not a byte transport; None until the body starts.
+    transport: IPushProducer | None  # type: ignore[assignment]  # not an ITransport
+
     def __init__(
         self,
         resource: ProxyResource,
-        request: Request,
+        request: ProxyRequest,
         endpoint: routes.Endpoint,
         upstream_path: str,
     ) -> None:
@@ -427,7 +432,7 @@ class Exchange(Protocol):
         return RelayOnly()
 
     def connectionMade(self) -> None:
-        if self._paused:
+        if self._paused and self.transport is not None:
             self.transport.pauseProducing()
 
     def dataReceived(self, data: bytes) -> None:
@@ -443,7 +448,7 @@ class Exchange(Protocol):
         # checking, when it fires, whether the stream was quiet all that time.
         self._last_data = self._resource.clock.seconds()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.phase >= _ENDING:
             return  # we ended it: timeout, client gone, or shutdown
         if not reason.check(ResponseDone, PotentialDataLoss):
@@ -512,7 +517,7 @@ class Exchange(Protocol):
             else:
                 # Headers came; the body went silent. The client sees a cut, not an end.
                 self._end(Outcome.UPSTREAM_TIMEOUT, abort=True)
-            self.transport.stopProducing()
+            self._stop_upstream()
             return
         pending = self._pending
         seconds = self._resource.timeouts.headers
@@ -728,6 +733,8 @@ class _Discard(Protocol):
     """
     Takes a response nobody wants any more and closes its connection.
     """
+
+    transport: IPushProducer  # type: ignore[assignment]  # see Exchange.transport
 
     def connectionMade(self) -> None:
         self.transport.stopProducing()

@@ -8,15 +8,17 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from modeltrack.failures import log_failure, safe_method
+from modeltrack.web.interfaces import IConnection
 from modeltrack.web.status import STATUS_PATHS
 from modeltrack.web.writethrough import _WriteThroughServer, write_through
 
@@ -35,16 +37,19 @@ class ProxyRequest(server.Request):
     too_large = False
     started = 0.0
     route: str | None = None
+    channel: ProxyChannel
+    transport: IConnection  # the channel's, while the request is served
+    content: BytesIO  # type: ignore[assignment]  # Twisted's is None until gotLength
 
     def __repr__(self) -> str:
         # Twisted puts a request's repr in log lines; its own repr holds the whole
         # target, query (and any key in it) included.
         return f"<ProxyRequest {safe_method(self.method)} {self.route or '-'}>"
 
-    def __init__(self, channel: object, *args: object, **kwargs: object) -> None:
+    def __init__(self, channel: ProxyChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
         # From its first line on, so a stop waits for a request still arriving.
-        track = channel.site.track  # type: ignore[attr-defined]
+        track = channel.site.track
         if track is not None:
             track(self)
 
@@ -142,6 +147,8 @@ class ProxyChannel(http.HTTPChannel):
     """
 
     _host: object = None
+    site: ProxySite  # set by the factory that built it
+    transport: IConnection
     # Twisted's own head limits answer a bare 400 or close without a word: ours
     # (checked first) answer 431.
     MAX_LENGTH = MAX_HEAD_LINE
@@ -260,7 +267,7 @@ class ProxyChannel(http.HTTPChannel):
         )
         self.loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._head_timer is not None and self._head_timer.active():
             self._head_timer.cancel()
         self._head_timer = None
@@ -283,7 +290,8 @@ class ProxySite(server.Site):
     """
 
     requestFactory = ProxyRequest
-    protocol = ProxyChannel
+    # HTTP/1.1 only, without the wrapper that would negotiate HTTP/2.
+    protocol = ProxyChannel  # type: ignore[assignment]  # Twisted types it as the wrapper
 
     def __init__(
         self,
@@ -293,7 +301,7 @@ class ProxySite(server.Site):
         access_log: bool = False,
         head_timeout: float = DEFAULT_HEAD_TIMEOUT,
         fast_path: bool = True,
-        track: Callable[[server.Request], object] | None = None,
+        track: Callable[[ProxyRequest], object] | None = None,
     ) -> None:
         # No form parsing: bodies here are JSON, and parsing them as forms costs time.
         super().__init__(resource, reactor=clock, parsePOSTFormSubmission=False)
@@ -306,8 +314,8 @@ class ProxySite(server.Site):
         self.displayTracebacks = False
         self.connections: weakref.WeakSet[ProxyChannel] = weakref.WeakSet()
 
-    def buildProtocol(self, addr: object) -> object:
-        protocol = super().buildProtocol(addr)
+    def buildProtocol(self, addr: IAddress) -> ProxyChannel:  # type: ignore[override]  # see protocol
+        protocol = cast(ProxyChannel, super().buildProtocol(addr))
         self.connections.add(protocol)
         return protocol
 
@@ -327,7 +335,7 @@ class ProxySite(server.Site):
             else:
                 channel.transport.loseConnection()
 
-    def log(self, request: ProxyRequest) -> None:
+    def log(self, request: http.Request) -> None:
         """
         One access line per finished request, if asked for: method, route, status,
         bytes, duration, request id. The route is the proxy's own name for the path
@@ -335,6 +343,7 @@ class ProxySite(server.Site):
         """
         if not self.access_log_on:
             return
+        assert isinstance(request, ProxyRequest)
         request_id = request.responseHeaders.getRawHeaders(b"x-modeltrack-request-id", [b"-"])[0]
         access_logger.info(
             "{method} {path} {status} {bytes}B {duration_ms}ms {request_id}",

@@ -6,7 +6,7 @@ header hygiene of a reverse proxy.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -25,7 +25,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 if TYPE_CHECKING:
-    from modeltrack.web.client import UpstreamResponse
+    from modeltrack.web.client import UpstreamConnection
 
 #: RFC 9110 hop-by-hop headers: they describe one connection, never the next one.
 HOP_BY_HOP = frozenset(
@@ -126,7 +126,9 @@ def make_pool(reactor: object, per_host: int, fast: bool = True) -> HTTPConnecti
     if fast:
         from modeltrack.web.client import ConnectionFactory
 
-        pool._factory = ConnectionFactory
+        # Twisted's private hook for the pool's protocol: the fast path (its presence is
+        # checked at start-up by modeltrack.web.fastpath).
+        pool._factory = ConnectionFactory  # type: ignore[assignment]  # not an _HTTP11ClientFactory
     return pool
 
 
@@ -184,11 +186,12 @@ class OriginAgent:
             verified (service-identity).
         """
         parts = urlsplit(base_url)
+        hostname = parts.hostname or ""
         self._origin = f"{parts.scheme}://{parts.netloc}".encode("ascii")
-        host = (parts.hostname or "").encode("idna")
+        host = hostname.encode("idna")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         # The Host header, as Agent computes it: the port only when not the default.
-        self._host = b"[" + host + b"]" if isIPv6Address(parts.hostname or "") else host
+        self._host = b"[" + host + b"]" if isIPv6Address(hostname) else host
         if (parts.scheme, port) not in (("http", 80), ("https", 443)):
             self._host += b":%d" % port
         self._key = (parts.scheme.encode("ascii"), host, port)
@@ -200,10 +203,10 @@ class OriginAgent:
         self._valid_method = _ensureValidMethod
         self._valid_uri = _ensureValidURI
         endpoint: IStreamClientEndpoint
-        if isIPAddress(parts.hostname or ""):
-            endpoint = TCP4ClientEndpoint(reactor, parts.hostname, port, timeout=connect_timeout)
-        elif isIPv6Address(parts.hostname or ""):
-            endpoint = TCP6ClientEndpoint(reactor, parts.hostname, port, timeout=connect_timeout)
+        if isIPAddress(hostname):
+            endpoint = TCP4ClientEndpoint(reactor, hostname, port, timeout=connect_timeout)
+        elif isIPv6Address(hostname):
+            endpoint = TCP6ClientEndpoint(reactor, hostname, port, timeout=connect_timeout)
         else:
             # A name: resolved per new connection (pooled connections are reused).
             endpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
@@ -218,7 +221,7 @@ class OriginAgent:
         uri: bytes,
         headers: Headers | None = None,
         bodyProducer: IBodyProducer | None = None,
-    ) -> Deferred[UpstreamResponse]:
+    ) -> Deferred[IResponse]:
         """
         Send a request to this origin. C{headers} are the caller's to give away: the
         C{Host} header is set in them, in place.
@@ -247,7 +250,8 @@ class OriginAgent:
         data.append(b"\r\n")
         if bodyProducer is not None:
             data.append(bodyProducer.body)
-        d = self._pool.getConnection(self._key, self._endpoint)
+        # The pool's connections are UpstreamConnections (see fast_pool).
+        d = cast("Deferred[UpstreamConnection]", self._pool.getConnection(self._key, self._endpoint))
         return d.addCallback(lambda connection: connection.request(method, data))
 
 

@@ -17,9 +17,10 @@ producer, errors).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from modeltrack.failures import log_failure
@@ -38,7 +39,8 @@ class _Outbox:
 
     def add(self, connection: _WriteThrough) -> None:
         if not self._waiting:
-            connection.reactor.callLater(0, self.send_all)  # type: ignore[attr-defined]
+            # Typed as a descriptor set; every reactor that runs TCP has timers too.
+            cast(IReactorTime, connection.reactor).callLater(0, self.send_all)
         self._waiting.append(connection)
 
     def after_sending(self, f: Callable[..., object], *args: object) -> None:
@@ -74,7 +76,13 @@ def after_sending(f: Callable[..., object], *args: object) -> None:
     _outbox.after_sending(f, *args)
 
 
-class _WriteThrough:
+if TYPE_CHECKING:
+    _Mixed = tcp.Connection  # what the mixin is mixed into
+else:
+    _Mixed = object
+
+
+class _WriteThrough(_Mixed):
     """
     Mixed into L{tcp.Server} and L{tcp.Client}; see the module docstring.
     """
@@ -91,29 +99,29 @@ class _WriteThrough:
             self._gathered = list(iovec)
             _outbox.add(self)
         else:
-            super().writeSequence(iovec)  # type: ignore[misc]
+            super().writeSequence(iovec)
 
     def loseConnection(self, *args: object, **kwargs: object) -> None:
         # Bytes gathered but not yet sent go into Twisted's buffer first: a close asked
         # for outside the reactor's event handling (a timer's callback) is carried out
         # at the next poll, before the outbox would send them.
         self._hand_over()
-        super().loseConnection(*args, **kwargs)  # type: ignore[misc]
+        super().loseConnection(*args, **kwargs)
 
     def loseWriteConnection(self) -> None:
         self._hand_over()
-        super().loseWriteConnection()  # type: ignore[misc]
+        super().loseWriteConnection()
 
     def _hand_over(self) -> None:
         gathered, self._gathered = self._gathered, None
         if gathered:
-            super().writeSequence(gathered)  # type: ignore[misc]
+            super().writeSequence(gathered)
 
     def _sends_directly(self) -> bool:
         # Nothing queued in Twisted's buffers, and the connection open for writing.
         return not (
-            self.TLS or self.dataBuffer or self._tempDataBuffer or not self.connected  # type: ignore[attr-defined]
-            or self.disconnecting or self._writeDisconnected  # type: ignore[attr-defined]
+            self.TLS or self.dataBuffer or self._tempDataBuffer or not self.connected
+            or self.disconnecting or self._writeDisconnected
         )
 
     def send_gathered(self) -> None:
@@ -122,11 +130,11 @@ class _WriteThrough:
             return
         if not self._sends_directly():
             # Closing (or closed) since: Twisted sends what it can, then closes.
-            super().writeSequence(gathered)  # type: ignore[misc]
+            super().writeSequence(gathered)
             return
         data = b"".join(gathered)
         try:
-            sent = self.socket.send(data)  # type: ignore[attr-defined]
+            sent = self.socket.send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -134,7 +142,7 @@ class _WriteThrough:
             # error and closes the connection the usual way.
             sent = 0
         if sent < len(data):
-            super().writeSequence((data[sent:],))  # type: ignore[misc]
+            super().writeSequence((data[sent:],))
 
 
 class _WriteThroughServer(_WriteThrough, tcp.Server):
