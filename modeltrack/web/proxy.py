@@ -14,6 +14,7 @@ import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import IntEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from twisted.internet.defer import Deferred, succeed
@@ -704,16 +705,16 @@ class Exchange(Protocol):
         if outcome == Outcome.OK and isinstance(self.meter, BodyMeter):
             phrase = self.request.code_message or b"OK"
             answer = Answer(self.status, phrase, self.request.responseHeaders, self.meter.body)
-        record = CallRecord.of(
-            event,
+        record = CallRecord(
+            MappingProxyType(event),
             events.encode(event),
-            price=price,
-            saved=saved,
-            overhead=None if self._forwarded is None else self._forwarded - self.started,
-            ticket=ticket,
-            answer=answer,
-            model=model,
-            ended=now,
+            price,
+            saved,
+            None if self._forwarded is None else self._forwarded - self.started,
+            ticket,
+            answer,
+            model,
+            now,
         )
         for sink in resource.sinks:
             sink(record)
