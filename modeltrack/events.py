@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.web.http_headers import Headers
 
+from modeltrack.controls.keys import NO_CALLER, Caller, KeyEntry
 from modeltrack.pricing import Price
 from modeltrack.usage import Reading, Usage
 
@@ -65,10 +66,11 @@ NO_CONTROLS: dict[str, Any] = {
 }
 
 
-def attribution(headers: Headers) -> dict[str, str | None]:
+def attribution(headers: Headers, key: KeyEntry | None = None) -> dict[str, str | None]:
     """
     The C{X-ModelTrack-*} labels of a request: control characters removed, length
-    bounded, L{None} when absent or empty.
+    bounded, L{None} when absent or empty. A named key's team and app (keys.json) are
+    the call's, whatever its headers say: headers fill only what the entry leaves out.
     """
     labels: dict[str, str | None] = {}
     for header, field in ATTRIBUTION_HEADERS:
@@ -78,6 +80,11 @@ def attribution(headers: Headers) -> dict[str, str | None]:
             cleaned = values[-1].decode("utf-8", "replace").translate(_CONTROL).strip()
             value = cleaned[:LABEL_LIMIT] or None
         labels[field] = value
+    if key is not None:
+        if key.team is not None:
+            labels["team"] = key.team
+        if key.app is not None:
+            labels["app"] = key.app
     return labels
 
 
@@ -96,6 +103,7 @@ def cost_event(
     latency_ms: float,
     ttfb_ms: float | None,
     labels: dict[str, str | None],
+    caller: Caller = NO_CALLER,
     deployment: str | None = None,
 ) -> dict[str, Any]:
     usage = reading.usage or Usage()
@@ -125,6 +133,9 @@ def cost_event(
         "latency_ms": round(latency_ms, 3),
         "ttfb_ms": None if ttfb_ms is None else round(ttfb_ms, 3),
         **labels,
+        "key_id": caller.key_id,
+        "key_name": caller.key_name,
+        "client": caller.client,
         "error_type": reading.error_type,
         "usage_error": reading.usage_error,
         **NO_CONTROLS,

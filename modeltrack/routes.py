@@ -55,6 +55,13 @@ class RouteTable:
         """
         return self._by_headers(self._unprefixed, headers).name
 
+    def credential_headers(self, provider: str) -> tuple[bytes, ...]:
+        """
+        The request headers that carry a caller's key to C{provider}, in the order
+        its dialect reads them.
+        """
+        return self._by_name[provider].credential_headers
+
     def error_body(self, provider: str, error_type: str, message: str) -> dict[str, Any]:
         """
         An error in the provider's own shape.

@@ -29,9 +29,10 @@ from modeltrack.admin.api import AdminAPI
 from modeltrack.admin.site import admin_site
 from modeltrack.controls.alerts import BudgetAlerts
 from modeltrack.controls.budgets import BudgetLedger
-from modeltrack.controls.cache import ResponseCache, load_secret, load_snapshot, write_atomically
+from modeltrack.controls.cache import ResponseCache, load_snapshot, write_atomically
 from modeltrack.controls.files import ControlFiles
 from modeltrack.controls.gate import Gate
+from modeltrack.controls.keys import Keyring, install_secret
 from modeltrack.controls.spendlog import rebuild
 from modeltrack.datadir import state_dir
 from modeltrack.failures import log_failure
@@ -152,10 +153,12 @@ class ModeltrackService(InOrder):
                 agent = plain_agent(reactor, pool, settings.connect_timeout, trust_root)
             upstreams[provider] = Upstream(url, agent)
         prices = PriceBook()
+        secret = install_secret(state_dir(settings.data_dir))
+        self.keys = Keyring(secret)
         cache = None
         if settings.cache:
             cache = ResponseCache(
-                load_secret(state_dir(settings.data_dir)),
+                secret,
                 reactor,
                 max_entries=settings.cache_entries,
                 max_bytes=settings.cache_bytes,
@@ -177,7 +180,7 @@ class ModeltrackService(InOrder):
             reserved_output_tokens=settings.reserve_output_tokens,
             default_context_tokens=settings.reserve_context_tokens,
         )
-        self.control_files = ControlFiles(settings.data_dir, self.gate)
+        self.control_files = ControlFiles(settings.data_dir, self.gate, self.keys)
         self.indexer = Indexer(settings.data_dir, reactor, settings.index_seconds)
         # Counted only when the admin listener can serve them: a few microseconds a call.
         self.metrics = None
@@ -197,6 +200,7 @@ class ModeltrackService(InOrder):
                 settings.connect_timeout, settings.headers_timeout, settings.idle_timeout
             ),
             max_body=settings.max_body,
+            keys=self.keys,
             metrics=self.metrics,
             route_table=RouteTable((*configured, *DIALECTS)),
         )

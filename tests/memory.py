@@ -21,6 +21,7 @@ from zope.interface import implementer
 from modeltrack.controls.budgets import Budget, BudgetLedger
 from modeltrack.controls.cache import ResponseCache
 from modeltrack.controls.gate import Gate
+from modeltrack.controls.keys import Keyring
 from modeltrack.controls.routing import Routing
 from modeltrack.pricing import PriceBook
 from modeltrack.stats import Stats
@@ -170,6 +171,7 @@ class Harness:
         prices = PriceBook()
         self.cache = ResponseCache(b"s" * 32, self.clock) if cache else None
         self.gate = Gate(prices, BudgetLedger(budgets or []), routing, self.cache)
+        self.keys = Keyring(b"s" * 32)
         self.resource = ProxyResource(
             upstreams=upstreams,
             journal=self.journal,  # type: ignore[arg-type]
@@ -179,6 +181,7 @@ class Harness:
             clock=self.clock,
             timeouts=timeouts,
             max_body=max_body,
+            keys=self.keys,
         )
         self.site = ProxySite(self.resource, self.clock, max_body, track=self.resource.track)
 

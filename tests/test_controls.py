@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from twisted.logger import LogLevel, globalLogPublisher
 
-from modeltrack.controls.budgets import Budget, ConfigFileError, load_budgets
+from modeltrack.controls.budgets import Budget, ConfigFileError, Who, load_budgets
 from modeltrack.controls.cache import Entry, ResponseCache, load_snapshot
 from modeltrack.controls.files import ControlFiles
 from modeltrack.controls.gate import Gate
+from modeltrack.controls.keys import Keyring
 from modeltrack.controls.routing import Routing, Rule, load_routing
 from modeltrack.pricing import PriceBook
 from modeltrack.usage import Usage
@@ -52,7 +53,7 @@ def reply(model: str = "gpt-4o-2024-08-06") -> dict:
 def test_concurrent_calls_admit_exactly_what_the_budget_affords() -> None:
     budget = Budget("ml", Decimal("0.05"))
     h = Harness(budgets=[budget])
-    h.gate.ledger.spend("ml", "", "", "2026-09-21", Decimal("0.012"))  # nearly spent: 24 %
+    h.gate.ledger.spend(Who("ml"), "2026-09-21", Decimal("0.012"))  # nearly spent: 24 %
     estimate = reservation(CHAT)
     affordable = int((Decimal("0.05") - Decimal("0.012")) // estimate)
     transports = [h.send("POST", "/v1/chat/completions", CHAT, TEAM)[1] for _ in range(10)]
@@ -123,7 +124,7 @@ def test_daily_budget_and_most_specific_scope() -> None:
 def test_warning_header_is_decided_before_headers() -> None:
     budget = Budget("ml", Decimal("0.1"), action="warn", warn_at_percent=Decimal(50))
     h = Harness(budgets=[budget])
-    h.gate.ledger.spend("ml", "", "", "2026-09-21", Decimal("0.06"))
+    h.gate.ledger.spend(Who("ml"), "2026-09-21", Decimal("0.06"))
     _, transport = h.send("POST", "/v1/chat/completions", CHAT, TEAM)
     answer(h.agent.calls[0], reply())
     assert b"x-modeltrack-budget-warning: team=ml at 60.0% of 0.1 usd" in head_of(transport)
@@ -133,7 +134,7 @@ def test_warning_header_is_decided_before_headers() -> None:
 
 def test_a_warn_budget_past_its_limit_still_admits() -> None:
     h = Harness(budgets=[Budget("ml", Decimal("0.01"), action="warn")])
-    h.gate.ledger.spend("ml", "", "", "2026-09-21", Decimal("0.02"))
+    h.gate.ledger.spend(Who("ml"), "2026-09-21", Decimal("0.02"))
     _, transport = h.send("POST", "/v1/chat/completions", CHAT, TEAM)
     answer(h.agent.calls[0], reply())
     assert status_of(transport) == 200
@@ -151,7 +152,7 @@ def test_unpriced_models_are_admitted_and_flagged() -> None:
 @pytest.mark.parametrize(
     "document, problem",
     [
-        ('{"budgets": [{"app": "x", "monthly_limit": 1}]}', "budgets[0]: team must be a non-empty string"),
+        ('{"budgets": [{"app": "x", "monthly_limit": 1}]}', 'budgets[0]: give one of team, key (a name in keys.json) or "scope": "all"'),
         ('{"budgets": [{"team": "ml", "monthly_limit": -1}]}', "budgets[0] (team ml): monthly_limit must be a non-negative number"),
         ('{"budgets": [{"team": "ml", "monthly_limit": 1, "action": "pray"}]}', "action must be one of block, warn"),
         ('{"budgets": [{"team": "ml", "monthly_limit": 1, "period": "yearly"}]}', "period must be one of monthly, daily"),
@@ -179,7 +180,7 @@ CHEAPER = Rule("cheaper-when-over-half", Decimal(50), ("gpt-4o",), "gpt-4o-mini"
 
 def test_downgrade_rewrites_the_model_and_reports_the_saving() -> None:
     h = Harness(budgets=[Budget("ml", Decimal("1"))], routing=Routing((CHEAPER,)))
-    h.gate.ledger.spend("ml", "", "", "2026-09-21", Decimal("0.6"))
+    h.gate.ledger.spend(Who("ml"), "2026-09-21", Decimal("0.6"))
     _, transport = h.send("POST", "/v1/chat/completions", CHAT, TEAM)
     [call] = h.agent.calls
     assert json.loads(call.body)["model"] == "gpt-4o-mini"
@@ -199,7 +200,7 @@ def test_downgrade_rewrites_the_model_and_reports_the_saving() -> None:
 def test_no_routing_below_threshold_or_when_opted_out() -> None:
     h = Harness(budgets=[Budget("ml", Decimal("1"))], routing=Routing((CHEAPER,)))
     h.send("POST", "/v1/chat/completions", CHAT, TEAM)  # 0 % spent
-    h.gate.ledger.spend("ml", "", "", "2026-09-21", Decimal("0.9"))
+    h.gate.ledger.spend(Who("ml"), "2026-09-21", Decimal("0.9"))
     h.send("POST", "/v1/chat/completions", CHAT, {**TEAM, "X-ModelTrack-No-Route": "true"})
     assert [json.loads(c.body)["model"] for c in h.agent.calls] == ["gpt-4o", "gpt-4o"]
 
@@ -207,7 +208,7 @@ def test_no_routing_below_threshold_or_when_opted_out() -> None:
 def test_block_expensive_names_the_cheaper_model() -> None:
     rule = Rule("no-big-models", Decimal(80), ("gpt-4o",), "gpt-4o-mini", "", "block_expensive")
     h = Harness(budgets=[Budget("ml", Decimal("1"))], routing=Routing((rule,)))
-    h.gate.ledger.spend("ml", "", "", "2026-09-21", Decimal("0.85"))
+    h.gate.ledger.spend(Who("ml"), "2026-09-21", Decimal("0.85"))
     _, transport = h.send("POST", "/v1/chat/completions", CHAT, TEAM)
     assert status_of(transport) == 429
     assert "gpt-4o-mini" in json.loads(body_of(transport))["error"]["message"]
@@ -341,7 +342,7 @@ def test_snapshot_round_trip_holds_no_key(tmp_path: Path) -> None:
 
 def test_reload_keeps_the_last_good_configuration(tmp_path: Path) -> None:
     gate = Gate(PRICES)
-    files = ControlFiles(tmp_path, gate)
+    files = ControlFiles(tmp_path, gate, Keyring(b"s" * 32))
     files.reload()
     assert gate.ledger.budgets == [] and gate.routing is None
     (tmp_path / "budgets.json").write_text(json.dumps({"budgets": [{"team": "ml", "monthly_limit": 5}]}))
@@ -356,7 +357,7 @@ def test_reload_keeps_the_last_good_configuration(tmp_path: Path) -> None:
         globalLogPublisher.removeObserver(logged.append)
     assert [b.team for b in gate.ledger.budgets] == ["ml"]
     [error] = [e for e in logged if e.get("log_level") == LogLevel.error]
-    assert "budgets.json: budgets[0]: team must be a non-empty string" in error["problem"]
+    assert "budgets.json: budgets[0]: give one of team, key" in error["problem"]
     (tmp_path / "budgets.json").unlink()
     files.reload()
     assert gate.ledger.budgets == []

@@ -63,7 +63,7 @@ async def test_budget_blocks_through_the_sdk_and_survives_a_restart(reactor: Any
         assert Decimal(after["budgets"][0]["spend_usd"]) == Decimal(before["budgets"][0]["spend_usd"])
         assert Decimal(after["budgets"][0]["spend_usd"]) == 2 * Decimal("0.00472")
         assert Decimal(after["open_reservations_usd"]) == 0
-        assert (tmp_path / "state" / "ledger.msgpack").exists()
+        assert (tmp_path / "state" / "ledger-2.msgpack").exists()
         client = openai.OpenAI(base_url=restarted.url + "/v1", api_key="sk-x", max_retries=0, default_headers={"X-ModelTrack-Team": "ml"})
         with pytest.raises(openai.RateLimitError):
             await in_thread(client.chat.completions.create, model="gpt-4o", messages=USER, max_tokens=100)

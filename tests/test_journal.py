@@ -182,7 +182,7 @@ def test_what_the_proxy_creates_is_private_to_its_user_and_group(tmp_path: Path)
     import stat
 
     from modeltrack import index
-    from modeltrack.controls.cache import load_secret
+    from modeltrack.controls.keys import install_secret
     from modeltrack.datadir import state_dir
     from modeltrack.options import _check_data_dir
 
@@ -195,7 +195,7 @@ def test_what_the_proxy_creates_is_private_to_its_user_and_group(tmp_path: Path)
         journal.append(b"{}\n")
         journal.stop()
         journal.join(10)
-        load_secret(state_dir(data_dir))
+        install_secret(state_dir(data_dir))
         index.connect(data_dir).close()
     finally:
         os.umask(old)

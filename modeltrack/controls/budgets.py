@@ -1,13 +1,14 @@
 """
-Budgets: what each team, app and feature has spent in the current period, and
-reservations that keep concurrent calls from overrunning a limit.
+Budgets: what each team, app, feature, named key and the whole install has spent in the
+current period, and reservations that keep concurrent calls from overrunning a limit.
 
-A call is admitted only if its worst-case cost fits: spend + open reservations + this
-reservation <= limit, for a C{block} budget. All of it runs on the reactor thread, so
+A call counts toward every budget it falls under, and is admitted only if its
+worst-case cost fits each C{block} one: spend + open reservations + this reservation
+<= limit. All of it runs on the reactor thread, so
 admitting and reserving is one step no other call can interleave with. When the call
 ends, its reservation is released and its actual cost (if any) becomes spend.
 
-Spend is kept per (team, app, feature, UTC day); a budget's spend in its period is
+Spend is kept per (team, app, feature, key name, UTC day); a budget's spend in its period is
 derived from that, so budgets.json can change without losing anything.
 """
 
@@ -20,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 PERIODS = ("monthly", "daily")
 ACTIONS = ("block", "warn")
@@ -33,8 +34,29 @@ class ConfigFileError(ValueError):
     """
 
 
+class Who(NamedTuple):
+    """
+    What a call's spend is counted under: its labels (team, app, feature) and the
+    name of the key that paid (from keys.json); C{""} where there is none.
+    """
+
+    team: str = ""
+    app: str = ""
+    feature: str = ""
+    key: str = ""
+
+
+NO_ONE = Who()
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
+    """
+    A limit on spend per period, held to one of: a team (or an app or feature of
+    it), a named key (every key of that name: a rotated key keeps its budget), or
+    everything (C{everything}).
+    """
+
     team: str
     limit: Decimal
     app: str = ""
@@ -42,9 +64,15 @@ class Budget:
     action: str = "block"
     period: str = "monthly"
     warn_at_percent: Decimal = Decimal(80)
+    key: str = ""
+    everything: bool = False
 
     @property
     def scope(self) -> str:
+        if self.everything:
+            return "all"
+        if self.key:
+            return f"key={self.key}"
         parts = [f"team={self.team}"]
         if self.app:
             parts.append(f"app={self.app}")
@@ -54,13 +82,21 @@ class Budget:
 
     @property
     def specificity(self) -> int:
+        if self.everything:
+            return 0
+        if self.key:
+            return 1
         return 1 + bool(self.app) + bool(self.feature)
 
-    def matches(self, team: str | None, app: str | None, feature: str | None) -> bool:
+    def matches(self, who: Who) -> bool:
+        if self.everything:
+            return True
+        if self.key:
+            return who.key == self.key
         return (
-            team == self.team
-            and (not self.app or app == self.app)
-            and (not self.feature or feature == self.feature)
+            who.team == self.team
+            and (not self.app or who.app == self.app)
+            and (not self.feature or who.feature == self.feature)
         )
 
     def period_of(self, day: str) -> str:
@@ -87,17 +123,30 @@ class BudgetStatus(StrEnum):
     BLOCKED = "blocked"
 
 
+#: Which budget a call's event and warning name when several hold it: the one that
+#: refused it, else the one it stands worst with.
+_SEVERITY = {
+    BudgetStatus.NONE: 0, BudgetStatus.OK: 1, BudgetStatus.UNPRICED: 2,
+    BudgetStatus.WARNING: 3, BudgetStatus.OVER: 4, BudgetStatus.BLOCKED: 5,
+}
+
+
 @dataclass(slots=True)
 class Admission:
     """
-    What the ledger decided for one call.
+    What the ledger decided for one call, under every budget it falls under.
 
-    @ivar budget: the most specific budget matching the call's labels, if any.
-    @ivar reserved: the amount held until the call ends.
+    @ivar budget: the budget the call's event names: the one that refused it, else
+        the one it stands worst with (see L{_SEVERITY}; then the highest percent,
+        then the most specific).
     @ivar status: C{none} (no budget), C{ok}, C{warning} (at or past the warning
         percent), C{over} (past a C{warn} budget's limit), C{unpriced} (admitted with
-        nothing reserved: the model has no known price), C{blocked}.
-    @ivar percent: spend and reservations as a percentage of the limit, before this call.
+        nothing reserved: the model has no known price), C{blocked}; for C{budget}.
+    @ivar percent: C{budget}'s spend and reservations as a percentage of its limit,
+        before this call.
+    @ivar spend: C{budget}'s spend in its period, before this call.
+    @ivar holds: (budget, period) pairs the call's reservation is held against.
+    @ivar reserved: the amount held against each of them until the call ends.
     """
 
     budget: Budget | None = None
@@ -106,6 +155,7 @@ class Admission:
     status: BudgetStatus = BudgetStatus.NONE
     percent: Decimal = Decimal(0)
     spend: Decimal = Decimal(0)
+    holds: tuple[tuple[Budget, str], ...] = ()
 
     @property
     def warning(self) -> bytes | None:
@@ -120,10 +170,14 @@ class Admission:
         ).encode("utf-8", "replace")
 
 
+Daily = dict[tuple[str, str, str, str, str], Decimal]
+
+
 class BudgetLedger:
     def __init__(self, budgets: Iterable[Budget] = ()) -> None:
         self._budgets: list[Budget] = []
-        self._daily: dict[tuple[str, str, str, str], Decimal] = {}
+        #: Spend per (team, app, feature, key name, UTC day).
+        self._daily: Daily = {}
         self._spend: dict[tuple[Budget, str], Decimal] = {}
         self._reserved: dict[tuple[Budget, str], Decimal] = {}
         self.replace(list(budgets))
@@ -141,30 +195,20 @@ class BudgetLedger:
         kept = set(budgets)
         self._reserved = {k: v for k, v in self._reserved.items() if k[0] in kept}
         self._spend = {}
-        for (team, app, feature, day), cost in self._daily.items():
-            self._add_to_budgets(team, app, feature, day, cost)
+        for (team, app, feature, key, day), cost in self._daily.items():
+            self._add_to_budgets(Who(team, app, feature, key), day, cost)
 
-    def applicable(self, team: str | None, app: str | None, feature: str | None) -> Budget | None:
-        if not team:
-            return None
-        for budget in self._budgets:  # most specific first
-            if budget.matches(team, app, feature):
-                return budget
-        return None
+    def matching(self, who: Who) -> list[Budget]:
+        """
+        Every budget a call by C{who} counts toward, most specific first.
+        """
+        return [budget for budget in self._budgets if budget.matches(who)]
 
     def spends(self, budgets: Iterable[Budget], day: str) -> list[tuple[Budget, str, Decimal]]:
         """
         Each budget's period containing C{day} and its spend in it.
         """
         return [(budget, budget.period_of(day), self.standing(budget, day)[0]) for budget in budgets]
-
-    def matching(self, team: str | None, app: str | None, feature: str | None) -> list[Budget]:
-        """
-        Every budget a call with these labels counts toward.
-        """
-        if not team:
-            return []
-        return [budget for budget in self._budgets if budget.matches(team, app, feature)]
 
     def standing(self, budget: Budget, day: str) -> tuple[Decimal, Decimal, Decimal]:
         """
@@ -176,58 +220,82 @@ class BudgetLedger:
         percent = (spend + reserved) * HUNDRED / budget.limit if budget.limit else HUNDRED
         return spend, reserved, percent
 
-    def admit(self, budget: Budget | None, estimate: Decimal | None, day: str) -> Admission:
+    def pressing(self, budgets: list[Budget], day: str) -> tuple[Budget, Decimal] | None:
         """
-        Reserve C{estimate} against C{budget}, or refuse (status C{blocked}).
-        C{estimate} is L{None} for a model with no known price: admitted, flagged.
+        Of C{budgets}, the one nearest its limit (most specific on a tie), with its percent.
         """
-        if budget is None:
+        best: tuple[Budget, Decimal] | None = None
+        for budget in budgets:
+            percent = self.standing(budget, day)[2]
+            if best is None or percent > best[1]:
+                best = (budget, percent)
+        return best
+
+    def admit(self, budgets: list[Budget], estimate: Decimal | None, day: str) -> Admission:
+        """
+        Reserve C{estimate} against every one of C{budgets} (those the call falls
+        under, most specific first), or refuse (status C{blocked}) if it would take
+        any C{block} budget past its limit. C{estimate} is L{None} for a model with
+        no known price: admitted, flagged, nothing reserved.
+        """
+        if not budgets:
             return Admission()
-        period = budget.period_of(day)
-        spend, reserved, percent = self.standing(budget, day)
-        admission = Admission(budget, period, Decimal(0), BudgetStatus.OK, percent, spend)
-        if estimate is None:
-            admission.status = BudgetStatus.UNPRICED
+        standings = []
+        for budget in budgets:
+            spend, reserved, percent = self.standing(budget, day)
+            if estimate is None:
+                status = BudgetStatus.UNPRICED
+            elif budget.action == "block" and spend + reserved + estimate > budget.limit:
+                status = BudgetStatus.BLOCKED
+            elif spend + reserved >= budget.limit and budget.action == "warn":
+                status = BudgetStatus.OVER
+            elif percent >= budget.warn_at_percent:
+                status = BudgetStatus.WARNING
+            else:
+                status = BudgetStatus.OK
+            standings.append((budget, status, percent, spend, reserved))
+        # max() keeps the first of equals: the most specific.
+        budget, status, percent, spend, _ = max(standings, key=lambda s: (_SEVERITY[s[1]], s[2]))
+        admission = Admission(budget, budget.period_of(day), Decimal(0), status, percent, spend)
+        if status is BudgetStatus.BLOCKED or estimate is None:
             return admission
-        if budget.action == "block" and spend + reserved + estimate > budget.limit:
-            admission.status = BudgetStatus.BLOCKED
-            return admission
-        key = (budget, period)
-        self._reserved[key] = reserved + estimate
+        holds = []
+        for held, _, _, _, reserved in standings:
+            key = (held, held.period_of(day))
+            self._reserved[key] = reserved + estimate
+            holds.append(key)
+        admission.holds = tuple(holds)
         admission.reserved = estimate
-        if spend + reserved >= budget.limit and budget.action == "warn":
-            admission.status = BudgetStatus.OVER
-        elif percent >= budget.warn_at_percent:
-            admission.status = BudgetStatus.WARNING
         return admission
 
     def release(self, admission: Admission) -> None:
         """
-        The call ended: its reservation no longer holds (idempotent).
+        The call ended: its reservations no longer hold (idempotent).
         """
-        if admission.budget is None or not admission.reserved:
+        if not admission.reserved:
             return
-        key = (admission.budget, admission.period)
-        left = self._reserved.get(key, Decimal(0)) - admission.reserved
-        if left > 0:
-            self._reserved[key] = left
-        else:
-            self._reserved.pop(key, None)
+        for key in admission.holds:
+            left = self._reserved.get(key, Decimal(0)) - admission.reserved
+            if left > 0:
+                self._reserved[key] = left
+            else:
+                self._reserved.pop(key, None)
         admission.reserved = Decimal(0)
+        admission.holds = ()
 
-    def spend(self, team: str | None, app: str | None, feature: str | None, day: str, cost: Decimal) -> None:
+    def spend(self, who: Who, day: str, cost: Decimal) -> None:
         """
         Count a call's actual cost toward its day and every budget it falls under.
         """
-        if not team or not cost:
+        if not cost:
             return
-        key = (team, app or "", feature or "", day)
+        key = (*who, day)
         self._daily[key] = self._daily.get(key, Decimal(0)) + cost
-        self._add_to_budgets(team, app or "", feature or "", day, cost)
+        self._add_to_budgets(who, day, cost)
 
-    def _add_to_budgets(self, team: str, app: str, feature: str, day: str, cost: Decimal) -> None:
+    def _add_to_budgets(self, who: Who, day: str, cost: Decimal) -> None:
         for budget in self._budgets:
-            if budget.matches(team, app, feature):
+            if budget.matches(who):
                 key = (budget, budget.period_of(day))
                 self._spend[key] = self._spend.get(key, Decimal(0)) + cost
 
@@ -238,12 +306,12 @@ class BudgetLedger:
         """
         Drop daily spend older than C{month} (YYYY-MM): no period reaches back further.
         """
-        self._daily = {k: v for k, v in self._daily.items() if k[3][:7] >= month}
+        self._daily = {k: v for k, v in self._daily.items() if k[4][:7] >= month}
         self._spend = {k: v for k, v in self._spend.items() if k[1][:7] >= month}
 
-    def load_daily(self, rows: dict[tuple[str, str, str, str], Decimal]) -> None:
-        for (team, app, feature, day), cost in rows.items():
-            self.spend(team, app, feature, day, cost)
+    def load_daily(self, rows: Daily) -> None:
+        for (team, app, feature, key, day), cost in rows.items():
+            self.spend(Who(team, app, feature, key), day, cost)
 
     def report(self, day: str) -> list[dict[str, Any]]:
         rows = []
@@ -281,13 +349,17 @@ def load_budgets(path: Path) -> list[Budget] | None:
         where = f"{path.name}: budgets[{i}]"
         if not isinstance(entry, dict):
             raise ConfigFileError(f"{where}: expected an object")
-        team = entry.get("team")
-        if not isinstance(team, str) or not team:
-            raise ConfigFileError(f"{where}: team must be a non-empty string")
-        where = f"{where} (team {team})"
-        for name in ("app", "feature"):
+        team, key, scope = entry.get("team", ""), entry.get("key", ""), entry.get("scope")
+        if scope is not None and scope != "all":
+            raise ConfigFileError(f'{where}: scope must be "all" (or leave it out and give a team or a key)')
+        if sum((bool(team), bool(key), scope == "all")) != 1:
+            raise ConfigFileError(f'{where}: give one of team, key (a name in keys.json) or "scope": "all"')
+        for name in ("team", "key", "app", "feature"):
             if not isinstance(entry.get(name, ""), str):
                 raise ConfigFileError(f"{where}: {name} must be a string")
+        if (entry.get("app") or entry.get("feature")) and not team:
+            raise ConfigFileError(f"{where}: app and feature narrow a team's budget; give its team")
+        where = f"{where} ({'all' if scope else f'key {key}' if key else f'team {team}'})"
         limit = _decimal(entry.get("monthly_limit", entry.get("limit")), f"{where}: monthly_limit")
         action = entry.get("action", "block")
         if action not in ACTIONS:
@@ -297,7 +369,9 @@ def load_budgets(path: Path) -> list[Budget] | None:
             raise ConfigFileError(f"{where}: period must be one of {', '.join(PERIODS)}")
         warn_at = _decimal(entry.get("warn_at_percent", 80), f"{where}: warn_at_percent")
         budgets.append(
-            Budget(team, limit, entry.get("app", ""), entry.get("feature", ""), action, period, warn_at)
+            Budget(
+                team, limit, entry.get("app", ""), entry.get("feature", ""), action, period, warn_at, key, scope == "all"
+            )
         )
     return budgets
 

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal
@@ -171,26 +170,6 @@ class ResponseCache:
             if now - stored_at <= self.ttl:
                 self.put(key, Entry(code, phrase, [(n, list(v)) for n, v in headers], body, stored_at, cost, model))
         return len(self._entries)
-
-
-def load_secret(state_dir: Path) -> bytes:
-    """
-    The per-install secret that keys the caller's credentials into cache keys, made on
-    first use and readable by the owner only.
-    """
-    path = state_dir / "cache.secret"
-    try:
-        secret = path.read_bytes()
-        if len(secret) >= 32:
-            return secret
-    except FileNotFoundError:
-        pass
-    state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
-    secret = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secret)
-    return secret
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -1,5 +1,6 @@
 """
-The controls' config files in the data dir: budgets.json, routing.json, pricing.json.
+The controls' config files in the data dir: budgets.json, routing.json, pricing.json,
+keys.json.
 Read at start-up, and again whenever one changes (polled) or on SIGHUP. A file that does
 not parse is rejected with a log line naming the file, the entry and the problem, and the
 last good configuration stays in force; a missing file turns its control off.
@@ -15,6 +16,7 @@ from twisted.logger import Logger
 
 from modeltrack.controls.budgets import ConfigFileError, load_budgets
 from modeltrack.controls.gate import Gate
+from modeltrack.controls.keys import KEYS_FILE, Keyring, load_keys
 from modeltrack.controls.routing import load_routing
 from modeltrack.pricing import PricingFileError, load_overrides
 
@@ -22,7 +24,7 @@ log = Logger()
 
 
 class ControlFiles:
-    def __init__(self, data_dir: Path, gate: Gate) -> None:
+    def __init__(self, data_dir: Path, gate: Gate, keys: Keyring) -> None:
         self._data_dir = data_dir
         self._gate = gate
         self._seen: dict[str, tuple[float, int] | None] = {}
@@ -30,6 +32,7 @@ class ControlFiles:
             ("budgets.json", load_budgets, lambda budgets: gate.ledger.replace(budgets or [])),
             ("routing.json", load_routing, self._set_routing),
             ("pricing.json", load_overrides, gate.prices.set_overrides),
+            (KEYS_FILE, load_keys, keys.set_book),
         )
 
     def _set_routing(self, routing: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.web.http_headers import Headers
 
 from modeltrack.controls.alerts import BudgetAlerts
-from modeltrack.controls.budgets import Admission, BudgetLedger, BudgetStatus, day_of
+from modeltrack.controls.budgets import Admission, BudgetLedger, BudgetStatus, Who, day_of
 from modeltrack.controls.cache import Entry, ResponseCache
 from modeltrack.controls.routing import RouteAction, Routing, RoutingStats, Rule
 from modeltrack.events import NO_CONTROLS
@@ -138,7 +138,7 @@ class Gate:
         body: dict[str, Any],
         raw_body: bytes,
         headers: Headers,
-        labels: dict[str, str | None],
+        who: Who,
         now: datetime,
     ) -> Ticket:
         """
@@ -147,10 +147,11 @@ class Gate:
         """
         ticket = Ticket()
         day = day_of(now)
-        budget = self.ledger.applicable(labels["team"], labels["app"], labels["feature"])
+        budgets = self.ledger.matching(who)
         model = body.get("model") if isinstance(body.get("model"), str) else None
-        if self.routing is not None and budget is not None and not _opted_out(headers, self.routing):
-            percent = self.ledger.standing(budget, day)[2]
+        pressing = self.ledger.pressing(budgets, day) if self.routing is not None else None
+        if self.routing is not None and pressing is not None and not _opted_out(headers, self.routing):
+            budget, percent = pressing  # routing heeds the budget nearest its limit
             rule = self.routing.decide(provider, model, percent)
             if rule is not None:
                 ticket.rule = rule
@@ -177,17 +178,18 @@ class Gate:
             ticket.hit = self.cache.get(ticket.cache_key)
             if ticket.hit is not None:
                 return ticket  # costs nothing: no reservation
-        if budget is not None:
+        if budgets:
             estimate = self._worst_case(provider, path, model, body, raw_body, now)
-            ticket.admission = self.ledger.admit(budget, estimate, day)
-            if ticket.admission.status == BudgetStatus.BLOCKED:
+            ticket.admission = self.ledger.admit(budgets, estimate, day)
+            refused_by = ticket.admission.budget
+            if refused_by is not None and ticket.admission.status == BudgetStatus.BLOCKED:
                 spend = ticket.admission.spend
                 if self.alerts is not None:
-                    self.alerts.announce(budget, budget.period_of(day), "limit", spend)
+                    self.alerts.announce(refused_by, refused_by.period_of(day), "limit", spend)
                 ticket.refusal = (
                     "budget_exceeded",
-                    f"budget for {budget.scope} would be exceeded: limit {budget.limit} USD "
-                    f"per {budget.period[:-2] if budget.period == 'monthly' else 'day'}, "
+                    f"budget for {refused_by.scope} would be exceeded: limit {refused_by.limit} USD "
+                    f"per {refused_by.period[:-2] if refused_by.period == 'monthly' else 'day'}, "
                     f"spent {spend.quantize(Decimal('0.000001'))} USD",
                 )
             warning = ticket.admission.warning
@@ -222,7 +224,7 @@ class Gate:
         self,
         ticket: Ticket,
         provider: str,
-        labels: dict[str, str | None],
+        who: Who,
         price: Price,
         usage: Usage | None,
         context: dict[str, str],
@@ -235,10 +237,9 @@ class Gate:
         self.ledger.release(ticket.admission)
         if price.cost_usd:
             day = day_of(now)
-            self.ledger.spend(labels["team"], labels["app"], labels["feature"], day, price.cost_usd)
+            self.ledger.spend(who, day, price.cost_usd)
             if self.alerts is not None:
-                budgets = self.ledger.matching(labels["team"], labels["app"], labels["feature"])
-                self.alerts.check(self.ledger.spends(budgets, day))
+                self.alerts.check(self.ledger.spends(self.ledger.matching(who), day))
         if ticket.hit is not None:
             return Decimal(ticket.hit.cost_usd) if ticket.hit.cost_usd is not None else None
         if ticket.routed_from and usage is not None and price.cost_usd is not None and ticket.rule:

@@ -2,7 +2,7 @@
 Rebuilding the budget ledger's spend from the event log at start-up.
 
 Sealed segments never change, so each one's spend is summed once and kept in a msgpack
-checkpoint (C{<data-dir>/state/ledger.msgpack}); a restart reads the checkpoint and
+checkpoint (C{<data-dir>/state/ledger-2.msgpack}; 2: rows name the key); a restart reads the checkpoint and
 scans only the live file and segments it has not seen.
 """
 
@@ -16,31 +16,34 @@ from pathlib import Path
 import msgpack
 from twisted.logger import Logger
 
-from modeltrack.controls.budgets import BudgetLedger
+from modeltrack.controls.budgets import BudgetLedger, Daily
 from modeltrack.datadir import STATE_DIR_MODE
 from modeltrack.journal import LIVE_NAME, segment_month, segments
 
 log = Logger()
 
-Rows = dict[tuple[str, str, str, str], Decimal]
-
-
-def scan(path: Path) -> Rows:
+def scan(path: Path) -> Daily:
     """
-    Spend per (team, app, feature, day) in one event log file. A torn last line
-    (a crash mid-write) is skipped.
+    Spend per (team, app, feature, key name, day) in one event log file. A torn last
+    line (a crash mid-write) is skipped.
     """
-    rows: Rows = {}
+    rows: Daily = {}
     with open(path, "rb") as f:
         for line in f:
             try:
                 event = json.loads(line)
             except ValueError:
                 continue
-            team, cost = event.get("team"), event.get("cost_usd")
-            if not team or not cost:
+            cost = event.get("cost_usd")
+            if not cost:
                 continue
-            key = (team, event.get("app") or "", event.get("feature") or "", event["timestamp"][:10])
+            key = (
+                event.get("team") or "",
+                event.get("app") or "",
+                event.get("feature") or "",
+                event.get("key_name") or "",
+                event["timestamp"][:10],
+            )
             rows[key] = rows.get(key, Decimal(0)) + Decimal(str(cost))
     return rows
 
@@ -49,10 +52,10 @@ def rebuild(ledger: BudgetLedger, data_dir: Path, month: str) -> None:
     """
     Load this month's spend (C{month} is YYYY-MM) into C{ledger}.
     """
-    checkpoint = data_dir / "state" / "ledger.msgpack"
+    checkpoint = data_dir / "state" / "ledger-2.msgpack"
     known = _load(checkpoint)
     kept: dict[str, list[list[str]]] = {}
-    total: Rows = {}
+    total: Daily = {}
     for segment in segments(data_dir):
         if segment_month(segment) < month:
             continue  # the journal seals at UTC midnight: nothing of this month in there
@@ -60,14 +63,14 @@ def rebuild(ledger: BudgetLedger, data_dir: Path, month: str) -> None:
         if rows is None:
             rows = [[*key, str(cost)] for key, cost in scan(segment).items()]
         kept[segment.name] = rows
-        for team, app, feature, day, cost in rows:
-            key = (team, app, feature, day)
+        for team, app, feature, key_name, day, cost in rows:
+            key = (team, app, feature, key_name, day)
             total[key] = total.get(key, Decimal(0)) + Decimal(cost)
     live = data_dir / LIVE_NAME
     if live.exists():
         for key, live_cost in scan(live).items():
             total[key] = total.get(key, Decimal(0)) + live_cost
-    ledger.load_daily({k: v for k, v in total.items() if k[3][:7] == month})
+    ledger.load_daily({k: v for k, v in total.items() if k[4][:7] == month})
     _save(checkpoint, kept)
 
 

@@ -32,8 +32,10 @@ from zope.interface import implementer
 
 from modeltrack import events, routes
 from modeltrack.accounting import Answer, CallRecord, sinks
+from modeltrack.controls.budgets import NO_ONE, Who
 from modeltrack.controls.cache import Entry
 from modeltrack.controls.gate import NO_TICKET, Gate
+from modeltrack.controls.keys import NO_CALLER, Keyring, UnknownKeys
 from modeltrack.events import Outcome
 from modeltrack.failures import log_failure, safe_method, upstream_reason
 from modeltrack.journal import Journal
@@ -108,6 +110,7 @@ class ProxyResource(Resource):
         clock: IReactorTime,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         max_body: int,
+        keys: Keyring,
         metrics: Any = None,
         route_table: routes.RouteTable = routes.ROUTES,
     ) -> None:
@@ -122,6 +125,7 @@ class ProxyResource(Resource):
         self.timeouts = timeouts
         self.max_body = max_body
         self.routes = route_table
+        self.keys = keys
         #: L{modeltrack.metrics.Metrics}, when an admin listener serves them.
         self.metrics = metrics
         #: Where every finished metered call goes (L{modeltrack.accounting}).
@@ -205,6 +209,8 @@ class ProxyResource(Resource):
 
 
 INVALID_TARGET = "the request target holds bytes other than visible ASCII"
+UNKNOWN_KEY = "this API key is not listed in modeltrack's keys file, which admits listed keys only"
+NO_TEAM = "modeltrack needs a team for every call: send X-ModelTrack-Team, or use a key whose entry names one"
 #: Methods whose requests carry a body to forward (any other does if it came with one).
 _WITH_BODY = frozenset((b"POST", b"PUT", b"PATCH"))
 #: RFC 9112 3.2: a request target is visible ASCII, nothing else (what an upstream
@@ -276,6 +282,8 @@ class Exchange(Protocol):
         self._client_gone = False
         self._paused = False
         self._labels = events.NO_LABELS
+        self._who = NO_ONE
+        self.caller = NO_CALLER
         self._last_data = 0.0
         self.ticket = NO_TICKET
         #: Under C{--fsync always}, an answer is not complete to its client until its
@@ -289,13 +297,22 @@ class Exchange(Protocol):
         resource = self._resource
         request = self.request
         request.notifyFinish().addErrback(self._lost_client)
+        keys = resource.keys.book
+        if self.endpoint.metered or keys.unknown_keys is UnknownKeys.DENY:
+            credentials = resource.routes.credential_headers(self.endpoint.provider)
+            self.caller = resource.keys.identify(request.requestHeaders, credentials)
         if self.endpoint.metered:
-            self._labels = events.attribution(request.requestHeaders)
+            self._labels = labels = events.attribution(request.requestHeaders, self.caller.entry)
+            self._who = Who(labels["team"] or "", labels["app"] or "", labels["feature"] or "", self.caller.key_name or "")
         resource.in_flight.add(self)
         resource.stats.requests += 1
         if not valid_target:
             request.channel.persistent = False
             return self._respond(400, "invalid_request_error", INVALID_TARGET, Outcome.REJECTED)
+        if keys.unknown_keys is UnknownKeys.DENY and self.caller.entry is None:
+            return self._respond(401, "unknown_key", UNKNOWN_KEY, Outcome.REJECTED)
+        if keys.require_team and self.endpoint.metered and not self._who.team:
+            return self._respond(400, "attribution_required", NO_TEAM, Outcome.REJECTED)
         body = None
         if request.method in _WITH_BODY or body_too_large or request.content.tell():
             if body_too_large:
@@ -339,7 +356,7 @@ class Exchange(Protocol):
             obj,
             body,
             self.request.requestHeaders,
-            self._labels,
+            self._who,
             datetime.fromtimestamp(resource.clock.seconds(), UTC),
         )
         if ticket.refusal is not None:
@@ -656,8 +673,11 @@ class Exchange(Protocol):
         resource = self._resource
         if not self.endpoint.metered:
             resource.stats.relayed_call(self.endpoint.provider, self.endpoint.path)
-            resource.forget(self)
-            return
+            if outcome is not Outcome.REJECTED:
+                # Relayed calls cost nothing and leave no event; one the proxy refused
+                # (an unknown key, a body too large) does, as every refusal does.
+                resource.forget(self)
+                return
         now = resource.clock.seconds()
         when = datetime.fromtimestamp(now, UTC)
         reading = self.meter.reading
@@ -692,13 +712,14 @@ class Exchange(Protocol):
             latency_ms=(now - self.started) * 1000,
             ttfb_ms=None if self._ttfb is None else self._ttfb * 1000,
             labels=self._labels,
+            caller=self.caller,
             deployment=self.endpoint.deployment
             or (self.requested_model if self.endpoint.model_names_deployment else None),
         )
         ticket = self.ticket
         # The controls settle first: what they saved and decided is part of the event.
         saved = resource.gate.settle(
-            ticket, self.endpoint.provider, self._labels, price, reading.usage, reading.price_context, when
+            ticket, self.endpoint.provider, self._who, price, reading.usage, reading.price_context, when
         )
         event.update(ticket.event_fields(saved))
         answer = None
