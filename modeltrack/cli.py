@@ -8,6 +8,12 @@ The C{modeltrack} command: reads a data dir (no proxy needs to run).
                       [--by team,app,feature,model,provider,day] [--format table|csv|json]
     modeltrack sessions [--data-dir DIR] [--top N] [--since DATE] [--until DATE] [--month YYYY-MM]
                         [--format table|csv|json]
+    modeltrack keys add --name NAME [--team T] [--app A] [--provider-key-id ID] [--data-dir DIR]  < key
+    modeltrack keys list [--data-dir DIR] [--format table|csv|json]
+    modeltrack keys fingerprint [--data-dir DIR]  < key
+
+A key is read from standard input (without echo on a terminal), never from arguments or
+the environment, and is never printed or written: only its fingerprint is.
 
 Every command that reads events first brings the index up to date, with a progress bar
 on a terminal when there is much to read.
@@ -76,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
         ("index", "bring the SQLite index up to date"),
         ("report", "spend per group"),
         ("sessions", "the most expensive sessions"),
-        ("check", "validate budgets.json, routing.json and pricing.json"),
+        ("check", "validate budgets.json, routing.json, pricing.json and keys.json"),
         ("price", "the per-million-token prices a model is charged at, and where they come from"),
     ):
         command = commands.add_parser(name, help=helptext)
@@ -107,6 +113,22 @@ def parser() -> argparse.ArgumentParser:
     price = commands.choices["price"]
     price.add_argument("model")
     price.add_argument("--provider", choices=("openai", "anthropic"), default=None)
+    keys = commands.add_parser("keys", help="name keys in keys.json by their fingerprints").add_subparsers(
+        dest="keys_command", required=True
+    )
+    for name, helptext in (
+        ("add", "add the key on stdin to keys.json, and print its entry"),
+        ("list", "the keys in keys.json"),
+        ("fingerprint", "print the key_id of the key on stdin"),
+    ):
+        command = keys.add_parser(name, help=helptext)
+        command.add_argument("--data-dir", type=Path, default=None, help="the proxy's data dir [env MODELTRACK_DATA_DIR]")
+    add = keys.choices["add"]
+    add.add_argument("--name", required=True, help="what reports and budgets call the key (a rotated key keeps it)")
+    add.add_argument("--team", help="the team its calls are attributed to, whatever their headers say")
+    add.add_argument("--app", help="the app its calls are attributed to")
+    add.add_argument("--provider-key-id", help="the provider's own id of the key (for reconciliation)")
+    keys.choices["list"].add_argument("--format", choices=("table", "csv", "json"), default="table")
     return top
 
 
@@ -130,6 +152,10 @@ def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     given = args.data_dir is not None or bool(os.environ.get("MODELTRACK_DATA_DIR"))
     args.data_dir = args.data_dir or Path(os.environ.get("MODELTRACK_DATA_DIR") or "data")
+    if args.command == "keys":
+        from modeltrack.keyscli import keys_command
+
+        return keys_command(args)
     if args.command == "price" and not given and not args.data_dir.is_dir():
         # A price needs no data dir; only its pricing.json overrides live there.
         return show_price(None, args.model, args.provider)
@@ -196,18 +222,28 @@ def _progress_bar(done: int, total: int) -> None:
 
 def check(data_dir: Path) -> int:
     from modeltrack.controls.budgets import ConfigFileError, load_budgets
+    from modeltrack.controls.keys import KEYS_FILE, NO_KEYS, load_keys
     from modeltrack.controls.routing import load_routing
     from modeltrack.pricing import PricingFileError, load_overrides
 
     problems = 0
-    for name, load in (("budgets.json", load_budgets), ("routing.json", load_routing), ("pricing.json", load_overrides)):
+    loaded: dict[str, Any] = {}
+    for name, load in (
+        ("budgets.json", load_budgets), ("routing.json", load_routing), ("pricing.json", load_overrides), (KEYS_FILE, load_keys)
+    ):
         try:
-            found = load(data_dir / name)
+            found = loaded[name] = load(data_dir / name)
         except (ConfigFileError, PricingFileError) as e:
             print(e)
             problems += 1
             continue
         print(f"{name}: {'absent (off)' if found is None else 'ok'}")
+    named = {entry.name for entry in (loaded.get(KEYS_FILE) or NO_KEYS).entries.values()}
+    for i, budget in enumerate(loaded.get("budgets.json") or []):
+        if budget.key and budget.key not in named:
+            # It would hold nothing: no call is ever made with a key of that name.
+            print(f"budgets.json: budgets[{i}] (key {budget.key}): no key is named {budget.key!r} in {KEYS_FILE}")
+            problems += 1
     return 1 if problems else 0
 
 

@@ -18,7 +18,7 @@ import select
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ from modeltrack.usage import MAX_COUNT
 PICO = Decimal(10) ** 12
 DB_NAME = "modeltrack.db"
 
+#: Raised whenever the events table changes; an index of another version is rebuilt.
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     request_id TEXT PRIMARY KEY,
@@ -42,6 +44,9 @@ CREATE TABLE IF NOT EXISTS events (
     app TEXT,
     feature TEXT,
     session_id TEXT,
+    key_id TEXT,
+    key_name TEXT,
+    client TEXT,
     outcome TEXT NOT NULL,
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
@@ -60,6 +65,7 @@ CREATE INDEX IF NOT EXISTS events_app ON events (app, timestamp);
 CREATE INDEX IF NOT EXISTS events_feature ON events (feature, timestamp);
 CREATE INDEX IF NOT EXISTS events_model ON events (model, timestamp);
 CREATE INDEX IF NOT EXISTS events_session ON events (session_id, timestamp);
+CREATE INDEX IF NOT EXISTS events_key ON events (key_name, key_id, timestamp);
 CREATE TABLE IF NOT EXISTS skipped_lines (
     name TEXT NOT NULL,
     offset INTEGER NOT NULL,
@@ -75,7 +81,7 @@ CREATE TABLE IF NOT EXISTS sources (
 
 _COLUMNS = (
     "request_id", "timestamp", "day", "provider", "endpoint", "model", "team", "app", "feature",
-    "session_id", "outcome", "input_tokens", "output_tokens", "cache_read_tokens",
+    "session_id", "key_id", "key_name", "client", "outcome", "input_tokens", "output_tokens", "cache_read_tokens",
     "cache_write_tokens", "reasoning_tokens", "cost_pico", "saved_pico", "priced", "cache_hit",
     "latency_ms",
 )
@@ -87,7 +93,14 @@ def connect(data_dir: Path, check_same_thread: bool = True) -> sqlite3.Connectio
     create_file(data_dir / DB_NAME)
     db = sqlite3.connect(data_dir / DB_NAME, check_same_thread=check_same_thread)
     db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(SCHEMA)
+    with db:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            # An index made by another version: the event log is the truth, so it is
+            # read again from the start into the current schema.
+            db.executescript("DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS skipped_lines; DROP TABLE IF EXISTS sources;")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.executescript(SCHEMA)
     return db
 
 
@@ -152,7 +165,8 @@ def _row(event: dict[str, Any]) -> tuple[Any, ...]:
     return (
         request_id, timestamp, timestamp[:10], provider, endpoint,
         _text(event.get("model")), _text(event.get("team")), _text(event.get("app")),
-        _text(event.get("feature")), _text(event.get("session_id")), outcome,
+        _text(event.get("feature")), _text(event.get("session_id")), _text(event.get("key_id")),
+        _text(event.get("key_name")), _text(event.get("client")), outcome,
         _tokens(event.get("input_tokens")), _tokens(event.get("output_tokens")),
         _tokens(event.get("cache_read_tokens")), _tokens(event.get("cache_write_tokens")),
         _tokens(event.get("reasoning_tokens")), _pico(event.get("cost_usd")),
@@ -283,7 +297,12 @@ def follow(db: sqlite3.Connection, data_dir: Path, interval: float, requests: in
             answers.flush()
 
 
-GROUP_KEYS = {"team": "team", "app": "app", "feature": "feature", "model": "model", "provider": "provider", "day": "day"}
+#: --by name -> the column (or expression) rows are grouped by. A key is named by its
+#: name in keys.json, or by its fingerprint when it has none.
+GROUP_KEYS = {
+    "team": "team", "app": "app", "feature": "feature", "model": "model", "provider": "provider", "day": "day",
+    "key": "COALESCE(key_name, key_id)", "client": "client",
+}
 
 
 _TOTALS = "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_pico), SUM(saved_pico), SUM(1 - priced)"
@@ -303,6 +322,10 @@ def _totals(record: tuple[Any, ...]) -> dict[str, Any]:
         "saved_usd": _usd(saved),
         "unpriced": unpriced or 0,
     }
+
+
+def empty_totals() -> dict[str, Any]:
+    return _totals((0, 0, 0, 0, 0, 0))
 
 
 def _between(since: str | None, until: str | None) -> tuple[str, list[str]]:
@@ -386,28 +409,60 @@ def month_bounds(day: date) -> tuple[str, str]:
     return first.isoformat(), following.isoformat()
 
 
-def summary(db: sqlite3.Connection, today: date) -> dict[str, Any]:
+def summary(db: sqlite3.Connection, today: date, since: str | None = None, until: str | None = None) -> dict[str, Any]:
     """
-    Spend today and this month (UTC), per day of the month, and a month-end projection
-    at this month's daily average so far; read through L{report} like every other figure.
+    Spend today and in a period (UTC days C{since} inclusive to C{until} exclusive;
+    this month if not given), per day of the period, and a projection to its end at
+    its daily average so far (a past period's projection is its total). Read through
+    L{report} like every other figure. (C{month} and C{month_totals} name the period.)
     """
     first, following = month_bounds(today)
+    if since is not None or until is not None:
+        first = since or first
+        following = until or following
     days = report(db, ["day"], first, following)
     days.sort(key=lambda row: row["day"])
-    month = report(db, [], first, following)
-    empty = _totals((0, 0, 0, 0, 0, 0))
-    month_totals = month[0] if month else empty
-    today_totals = next((row for row in days if row["day"] == today.isoformat()), empty)
-    days_in_month = (date.fromisoformat(following) - date.fromisoformat(first)).days
-    projection = Decimal(month_totals["cost_usd"]) / today.day * days_in_month
+    period = report(db, [], first, following)
+    empty = empty_totals()
+    period_totals = period[0] if period else empty
+    today_totals = report(db, [], today.isoformat(), (today + timedelta(days=1)).isoformat())
+    start, end = date.fromisoformat(first), date.fromisoformat(following)
+    length = max((end - start).days, 1)
+    elapsed = min(max((today - start).days + 1, 1), length)
+    projection = Decimal(period_totals["cost_usd"]) / elapsed * length
     return {
         "today": today.isoformat(),
         "month": first[:7],
-        "today_totals": {k: v for k, v in today_totals.items() if k != "day"},
-        "month_totals": month_totals,
+        "since": first,
+        "until": following,
+        "today_totals": today_totals[0] if today_totals else empty,
+        "month_totals": period_totals,
         "projected_month_usd": str(projection.quantize(Decimal("0.000001"))),
         "by_day": days,
     }
+
+
+def key_usage(db: sqlite3.Connection, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+    """
+    Spend per key (named by its keys.json name, else its fingerprint) between C{since}
+    and C{until}, with its fingerprints and its last call, most expensive first.
+    """
+    where, params = _between(since, until)
+    query = (
+        f"SELECT COALESCE(key_name, key_id) AS k, key_name, GROUP_CONCAT(DISTINCT key_id), MAX(timestamp), "
+        f"{_TOTALS} FROM events{where}{' AND' if where else ' WHERE'} k IS NOT NULL "
+        f"GROUP BY k ORDER BY SUM(cost_pico) DESC, k"
+    )
+    rows = []
+    for key, name, key_ids, last, *totals in db.execute(query, params):
+        rows.append({
+            "key": key,
+            "key_name": name,
+            "key_ids": sorted(key_ids.split(",")),
+            "last_call": last,
+            **_totals(tuple(totals)),
+        })
+    return rows
 
 
 def recent(data_dir: Path, limit: int) -> list[dict[str, Any]]:

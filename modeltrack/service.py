@@ -187,7 +187,7 @@ class ModeltrackService(InOrder):
         self.admin = None
         if settings.admin_listen is not None:
             self.metrics = Metrics(self.journal, self.gate, reactor)
-            api = AdminAPI(self.indexer, self.gate, settings.data_dir, reactor)
+            api = AdminAPI(self.indexer, self.gate, settings.data_dir, reactor, self.keys)
             self.admin = admin_site(api, self.metrics, settings.admin_token)
         self.resource = ProxyResource(
             upstreams=upstreams,

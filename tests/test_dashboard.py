@@ -54,6 +54,12 @@ def seed(data_dir: Path, today: date) -> None:
     (data_dir / "budgets.json").write_text(json.dumps({"budgets": [
         {"team": "research", "monthly_limit": 1, "action": "block"},
         {"team": "web", "monthly_limit": 1000, "action": "warn"},
+        {"key": "search-prod", "monthly_limit": 500, "action": "block"},
+    ]}))
+    (data_dir / "keys.json").write_text(json.dumps({"keys": [
+        {"key_id": "k_00000000000000a1", "name": "search-prod", "team": "research"},
+        {"key_id": "k_00000000000000a2", "name": "search-prod", "team": "research"},  # rotated in
+        {"key_id": "k_00000000000000b1", "name": "unused-key"},
     ]}))
 
 
@@ -68,6 +74,11 @@ def event(n: int, day: date, k: int, cost: str | None) -> dict[str, Any]:
         "input_tokens": 1000 + n, "output_tokens": 200 + n, "cache_read_tokens": 0, "cache_write_tokens": 0,
         "reasoning_tokens": 0, "cost_usd": None if cost is None else float(cost), "priced": cost is not None,
         "saved_usd": 0.001 if n % 11 == 0 else None, "cache_hit": n % 11 == 0, "latency_ms": 12.5,
+        # Every call has a key: a named one (under two fingerprints, as after a
+        # rotation) or an unnamed one, known by its fingerprint only.
+        "key_id": ("k_00000000000000a1", "k_00000000000000a2", "k_00000000000000c1")[n % 3],
+        "key_name": ("search-prod", "search-prod", None)[n % 3],
+        "client": ("openai-python/2", "anthropic-python/0", "curl/8", "other")[n % 4],
     }
 
 
@@ -132,7 +143,7 @@ async def test_every_page_shows_the_sqlite_totals(reactor: Any, tmp_path: Path) 
     profile = tmp_path / "chromium-profile"
     try:
         pages = {}
-        for page in ("overview", "teams", "apps", "models", "sessions", "budgets"):
+        for page in ("overview", "teams", "apps", "models", "keys", "clients", "sessions", "budgets"):
             url = f"{proxy.admin_url}/#{page}"
             dom = await chromium(f"--user-data-dir={profile}", "--dump-dom", url)
             await chromium(f"--user-data-dir={profile}", "--window-size=1280,900", f"--screenshot={OUTPUT / page}.png", url)
@@ -160,16 +171,47 @@ async def test_every_page_shows_the_sqlite_totals(reactor: Any, tmp_path: Path) 
         assert shown(overview, "projection") == projection
         assert overview.by_id["requests-month"]["text"].strip().endswith(str(month_requests))
         assert overview.bars == days_in_month
-        for page in ("teams", "apps", "models"):
+        for page in ("teams", "apps", "models", "keys", "clients"):
             assert shown(pages[page], "total-cost") == month_cost, page
             assert pages[page].by_id["total-requests"]["text"] == str(month_requests)
         assert shown(pages["sessions"], "total-cost") == sessions_cost
         for found in pages.values():  # the unpriced calls are called out on every page
             banner = found.by_id["unpriced"]
-            assert "hidden" not in banner and banner["text"].startswith(f"{month_unpriced} calls this month had no known price")
+            month = today.isoformat()[:7]
+            assert "hidden" not in banner and banner["text"].startswith(f"{month_unpriced} calls in {month} had no known price")
         budgets_page = pages["budgets"].by_id["page"]["text"]
         research_spend = sqlite_sum(db, "team = 'research' AND day >= ? AND day < ?", first, following)[0]
         assert f"${research_spend}" in budgets_page and "blocked" in budgets_page  # past its 1 USD limit
-        assert "team=web" in budgets_page
+        assert "team=web" in budgets_page and "key=search-prod" in budgets_page
+
+        keys_page = pages["keys"].by_id["page"]["text"]
+        named_cost = sqlite_sum(db, "key_name = 'search-prod' AND day >= ? AND day < ?", first, following)[0]
+        assert f"${named_cost}" in keys_page  # both fingerprints of the rotated key, under its name
+        assert "k_00000000000000a1 k_00000000000000a2" in keys_page
+        assert "k_00000000000000c1" in keys_page  # unnamed: known by its fingerprint
+        assert "unused-key" in keys_page and "never" in keys_page  # listed, no call yet
+        assert "of $500 (monthly, block)" in keys_page
+        assert "openai-python/2" in pages["clients"].by_id["page"]["text"]
+
+        # Any past month, or a from/to range, by URL; the period stays as pages change.
+        previous = today.replace(day=1) - timedelta(days=1)
+        last_month = previous.isoformat()[:7]
+        dom = await chromium(f"--user-data-dir={profile}", "--dump-dom", f"{proxy.admin_url}/#teams?month={last_month}")
+        past = Found()
+        past.feed(dom)
+        assert past.by_id["page"]["data-state"] == "ready", dom[-3000:]
+        assert shown(past, "total-cost") == Decimal("39.96")  # 4 calls at 9.99
+        assert f'href="#keys?month={last_month}"' in dom
+        dom = await chromium(f"--user-data-dir={profile}", "--dump-dom", f"{proxy.admin_url}/#overview?month={last_month}")
+        past = Found()
+        past.feed(dom)
+        assert shown(past, "spend-month") == shown(past, "projection") == Decimal("39.96")
+        assert past.bars == previous.day
+        url = f"{proxy.admin_url}/#models?from={first}&to={today.isoformat()}"
+        await chromium(f"--user-data-dir={profile}", "--window-size=1280,900", f"--screenshot={OUTPUT}/range.png", url)
+        ranged = Found()
+        ranged.feed(await chromium(f"--user-data-dir={profile}", "--dump-dom", url))
+        assert shown(ranged, "total-cost") == month_cost
+        assert f"{first} to {today.isoformat()}" in ranged.by_id["page"]["text"]
     finally:
         await proxy.service.stopService()

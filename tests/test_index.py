@@ -87,6 +87,7 @@ def test_check_and_price(tmp_path: Path, capsys) -> None:
         "budgets.json: budgets[0] (team ml): monthly_limit must be a non-negative number",
         "routing.json: absent (off)",
         "pricing.json: ok",
+        "keys.json: absent (off)",
     ]
     assert cli.main(["price", "acme-llm", "--data-dir", str(tmp_path)]) == 0
     assert "acme-llm: pricing.json" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """
 The admin JSON API: C{/api/summary}, C{/api/spend}, C{/api/sessions}, C{/api/budgets},
-C{/api/events}. Spend figures come from L{modeltrack.index}, the same queries as the
+C{/api/keys}, C{/api/events}. Spend figures come from L{modeltrack.index}, the same queries as the
 C{modeltrack} command, run on the index thread.
 """
 
@@ -27,11 +27,13 @@ class AdminAPI:
     """
     @param indexer: L{modeltrack.indexer.Indexer}.
     @param gate: the controls, for the budgets' ledger.
+    @param keys: the keys file in force (L{modeltrack.controls.keys.Keyring}).
     """
 
-    def __init__(self, indexer: Any, gate: Any, data_dir: Any, clock: Any) -> None:
+    def __init__(self, indexer: Any, gate: Any, data_dir: Any, clock: Any, keys: Any = None) -> None:
         self._indexer = indexer
         self._gate = gate
+        self._keyring = keys
         self._data_dir = data_dir
         self._clock = clock
 
@@ -40,7 +42,7 @@ class AdminAPI:
         The body for C{/api/NAME}, or L{None} if there is no such endpoint. Raises
         L{BadQuery}.
         """
-        handler = getattr(self, "_" + name, None) if name in ("summary", "spend", "sessions", "budgets", "events") else None
+        handler = getattr(self, "_" + name, None) if name in ("summary", "spend", "sessions", "budgets", "keys", "events") else None
         if handler is None:
             return None
         query = {key.decode("utf-8", "replace"): values[-1].decode("utf-8", "replace") for key, values in args.items()}
@@ -51,7 +53,8 @@ class AdminAPI:
 
     def _summary(self, query: dict[str, str]) -> Deferred[Any]:
         today = self._today()
-        return self._indexer.query(lambda db: index.summary(db, today))
+        since, until = _day(query, "since"), _day(query, "until")
+        return self._indexer.query(lambda db: index.summary(db, today, since, until))
 
     def _spend(self, query: dict[str, str]) -> Deferred[Any]:
         by = [key for key in query.get("by", "team").split(",") if key]
@@ -73,6 +76,31 @@ class AdminAPI:
             "budgets": ledger.report(self._today().isoformat()),
             "open_reservations_usd": str(ledger.open_reservations()),
         })
+
+    def _keys(self, query: dict[str, str]) -> Deferred[Any]:
+        """
+        Spend per key in a period, with each named key's entry (listed even before
+        its first call) and the budgets held to it, as they stand today.
+        """
+        since, until = _day(query, "since"), _day(query, "until")
+        entries = [] if self._keyring is None else list(self._keyring.book.entries.values())
+        standings = self._gate.ledger.report(self._today().isoformat())
+
+        def merged(used: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            rows = {row["key"]: row for row in used}
+            for entry in entries:
+                row = rows.setdefault(entry.name, {
+                    "key": entry.name, "key_name": entry.name, "key_ids": [], "last_call": None,
+                    **index.empty_totals(),
+                })
+                row.update(team=entry.team, app=entry.app, listed_key_ids=sorted(
+                    {e.key_id for e in entries if e.name == entry.name}
+                ))
+            for row in rows.values():
+                row["budgets"] = [standing for standing in standings if standing["scope"] == f"key={row['key']}"]
+            return list(rows.values())
+
+        return self._indexer.query(lambda db: index.key_usage(db, since, until)).addCallback(merged)
 
     def _events(self, query: dict[str, str]) -> Deferred[Any]:
         limit = _whole(query, "limit", 100, MOST_EVENTS)

@@ -1,4 +1,6 @@
-// The modeltrack dashboard: one page per #hash, each drawn from the admin JSON API.
+// The modeltrack dashboard: one page per #hash, each drawn from the admin JSON API for a
+// period kept in the hash too (#teams?month=2026-10, #keys?from=2026-10-01&to=2026-10-15;
+// the current month when none), so a view can be shared by its URL.
 // Money arrives as exact decimal strings and is added up as BigInt picodollars, never
 // as floating point, so a total shown here equals the SQLite total to the last digit.
 // Every value from the API is placed with textContent: labels are chosen by callers.
@@ -48,6 +50,29 @@ function monthBounds(month) {
   return [month + "-01", following + "-01"];
 }
 
+function nextDay(day) {
+  const next = new Date(day + "T00:00:00Z");
+  next.setUTCDate(next.getUTCDate() + 1);
+  return next.toISOString().slice(0, 10);
+}
+
+const MONTH = /^\d{4}-(0[1-9]|1[0-2])$/, DAY = /^\d{4}-\d{2}-\d{2}$/;
+
+// The page and period a hash names: {name, query (for the API: since/until), label, params}.
+function route() {
+  const [name, search] = (location.hash || "#overview").slice(1).split("?");
+  const params = new URLSearchParams(search || "");
+  const month = params.get("month"), from = params.get("from"), to = params.get("to");
+  if (month && MONTH.test(month)) {
+    const [since, until] = monthBounds(month);
+    return { name, since, until, label: month, params: `month=${month}` };
+  }
+  if (from && to && DAY.test(from) && DAY.test(to) && from <= to) {
+    return { name, since: from, until: nextDay(to), label: `${from} to ${to}`, params: `from=${from}&to=${to}` };
+  }
+  return { name, since: null, until: null, label: null, params: "" };
+}
+
 function card(label, value) {
   return el("div", { class: "card" }, el("div", { class: "label" }, label), el("div", { class: "value" }, value));
 }
@@ -79,7 +104,7 @@ function spendTable(rows, keys, extra) {
 }
 
 function dayChart(summary) {
-  const [first, following] = monthBounds(summary.month);
+  const [first, following] = [summary.since, summary.until];
   const days = [];
   for (let day = new Date(first + "T00:00:00Z"); day < new Date(following + "T00:00:00Z"); day.setUTCDate(day.getUTCDate() + 1)) {
     days.push(day.toISOString().slice(0, 10));
@@ -113,33 +138,53 @@ function dayChart(summary) {
 }
 
 const pages = {
-  async overview(summary) {
-    const month = summary.month_totals;
+  async overview(summary, first, following, label) {
+    const period = summary.month_totals;
+    const current = summary.today >= first && summary.today < following;
     return [
-      el("h2", {}, `Overview: ${summary.month}`),
+      el("h2", {}, `Overview: ${label}`),
       el("div", { class: "cards" },
         card("Spend today", usd(summary.today_totals.cost_usd, { id: "spend-today" })),
-        card("Month to date", usd(month.cost_usd, { id: "spend-month" })),
-        card("Month-end projection", usd(summary.projected_month_usd, { id: "projection" })),
-        card("Requests this month", el("span", { id: "requests-month" }, String(month.requests))),
-        card("Saved by cache and routing", usd(month.saved_usd, { id: "saved-month" }))),
+        card(current ? "Period to date" : "Period total", usd(period.cost_usd, { id: "spend-month" })),
+        card("Projection to the period's end", usd(summary.projected_month_usd, { id: "projection" })),
+        card("Requests in the period", el("span", { id: "requests-month" }, String(period.requests))),
+        card("Saved by cache and routing", usd(period.saved_usd, { id: "saved-month" }))),
       dayChart(summary),
     ];
   },
-  async teams(summary, first, following) {
+  async teams(summary, first, following, label) {
     const rows = await api(`/api/spend?by=team&since=${first}&until=${following}`);
-    return [el("h2", {}, `Teams: ${summary.month}`), spendTable(rows, ["team"])];
+    return [el("h2", {}, `Teams: ${label}`), spendTable(rows, ["team"])];
   },
-  async apps(summary, first, following) {
+  async apps(summary, first, following, label) {
     const rows = await api(`/api/spend?by=app,feature&since=${first}&until=${following}`);
-    return [el("h2", {}, `Apps and features: ${summary.month}`), spendTable(rows, ["app", "feature"])];
+    return [el("h2", {}, `Apps and features: ${label}`), spendTable(rows, ["app", "feature"])];
   },
-  async models(summary, first, following) {
+  async models(summary, first, following, label) {
     const rows = await api(`/api/spend?by=provider,model&since=${first}&until=${following}`);
     const perThousand = ["cost per 1k requests", (row) => usd(fromPico((toPico(row.cost_usd) * 1000n) / BigInt(row.requests))), true];
-    return [el("h2", {}, `Models: ${summary.month}`), spendTable(rows, ["provider", "model"], [perThousand])];
+    return [el("h2", {}, `Models: ${label}`), spendTable(rows, ["provider", "model"], [perThousand])];
   },
-  async sessions(summary, first, following) {
+  async keys(summary, first, following, label) {
+    const rows = await api(`/api/keys?since=${first}&until=${following}`);
+    const budget = (row) => {
+      if (!row.budgets || !row.budgets.length) return "–";
+      return row.budgets.map((b) => `${b.percent}% of $${b.limit_usd} (${b.period}, ${b.action})`).join("; ");
+    };
+    const extra = [
+      ["team", (row) => row.team ?? "–", false],
+      ["app", (row) => row.app ?? "–", false],
+      ["key ids", (row) => (row.listed_key_ids || row.key_ids).join(" "), false],
+      ["last call", (row) => row.last_call ?? "never", false],
+      ["budget (today)", budget, false],
+    ];
+    return [el("h2", {}, `Keys: ${label}`), spendTable(rows, ["key"], extra)];
+  },
+  async clients(summary, first, following, label) {
+    const rows = await api(`/api/spend?by=client&since=${first}&until=${following}`);
+    return [el("h2", {}, `Client programs: ${label}`), spendTable(rows, ["client"])];
+  },
+  async sessions(summary, first, following, label) {
     const rows = await api(`/api/sessions?top=50&since=${first}&until=${following}`);
     const extra = [
       ["teams", (row) => row.teams.join(" "), false],
@@ -147,11 +192,12 @@ const pages = {
       ["first call", (row) => row.first_call, false],
       ["duration (s)", (row) => row.duration_seconds, true],
     ];
-    return [el("h2", {}, `Most expensive sessions: ${summary.month}`), spendTable(rows, ["session_id"], extra)];
+    return [el("h2", {}, `Most expensive sessions: ${label}`), spendTable(rows, ["session_id"], extra)];
   },
   async budgets() {
     const report = await api("/api/budgets");
     if (!report.budgets.length) return [el("h2", {}, "Budgets"), el("p", {}, "No budgets.json: no budgets are set.")];
+    // Budgets stand in their own current periods, whatever period the other pages show.
     const rows = report.budgets.map((budget) => {
       const state = budget.percent >= 100 ? (budget.action === "block" ? "blocked" : "over") : budget.percent >= budget.warn_at_percent ? "warning" : "ok";
       const fill = el("span");
@@ -169,22 +215,30 @@ const pages = {
 };
 
 async function show() {
-  const name = (location.hash || "#overview").slice(1);
-  const draw = pages[name] || pages.overview;
+  const where = route();
+  const name = pages[where.name] ? where.name : "overview";
+  const draw = pages[name];
   const page = document.getElementById("page");
   page.dataset.state = "loading";
-  for (const link of document.querySelectorAll("nav a")) link.classList.toggle("current", link.getAttribute("href") === "#" + name);
+  for (const link of document.querySelectorAll("nav a")) {
+    const target = link.dataset.page;
+    link.setAttribute("href", "#" + target + (where.params ? "?" + where.params : ""));
+    link.classList.toggle("current", target === name);
+  }
   try {
-    const summary = await api("/api/summary");
-    const [first, following] = monthBounds(summary.month);
+    const period = where.since ? `?since=${where.since}&until=${where.until}` : "";
+    const summary = await api("/api/summary" + period);
+    const [first, following] = [summary.since, summary.until];
+    const label = where.label || summary.month;
+    showPeriod(where, summary);
     const unpriced = summary.month_totals.unpriced;
     const banner = document.getElementById("unpriced");
     banner.hidden = !unpriced;
     banner.textContent = unpriced
-      ? `${unpriced} call${unpriced === 1 ? "" : "s"} this month had no known price: their cost is not in these totals. Add the model to pricing.json.`
+      ? `${unpriced} call${unpriced === 1 ? "" : "s"} in ${label} had no known price: their cost is not in these totals. Add the model to pricing.json.`
       : "";
-    page.replaceChildren(...(await draw(summary, first, following)));
-    document.getElementById("as-of").textContent = `Today (UTC): ${summary.today}.`;
+    page.replaceChildren(...(await draw(summary, first, following, label)));
+    document.getElementById("as-of").textContent = `Period: ${label}. Today (UTC): ${summary.today}.`;
     page.dataset.page = name;
     page.dataset.state = "ready";
   } catch (error) {
@@ -192,6 +246,27 @@ async function show() {
     page.dataset.state = "error";
   }
 }
+
+// The period form shows the period in force, and moves the hash to the one chosen.
+function showPeriod(where, summary) {
+  document.getElementById("period-month").value = where.label && MONTH.test(where.label) ? where.label : (where.since ? "" : summary.month);
+  document.getElementById("period-from").value = where.since && !MONTH.test(where.label) ? where.since : "";
+  document.getElementById("period-to").value = where.since && !MONTH.test(where.label) ? new URLSearchParams(where.params).get("to") : "";
+}
+
+function choosePeriod(params) {
+  location.hash = "#" + route().name + (params ? "?" + params : "");
+}
+
+document.getElementById("period-month").addEventListener("change", (event) => {
+  if (MONTH.test(event.target.value)) choosePeriod(`month=${event.target.value}`);
+});
+document.getElementById("period").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const from = document.getElementById("period-from").value, to = document.getElementById("period-to").value;
+  if (DAY.test(from) && DAY.test(to) && from <= to) choosePeriod(`from=${from}&to=${to}`);
+});
+document.getElementById("period-current").addEventListener("click", () => choosePeriod(""));
 
 window.addEventListener("hashchange", show);
 show();
