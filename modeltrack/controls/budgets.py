@@ -289,7 +289,7 @@ class BudgetLedger:
         """
         if not cost:
             return
-        key = (*who, day)
+        key = (who.team, who.app, who.feature, who.key, day)
         self._daily[key] = self._daily.get(key, Decimal(0)) + cost
         self._add_to_budgets(who, day, cost)
 

@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.web.http_headers import Headers
 
@@ -68,7 +68,7 @@ def fingerprint(secret: bytes, key: bytes) -> str:
     """
     A key's C{key_id}: C{k_} and the first 16 hex digits of its HMAC-SHA256.
     """
-    return "k_" + hmac.new(secret, key, hashlib.sha256).hexdigest()[:16]
+    return "k_" + hmac.digest(secret, key, "sha256")[:8].hex()
 
 
 def credential(headers: Headers, names: tuple[bytes, ...]) -> bytes | None:
@@ -242,11 +242,10 @@ def save_keys(path: Path, book: KeyBook) -> None:
     os.replace(temporary, path)
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
+class Caller(NamedTuple):
     """
     Who made one call: the key's fingerprint (L{None} without a key), its entry in
-    the keys file if named there, and the calling program.
+    the keys file if named there, and the calling program. (A tuple: one per call.)
     """
 
     key_id: str | None
@@ -265,7 +264,9 @@ class Keyring:
     """
 
     def __init__(self, secret: bytes, book: KeyBook = NO_KEYS) -> None:
-        self._secret = secret
+        # Keyed once: each call copies its state (the key's padded blocks hashed
+        # already) instead of setting up HMAC and OpenSSL's digest again.
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
         self.book = book
 
     def set_book(self, book: KeyBook | None) -> None:
@@ -276,7 +277,11 @@ class Keyring:
         The caller of one request, its key fingerprinted once (the key is not kept).
         """
         key = credential(headers, names)
-        key_id = None if key is None else fingerprint(self._secret, key)
+        key_id = None
+        if key is not None:
+            mac = self._keyed.copy()
+            mac.update(key)
+            key_id = "k_" + mac.digest()[:8].hex()
         entry = None if key_id is None else self.book.entries.get(key_id)
         agents = headers.getRawHeaders(b"user-agent")
         return Caller(key_id, entry, client(agents[-1] if agents else None))
