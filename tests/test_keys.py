@@ -267,3 +267,21 @@ def test_keys_add_reads_stdin_only_and_never_echoes(tmp_path: Path) -> None:
         assert key not in done.stdout + done.stderr
     assert key.encode() not in every_file_under(data_dir)
     assert (data_dir / "keys.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_check_validates_keys_and_the_budgets_held_to_them(tmp_path: Path) -> None:
+    write(tmp_path / "keys.json", {"keys": [{"key_id": "k_0123456789abcdef", "name": "ci"}]})
+    write(tmp_path / "budgets.json", {"budgets": [{"key": "ci", "monthly_limit": 5}, {"key": "cj", "monthly_limit": 5}]})
+    done = subprocess.run(
+        [sys.executable, "-m", "modeltrack.cli", "check", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 1
+    assert "keys.json: ok" in done.stdout
+    assert "budgets.json: budgets[1] (key cj): no key is named 'cj' in keys.json" in done.stdout
+    write(tmp_path / "keys.json", {"keys": [], "unknown_keys": "block"})
+    done = subprocess.run(
+        [sys.executable, "-m", "modeltrack.cli", "check", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 1 and "keys.json: unknown_keys must be allow or deny" in done.stdout
