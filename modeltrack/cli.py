@@ -252,9 +252,9 @@ def show_price(data_dir: Path | None, model: str, provider: str | None) -> int:
 
     from genai_prices import data_snapshot
 
-    from modeltrack.pricing import load_overrides
+    from modeltrack.pricing import Overrides, load_overrides
 
-    overrides = {} if data_dir is None else load_overrides(data_dir / "pricing.json") or {}
+    overrides = (None if data_dir is None else load_overrides(data_dir / "pricing.json")) or Overrides()
     rates = overrides.get((provider or "", model.lower())) or overrides.get(("", model.lower()))
     source = "pricing.json"
     if rates is None:

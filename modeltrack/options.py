@@ -6,6 +6,7 @@ option, before anything listens.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -36,6 +37,13 @@ class Settings:
     anthropic_url: str
     #: Azure OpenAI's resource origin; L{None}: no Azure routes.
     azure_url: str | None = None
+    #: Bedrock's runtime origin (from --bedrock-region or --bedrock-url); L{None}: no Bedrock routes.
+    bedrock_url: str | None = None
+    bedrock_region: str | None = None
+    #: Sign Bedrock calls with the proxy's own AWS credentials (SigV4).
+    bedrock_sign: bool = False
+    gemini_url: str = "https://generativelanguage.googleapis.com"
+    vertex_url: str = "https://aiplatform.googleapis.com"
     fsync: str = "interval"
     rotate_bytes: int = 64 << 20
     max_body: int = 32 << 20
@@ -88,12 +96,17 @@ class Options(usage.Options):
         ["cache", None, "Answer identical non-streaming calls of the same caller from a response cache."],
         ["no-fast-path", None, "Use only Twisted's public API (Agent, plain transports): slower; for a Twisted whose internals the fast path does not know."],
         ["cache-sampled", None, "Also cache calls sampled at a temperature above 0 (or with none: the providers default to 1)."],
+        ["bedrock-sign", None, "Sign Bedrock calls with the proxy's own AWS credentials (botocore's chain: environment, profile, instance role); callers must be keys in keys.json. Needs modeltrack[aws]."],
     ]
     optParameters = [
         ["data-dir", None, None, "Where events and config live [env MODELTRACK_DATA_DIR, default ./data]."],
         ["openai-url", None, None, f"OpenAI API origin [env MODELTRACK_OPENAI_URL, default {DEFAULT_OPENAI_URL}]."],
         ["azure-url", None, None, "Azure OpenAI resource origin, e.g. https://myres.openai.azure.com, served under /azure [env MODELTRACK_AZURE_URL]."],
         ["anthropic-url", None, None, f"Anthropic API origin [env MODELTRACK_ANTHROPIC_URL, default {DEFAULT_ANTHROPIC_URL}]."],
+        ["bedrock-region", None, None, "Serve Bedrock under /bedrock, at https://bedrock-runtime.REGION.amazonaws.com [env MODELTRACK_BEDROCK_REGION]."],
+        ["bedrock-url", None, None, "Bedrock runtime origin instead (a VPC endpoint, tests) [env MODELTRACK_BEDROCK_URL]."],
+        ["gemini-url", None, None, "Gemini API origin, served under /gemini [env MODELTRACK_GEMINI_URL, default https://generativelanguage.googleapis.com]."],
+        ["vertex-url", None, None, "Vertex AI origin (a regional one for regional endpoints), served under /vertex [env MODELTRACK_VERTEX_URL, default https://aiplatform.googleapis.com]."],
         ["fsync", None, "interval", "When the event log is fsynced: always (every batch), interval (once a second) or never."],
         ["rotate-mb", None, "64", "Seal events.jsonl into a segment when it reaches this many MiB (also at UTC midnight)."],
         ["max-body-mb", None, "32", "Largest request body accepted, in MiB; larger ones get 413."],
@@ -204,6 +217,13 @@ def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Setting
         reserve_context_tokens=int(_positive(options, "reserve-context-tokens")),
         fast_path=not options["no-fast-path"],
         azure_url=_optional_url("--azure-url", options["azure-url"] or environ.get("MODELTRACK_AZURE_URL")),
+        **_check_bedrock(options, environ),
+        gemini_url=_check_url(
+            "--gemini-url", options["gemini-url"] or environ.get("MODELTRACK_GEMINI_URL") or Settings.gemini_url
+        ),
+        vertex_url=_check_url(
+            "--vertex-url", options["vertex-url"] or environ.get("MODELTRACK_VERTEX_URL") or Settings.vertex_url
+        ),
         upstreams=_check_upstreams(tuple(options["upstream"]) or tuple(environ.get("MODELTRACK_UPSTREAMS", "").split())),
     )
 
@@ -346,6 +366,33 @@ def is_loopback(description: str) -> bool:
         return ipaddress.ip_address(interface).is_loopback
     except ValueError:
         return False
+
+
+class _BedrockSettings(TypedDict):
+    bedrock_url: str | None
+    bedrock_region: str | None
+    bedrock_sign: bool
+
+
+_REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-\d")
+
+
+def _check_bedrock(options: usage.Options, environ: Mapping[str, str]) -> _BedrockSettings:
+    region = options["bedrock-region"] or environ.get("MODELTRACK_BEDROCK_REGION") or None
+    url = options["bedrock-url"] or environ.get("MODELTRACK_BEDROCK_URL") or None
+    if region is not None and not _REGION.fullmatch(region):
+        raise ConfigError(f"--bedrock-region: {region!r} is not an AWS region (e.g. us-east-1)")
+    if url is None and region is not None:
+        url = f"https://bedrock-runtime.{region}.amazonaws.com"
+    sign = bool(options["bedrock-sign"])
+    if sign:
+        if url is None:
+            raise ConfigError("--bedrock-sign: needs --bedrock-region (or --bedrock-url and --bedrock-region)")
+        if region is None:
+            raise ConfigError("--bedrock-sign: needs --bedrock-region: a signature names its region")
+        if importlib.util.find_spec("botocore") is None:
+            raise ConfigError("--bedrock-sign: needs botocore: pip install 'modeltrack[aws]'")
+    return {"bedrock_url": _optional_url("--bedrock-url", url), "bedrock_region": region, "bedrock_sign": sign}
 
 
 def _optional_url(option: str, url: str | None) -> str | None:

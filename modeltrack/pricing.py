@@ -61,15 +61,29 @@ class PriceBook:
         _, info = data_snapshot.get_snapshot().find_provider_model("gpt-4o", None, "openai", None)
         LinearPrice(info.get_prices(datetime.now(UTC)))
         self._overrides: dict[tuple[str, str], LinearPrice] = {}
+        #: Model names that stand for another (a Bedrock ARN for its model), from pricing.json.
+        self.aliases: dict[str, str] = {}
         self.set_overrides(overrides)
         self._rates: dict[tuple[str, str, tuple[tuple[str, str], ...], int], LinearPrice | None] = {}
         self._windows: dict[tuple[str, str], int | None] = {}
+        #: A provider's name in events -> genai-prices' id for it, where they differ
+        #: (from the dialects: Bedrock's is aws).
+        self.price_providers: dict[str, str] = {}
+
+    def alias(self, model: str | None) -> str | None:
+        """
+        The model C{model} stands for, if pricing.json's C{aliases} name one.
+        """
+        if model is None or not self.aliases:
+            return model
+        return self.aliases.get(model, model)
 
     def set_overrides(self, overrides: Overrides | None) -> None:
         """
         Per-model rates from pricing.json (L{None}: the file is gone, no overrides).
         """
         self._overrides = {key: LinearPrice(rates) for key, rates in (overrides or {}).items()}
+        self.aliases = {} if overrides is None else dict(overrides.aliases)
 
     def price(
         self,
@@ -93,7 +107,7 @@ class PriceBook:
         override = self._overrides.get((provider, lower)) or self._overrides.get(("", lower))
         if override is not None:
             return Price(override.cost(usage), "pricing.json")
-        rates = self._resolve(provider, model, context, when)
+        rates = self._resolve(self.price_providers.get(provider, provider), model, context, when)
         if rates is None:
             return UNPRICED
         return Price(rates.cost(usage), "genai-prices")
@@ -102,6 +116,7 @@ class PriceBook:
         """
         The model's context window in tokens, as genai-prices knows it, or L{None}.
         """
+        provider = self.price_providers.get(provider, provider)
         try:
             return self._windows[(provider, model)]
         except KeyError:
@@ -213,7 +228,18 @@ def _coefficients(rates: ModelPrice, base: int) -> tuple[int, Decimal, tuple[Dec
 
 #: pricing.json's entries: (provider, model) -> rates; the provider is "" for an entry
 #: that holds for every provider.
-Overrides = dict[tuple[str, str], ModelPrice]
+class Overrides(dict[tuple[str, str], ModelPrice]):
+    """
+    pricing.json: rates per (provider or C{""}, lower-case model), and C{aliases}: model
+    names that stand for another (a Bedrock application inference profile's ARN for the
+    model it runs), priced as that one.
+    """
+
+    aliases: dict[str, str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aliases = {}
 
 
 def load_overrides(path: Path) -> Overrides | None:
@@ -234,9 +260,16 @@ def load_overrides(path: Path) -> Overrides | None:
         raise PricingFileError(f"{path.name}: not valid JSON: {e}") from None
     models = document.get("models", {}) if isinstance(document, dict) else None
     providers = document.get("providers", {}) if isinstance(document, dict) else None
-    if not isinstance(models, dict) or not isinstance(providers, dict) or not (models or providers):
-        raise PricingFileError(f'{path.name}: expected an object with a "models" object (and/or "providers")')
-    overrides: Overrides = {}
+    aliases = document.get("aliases", {}) if isinstance(document, dict) else None
+    if not isinstance(models, dict) or not isinstance(providers, dict) or not isinstance(aliases, dict) or not (
+        models or providers or aliases
+    ):
+        raise PricingFileError(f'{path.name}: expected an object with a "models" object (and/or "providers", "aliases")')
+    overrides = Overrides()
+    for name, target in aliases.items():
+        if not isinstance(target, str) or not target:
+            raise PricingFileError(f"{path.name}: aliases.{name}: expected the name of the model it stands for")
+        overrides.aliases[name] = target
     for model, rates in models.items():
         overrides["", model.lower()] = _override(path.name, model, rates)
     for provider, section in providers.items():

@@ -43,7 +43,7 @@ from modeltrack.metrics import Metrics
 from modeltrack.options import ConfigError, Settings, read_token
 from modeltrack.pricing import PriceBook
 from modeltrack.process import Signals, pace_the_collector, raise_open_files_limit
-from modeltrack.providers import anthropic, azure, compat, openai
+from modeltrack.providers import anthropic, azure, bedrock, compat, openai
 from modeltrack.providers.registry import DIALECTS
 from modeltrack.routes import RouteTable
 from modeltrack.sdnotify import notify
@@ -143,6 +143,9 @@ class ModeltrackService(InOrder):
         if settings.azure_url is not None:
             urls[azure.NAME] = settings.azure_url
             configured += (azure.DIALECT,)
+        if settings.bedrock_url is not None:
+            urls[bedrock.NAME] = settings.bedrock_url
+            configured += (bedrock.DIALECT,)
         for dialect in (*configured, *DIALECTS):
             provider, url = dialect.name, urls[dialect.name]
             pool = make_pool(reactor, settings.pool_size, self.fast_path)
@@ -153,6 +156,7 @@ class ModeltrackService(InOrder):
                 agent = plain_agent(reactor, pool, settings.connect_timeout, trust_root)
             upstreams[provider] = Upstream(url, agent)
         prices = PriceBook()
+        prices.price_providers = {d.name: d.price_provider for d in (*configured, *DIALECTS) if d.price_provider}
         secret = install_secret(state_dir(settings.data_dir))
         self.keys = Keyring(secret)
         cache = None

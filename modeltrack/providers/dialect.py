@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.web.http_headers import Headers
 
-from modeltrack.providers.meter import SSEMeter
+from modeltrack.providers.meter import FrameMeter, SSEMeter
 from modeltrack.usage import Reading, text
 
 
@@ -68,6 +68,13 @@ class Endpoint:
     @ivar deployment: the deployment the client path named (Azure's classic paths).
     @ivar model_names_deployment: the body's C{model} is a deployment name (Azure's v1
         paths), not the model the call is priced by.
+    @ivar model: the model the client path names (Bedrock, Gemini, Vertex): the call's
+        requested model, and the one it is priced by whatever the answer says.
+    @ivar streams: the path itself asks for a stream (C{converse-stream},
+        C{:streamGenerateContent}).
+    @ivar stream_type: the content type of the stream L{stream_meter} reads.
+    @ivar error_type_header: a response header naming the error type (Bedrock's
+        C{x-amzn-errortype}), when the error body does not.
     """
 
     provider: str
@@ -76,11 +83,15 @@ class Endpoint:
     method: bytes = b"POST"
     metered: bool = True
     read_body: Callable[[dict[str, Any]], Reading] | None = None
-    stream_meter: Callable[..., SSEMeter] | None = None
+    stream_meter: Callable[..., SSEMeter | FrameMeter] | None = None
     read_request: Callable[[dict[str, Any]], tuple[str | None, bool]] = model_and_stream
     ask_for_usage: Callable[[dict[str, Any]], bool] | None = None
     deployment: str | None = None
     model_names_deployment: bool = False
+    model: str | None = None
+    streams: bool = False
+    stream_type: bytes = b"text/event-stream"
+    error_type_header: bytes | None = None
 
     def error_body(self, error_type: str, message: str) -> dict[str, Any]:
         return self.errors(error_type, message)
@@ -104,6 +115,10 @@ class Dialect:
         operator), never by a bare path.
     @ivar route: for paths the table cannot list (a deployment name in them): the
         endpoint and upstream path for C{(method, path)} under the prefix, or L{None}.
+    @ivar price_provider: genai-prices' id for the provider, where it is not C{name}
+        (Bedrock is C{aws}).
+    @ivar credential_query: a query parameter that carries a caller's key (Gemini's
+        C{key}).
     """
 
     name: str
@@ -115,3 +130,5 @@ class Dialect:
     relayed: tuple[str, ...] = ()
     by_prefix_only: bool = False
     route: Callable[[bytes, str], tuple[Endpoint, str] | None] | None = None
+    price_provider: str | None = None
+    credential_query: bytes | None = None

@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from modeltrack.eventstream import EventStreamParser, Frame, FrameError
 from modeltrack.failures import log_failure
 from modeltrack.sse import SSEParser
 from modeltrack.usage import Reading, UnreadableUsage, text
@@ -146,6 +147,58 @@ class SSEMeter:
         except Exception:
             log_failure(log, "Could not read usage from a stream event")
             return None
+
+
+class FrameMeter:
+    """
+    Meters an AWS event stream (L{modeltrack.eventstream}): every chunk is relayed as
+    it came while its frames are read beside it. Subclasses implement L{on_event} for
+    event frames; exception and error frames after a 200 set the reading's
+    C{error_type}. A frame that fails its checks ends the reading (C{error_type}
+    C{invalid_event_stream}: the call is a C{stream_error}), never the relay.
+    """
+
+    strips = False
+    ended = False
+
+    def __init__(self, strip: bool = False) -> None:
+        self._parser = EventStreamParser()
+        self.reading = Reading()
+
+    def on_event(self, event_type: str, payload: bytes) -> None:
+        raise NotImplementedError()
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._parser.failed:
+            return chunk
+        try:
+            frames = self._parser.feed(chunk)
+        except FrameError:
+            log.warn("An event stream failed its frame checks; its usage is no longer read")
+            self.reading.error_type = "invalid_event_stream"
+            return chunk
+        for frame in frames:
+            self._handle(frame)
+        return chunk
+
+    def close(self) -> bytes:
+        return b""
+
+    def _handle(self, frame: Frame) -> None:
+        headers = frame.headers
+        kind = headers.get(":message-type")
+        try:
+            if kind == "event":
+                event_type = headers.get(":event-type")
+                if isinstance(event_type, str):
+                    self.on_event(event_type, frame.payload)
+            elif kind in ("exception", "error"):
+                named = headers.get(":exception-type") or headers.get(":error-code") or "error"
+                self.reading.error_type = str(named)[:100]
+        except UnreadableUsage as e:
+            self.reading.usage_error = str(e)
+        except Exception:
+            log_failure(log, "Could not read usage from an event-stream frame")
 
 
 class RelayOnly:

@@ -284,6 +284,7 @@ class Exchange(Protocol):
         self._labels = events.NO_LABELS
         self._who = NO_ONE
         self.caller = NO_CALLER
+        self._named_error: str | None = None
         self._last_data = 0.0
         self.ticket = NO_TICKET
         #: Under C{--fsync always}, an answer is not complete to its client until its
@@ -384,6 +385,9 @@ class Exchange(Protocol):
             self._respond(400, "invalid_request_error", message, Outcome.REJECTED)
             return None, body
         self.requested_model, self.streaming = self.endpoint.read_request(obj)
+        if self.endpoint.model is not None:
+            self.requested_model = self.endpoint.model
+        self.streaming = self.streaming or self.endpoint.streams
         ask = self.endpoint.ask_for_usage
         if self.streaming and ask is not None and ask(obj):
             # The usage the provider now adds is read and kept from the client, which
@@ -417,6 +421,11 @@ class Exchange(Protocol):
         self._ttfb = resource.clock.seconds() - self.started
         self.status = response.code
         self.meter = self._meter_for(response)
+        if response.code >= 400 and self.endpoint.error_type_header is not None:
+            named = response.headers.getRawHeaders(self.endpoint.error_type_header)
+            if named:
+                # "ThrottlingException:http://internal.amazon.com/...": the name is the type.
+                self._named_error = named[-1].partition(b":")[0].decode("ascii", "replace")[:100]
         request.setResponseCode(response.code, response.phrase)
         request.responseHeaders = for_client(response.headers)
         if not self.meter.strips and isinstance(response.length, int) and _may_have_length(request, response.code):
@@ -443,7 +452,7 @@ class Exchange(Protocol):
         if not endpoint.metered:
             return RelayOnly()
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
-        if endpoint.stream_meter is not None and content_type.startswith(b"text/event-stream"):
+        if endpoint.stream_meter is not None and content_type.startswith(endpoint.stream_type):
             return endpoint.stream_meter(strip=self._strip_usage)
         if endpoint.read_body is not None:
             return BodyMeter(endpoint.read_body)
@@ -681,7 +690,11 @@ class Exchange(Protocol):
         now = resource.clock.seconds()
         when = datetime.fromtimestamp(now, UTC)
         reading = self.meter.reading
-        model = reading.model or self.requested_model
+        if reading.error_type is None:
+            reading.error_type = self._named_error
+        # A model named by the path is the one priced (Bedrock's answer names the
+        # model without its profile, which sets the price); an alias is resolved.
+        model = resource.gate.prices.alias(self.endpoint.model or reading.model or self.requested_model)
         price = _NO_USAGE
         if reading.usage_error is not None:
             price = UNPRICED  # counts that cannot be believed are not priced
@@ -704,6 +717,7 @@ class Exchange(Protocol):
             provider=self.endpoint.provider,
             endpoint=self.endpoint.path,
             requested_model=self.requested_model,
+            model=model,
             streaming=self.streaming,
             status_code=self.status,
             outcome=outcome,

@@ -1,0 +1,171 @@
+"""
+Bedrock through the proxy as users call it: Claude through C{AnthropicBedrock} (InvokeModel,
+streamed and not), Converse through boto3's C{bedrock-runtime} client (over the TLS
+listener: botocore sends a Bedrock API key only over https), against a fake Bedrock that
+streams real event-stream frames.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import anthropic
+import boto3
+import botocore.config
+import pytest
+import pytest_twisted
+import treq
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import endpoints
+
+from tests.conftest import QuietSite, start_proxy
+from tests.fake_bedrock import FakeBedrock, invoke_stream
+from tests.test_listen_tls import write_pair
+from tests.test_sdk import SONNET_COST, in_thread
+from tests.test_upstream_tls import make_ca, make_server
+
+GLOBAL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
+REGIONAL = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+KEY = "bedrock-api-key-CANARY-0001"
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def bedrock(reactor: Any) -> Any:
+    resource = FakeBedrock()
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = pytest_twisted.blockon(endpoint.listen(QuietSite(resource)))
+    resource.url = f"http://127.0.0.1:{port.getHost().port}"
+    yield resource
+    pytest_twisted.blockon(port.stopListening())
+
+
+def claude(proxy: Any) -> anthropic.AnthropicBedrock:
+    return anthropic.AnthropicBedrock(base_url=proxy.url + "/bedrock", api_key=KEY, aws_region="us-east-1", max_retries=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_claude_invoke_streamed_and_not_costs_the_same(reactor: Any, tmp_path: Path, bedrock: Any) -> None:
+    proxy = start_proxy(reactor, tmp_path, "http://127.0.0.1:9", bedrock_url=bedrock.url)
+    client = claude(proxy)
+
+    def calls() -> list[str]:
+        answer = client.messages.create(model=GLOBAL, max_tokens=100, messages=USER)
+        with client.messages.stream(model=GLOBAL, max_tokens=100, messages=USER) as stream:
+            streamed = stream.get_final_text()
+        client.messages.create(model=REGIONAL, max_tokens=100, messages=USER)
+        return [answer.content[0].text, streamed]
+
+    try:
+        assert await in_thread(calls) == ["Hello world", "Hello world"]
+    finally:
+        await proxy.service.stopService()
+    plain, streamed, regional = proxy.events()
+    for event in (plain, streamed):
+        assert (event["provider"], event["model"], event["requested_model"]) == ("bedrock", GLOBAL, GLOBAL)
+        assert event["endpoint"] in ("/model/{modelId}/invoke", "/model/{modelId}/invoke-with-response-stream")
+        assert event["outcome"] == "ok" and event["usage_complete"] is True
+        assert (event["input_tokens"], event["cache_read_tokens"], event["cache_write_tokens"]) == (52120, 50000, 2000)
+        assert Decimal(str(event["cost_usd"])) == SONNET_COST  # global. profile: Anthropic's own rates
+    assert streamed["streaming"] is True and plain["streaming"] is False
+    # A regional profile costs 10 % more, as genai-prices prices it.
+    assert Decimal(str(regional["cost_usd"])) == SONNET_COST * Decimal("1.1")
+    # The key went to Bedrock untouched, the model id encoded as the SDK sent it (its colons not).
+    seen = bedrock.seen[0]
+    assert seen.header(b"authorization") == [f"Bearer {KEY}".encode()]
+    assert seen.path == b"/model/" + quote(GLOBAL, safe=":").encode() + b"/invoke"
+    assert KEY.encode() not in b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+
+
+@pytest_twisted.ensureDeferred
+async def test_converse_through_boto3_over_tls(reactor: Any, tmp_path: Path, bedrock: Any, monkeypatch: Any) -> None:
+    ca_key, ca_cert = make_ca("bedrock CA")
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert, key = write_pair(make_server(ca_key, ca_cert, "localhost"), tmp_path)
+    proxy = start_proxy(
+        reactor, tmp_path / "data", "http://127.0.0.1:9", bedrock_url=bedrock.url,
+        tls_cert=cert, tls_key=key, listen_tls=("tcp:0:interface=127.0.0.1",),
+    )
+    port = proxy.service.ports[1].getHost().port
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", KEY)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def calls() -> list[Any]:
+        client = boto3.client(
+            "bedrock-runtime", region_name="us-east-1", endpoint_url=f"https://localhost:{port}/bedrock",
+            verify=str(bundle), config=botocore.config.Config(retries={"max_attempts": 1}),
+        )
+        messages = [{"role": "user", "content": [{"text": "hi"}]}]
+        answer = client.converse(modelId=GLOBAL, messages=messages)
+        stream = client.converse_stream(modelId=GLOBAL, messages=messages)
+        events = list(stream["stream"])
+        try:
+            client.converse(modelId="fail-400", messages=messages)
+        except client.exceptions.ValidationException as e:
+            refused = e.response["Error"]["Code"]
+        return [answer["usage"], events[-1]["metadata"]["usage"], refused]
+
+    try:
+        plain_usage, streamed_usage, refused = await in_thread(calls)
+    finally:
+        await proxy.service.stopService()
+    assert plain_usage == streamed_usage and plain_usage["cacheReadInputTokens"] == 50000
+    assert refused == "ValidationException"
+    plain, streamed, failed = proxy.events()
+    assert Decimal(str(plain["cost_usd"])) == Decimal(str(streamed["cost_usd"])) == SONNET_COST
+    assert streamed["endpoint"] == "/model/{modelId}/converse-stream" and streamed["streaming"] is True
+    assert (failed["outcome"], failed["status_code"], failed["error_type"]) == ("upstream_error", 400, "ValidationException")
+    assert bedrock.seen[0].header(b"authorization") == [f"Bearer {KEY}".encode()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broken_or_failing_stream_reaches_the_client_as_sent(reactor: Any, tmp_path: Path, bedrock: Any) -> None:
+    proxy = start_proxy(reactor, tmp_path, "http://127.0.0.1:9", bedrock_url=bedrock.url)
+    try:
+        bodies = {}
+        for model in ("bad-frames", "throttled"):
+            response = await treq.post(
+                f"{proxy.url}/bedrock/model/{model}/invoke-with-response-stream",
+                data=json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5, "messages": USER}).encode(),
+                headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+            )
+            bodies[model] = await response.content()
+        counted = await treq.post(
+            f"{proxy.url}/bedrock/model/{quote(GLOBAL, safe='')}/count-tokens", data=b"{}",
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        assert json.loads(await counted.content()) == {"inputTokens": 42}
+    finally:
+        await proxy.service.stopService()
+    frames = invoke_stream()
+    broken = bytearray(frames[2])
+    broken[-1] ^= 0xFF
+    assert bodies["bad-frames"] == frames[0] + frames[1] + bytes(broken) + b"".join(frames[3:])
+    bad, throttled = proxy.events()  # count-tokens is relayed: no event
+    assert (bad["outcome"], bad["error_type"]) == ("stream_error", "invalid_event_stream")
+    assert (throttled["outcome"], throttled["error_type"]) == ("stream_error", "throttlingException")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_arn_is_priced_through_its_alias(reactor: Any, tmp_path: Path, bedrock: Any) -> None:
+    arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123"
+    proxy = start_proxy(reactor, tmp_path, "http://127.0.0.1:9", bedrock_url=bedrock.url, config_poll_seconds=3600)
+    client = claude(proxy)
+    try:
+        await in_thread(client.messages.create, model=arn, max_tokens=10, messages=USER)
+        (tmp_path / "pricing.json").write_text(json.dumps({"aliases": {arn: GLOBAL}}))
+        proxy.service.control_files.reload()
+        await in_thread(client.messages.create, model=arn, max_tokens=10, messages=USER)
+    finally:
+        await proxy.service.stopService()
+    unmapped, mapped = proxy.events()
+    assert unmapped["requested_model"] == arn and unmapped["priced"] is False and unmapped["cost_usd"] is None
+    assert (mapped["requested_model"], mapped["model"]) == (arn, GLOBAL)
+    assert Decimal(str(mapped["cost_usd"])) == SONNET_COST
+    assert bedrock.seen[0].path == b"/model/" + quote(arn, safe=":").encode() + b"/invoke"
