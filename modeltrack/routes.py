@@ -55,12 +55,13 @@ class RouteTable:
         """
         return self._by_headers(self._unprefixed, headers).name
 
-    def credential_headers(self, provider: str) -> tuple[bytes, ...]:
+    def credentials(self, provider: str) -> tuple[tuple[bytes, ...], bytes | None]:
         """
-        The request headers that carry a caller's key to C{provider}, in the order
-        its dialect reads them.
+        Where a caller's key to C{provider} is: the request headers, in the order its
+        dialect reads them, and a query parameter if it reads one.
         """
-        return self._by_name[provider].credential_headers
+        dialect = self._by_name[provider]
+        return dialect.credential_headers, dialect.credential_query
 
     def error_body(self, provider: str, error_type: str, message: str) -> dict[str, Any]:
         """

@@ -43,7 +43,7 @@ from modeltrack.metrics import Metrics
 from modeltrack.options import ConfigError, Settings, read_token
 from modeltrack.pricing import PriceBook
 from modeltrack.process import Signals, pace_the_collector, raise_open_files_limit
-from modeltrack.providers import anthropic, azure, bedrock, compat, openai
+from modeltrack.providers import anthropic, azure, bedrock, compat, google, openai
 from modeltrack.providers.registry import DIALECTS
 from modeltrack.routes import RouteTable
 from modeltrack.sdnotify import notify
@@ -146,6 +146,8 @@ class ModeltrackService(InOrder):
         if settings.bedrock_url is not None:
             urls[bedrock.NAME] = settings.bedrock_url
             configured += (bedrock.DIALECT,)
+        urls[google.GEMINI], urls[google.VERTEX] = settings.gemini_url, settings.vertex_url
+        configured += (google.GEMINI_DIALECT, google.VERTEX_DIALECT)
         for dialect in (*configured, *DIALECTS):
             provider, url = dialect.name, urls[dialect.name]
             pool = make_pool(reactor, settings.pool_size, self.fast_path)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import unquote_to_bytes
 
 from twisted.web.http_headers import Headers
 
@@ -71,10 +72,11 @@ def fingerprint(secret: bytes, key: bytes) -> str:
     return "k_" + hmac.digest(secret, key, "sha256")[:8].hex()
 
 
-def credential(headers: Headers, names: tuple[bytes, ...]) -> bytes | None:
+def credential(headers: Headers, names: tuple[bytes, ...], query: bytes = b"", param: bytes | None = None) -> bytes | None:
     """
     The key a provider will see: the first of C{names} (a dialect's credential
-    headers) present; for C{Authorization}, a bearer token's value.
+    headers) present, for C{Authorization} a bearer token's value; else the query
+    parameter C{param} (Gemini's C{?key=}), if the dialect reads one.
     """
     for name in names:
         values = headers.getRawHeaders(name)
@@ -88,6 +90,11 @@ def credential(headers: Headers, names: tuple[bytes, ...]) -> bytes | None:
             value = token.strip()
         if value:
             return value
+    if param is not None and query:
+        for part in query.split(b"&"):
+            name, _, value = part.partition(b"=")
+            if name == param and value:
+                return unquote_to_bytes(value)
     return None
 
 
@@ -272,11 +279,11 @@ class Keyring:
     def set_book(self, book: KeyBook | None) -> None:
         self.book = book or NO_KEYS
 
-    def identify(self, headers: Headers, names: tuple[bytes, ...]) -> Caller:
+    def identify(self, headers: Headers, names: tuple[bytes, ...], query: bytes = b"", param: bytes | None = None) -> Caller:
         """
         The caller of one request, its key fingerprinted once (the key is not kept).
         """
-        key = credential(headers, names)
+        key = credential(headers, names, query, param)
         key_id = None
         if key is not None:
             mac = self._keyed.copy()

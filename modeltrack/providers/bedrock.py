@@ -160,7 +160,7 @@ def route(method: bytes, path: str) -> tuple[Endpoint, str] | None:
         return None
     model = text(unquote(found.group(1)), 512)
     endpoint = _ENDPOINTS[found.group(2)]
-    return replace(endpoint, model=model), path
+    return replace(endpoint, model=model, priced_by_path=True), path
 
 
 DIALECT = Dialect(

@@ -69,7 +69,9 @@ class Endpoint:
     @ivar model_names_deployment: the body's C{model} is a deployment name (Azure's v1
         paths), not the model the call is priced by.
     @ivar model: the model the client path names (Bedrock, Gemini, Vertex): the call's
-        requested model, and the one it is priced by whatever the answer says.
+        requested model.
+    @ivar priced_by_path: the call is priced by L{model} whatever the answer names
+        (Bedrock: the profile in the path sets the price; the answer omits it).
     @ivar streams: the path itself asks for a stream (C{converse-stream},
         C{:streamGenerateContent}).
     @ivar stream_type: the content type of the stream L{stream_meter} reads.
@@ -89,6 +91,7 @@ class Endpoint:
     deployment: str | None = None
     model_names_deployment: bool = False
     model: str | None = None
+    priced_by_path: bool = False
     streams: bool = False
     stream_type: bytes = b"text/event-stream"
     error_type_header: bytes | None = None

@@ -300,8 +300,9 @@ class Exchange(Protocol):
         request.notifyFinish().addErrback(self._lost_client)
         keys = resource.keys.book
         if self.endpoint.metered or keys.unknown_keys is UnknownKeys.DENY:
-            credentials = resource.routes.credential_headers(self.endpoint.provider)
-            self.caller = resource.keys.identify(request.requestHeaders, credentials)
+            names, param = resource.routes.credentials(self.endpoint.provider)
+            query = request.uri.partition(b"?")[2] if param is not None else b""
+            self.caller = resource.keys.identify(request.requestHeaders, names, query, param)
         if self.endpoint.metered:
             self._labels = labels = events.attribution(request.requestHeaders, self.caller.entry)
             self._who = Who(labels["team"] or "", labels["app"] or "", labels["feature"] or "", self.caller.key_name or "")
@@ -692,9 +693,9 @@ class Exchange(Protocol):
         reading = self.meter.reading
         if reading.error_type is None:
             reading.error_type = self._named_error
-        # A model named by the path is the one priced (Bedrock's answer names the
-        # model without its profile, which sets the price); an alias is resolved.
-        model = resource.gate.prices.alias(self.endpoint.model or reading.model or self.requested_model)
+        # The model the answer names, else the one asked for; an alias is resolved.
+        model = self.endpoint.model if self.endpoint.priced_by_path else reading.model
+        model = resource.gate.prices.alias(model or self.requested_model)
         price = _NO_USAGE
         if reading.usage_error is not None:
             price = UNPRICED  # counts that cannot be believed are not priced

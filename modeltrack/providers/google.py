@@ -1,0 +1,172 @@
+"""
+Google: the Gemini API under C{/gemini} (provider C{google}) and Vertex AI under
+C{/vertex} (provider C{vertex}: Gemini models, and Claude through Anthropic's Messages
+body). The model is in the path (C{models/{model}:generateContent}).
+
+Gemini usage (C{usageMetadata}) is cumulative in a stream: the last report wins, never
+a sum. C{promptTokenCount} includes C{cachedContentTokenCount}; billed output is
+C{candidatesTokenCount + thoughtsTokenCount} (thoughts are not inside candidates);
+C{toolUsePromptTokenCount} is input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from typing import Any
+
+from modeltrack.providers import anthropic
+from modeltrack.providers.dialect import Dialect, Endpoint, relayable, relayed_endpoint
+from modeltrack.providers.meter import SSEMeter
+from modeltrack.usage import Reading, Usage, count, dig, text
+
+GEMINI = "google"
+VERTEX = "vertex"
+
+
+def usage_from(raw: dict[str, Any]) -> Usage:
+    thoughts = count(raw.get("thoughtsTokenCount"))
+    return Usage(
+        input_tokens=count(raw.get("promptTokenCount")) + count(raw.get("toolUsePromptTokenCount")),
+        cache_read_tokens=count(raw.get("cachedContentTokenCount")),
+        output_tokens=count(raw.get("candidatesTokenCount")) + thoughts,
+        reasoning_tokens=thoughts,
+    )
+
+
+def _finished(obj: dict[str, Any]) -> bool:
+    candidates = obj.get("candidates")
+    return isinstance(candidates, list) and any(isinstance(c, dict) and c.get("finishReason") for c in candidates)
+
+
+def read_body(obj: dict[str, Any]) -> Reading:
+    """
+    A generateContent answer, or an error body (C{{"error": {"status": ...}}}).
+    """
+    if isinstance(obj.get("error"), dict):
+        return Reading(error_type=text(dig(obj, "error", "status")) or "error")
+    raw = obj.get("usageMetadata")
+    if not isinstance(raw, dict):
+        return Reading(model=text(obj.get("modelVersion")))
+    return Reading(usage_from(raw), text(obj.get("modelVersion")), final=True)
+
+
+class GenerateStreamMeter(SSEMeter):
+    """
+    C{:streamGenerateContent?alt=sse}: each event is a partial answer; those with
+    C{usageMetadata} replace the reading (cumulative); the one with a C{finishReason}
+    ends the stream.
+    """
+
+    def wanted(self, chunk: bytes) -> bool:
+        return b"usageMetadata" in chunk or b"finishReason" in chunk or b'"error"' in chunk
+
+    def on_event(self, name: bytes, data: bytes) -> object:
+        obj = json.loads(data)
+        if not isinstance(obj, dict):
+            return None
+        if isinstance(obj.get("error"), dict):
+            self.reading.error_type = text(dig(obj, "error", "status")) or "error"
+            return None
+        raw = obj.get("usageMetadata")
+        if isinstance(raw, dict):
+            self.reading.usage = usage_from(raw)
+            self.reading.model = text(obj.get("modelVersion")) or self.reading.model
+        if _finished(obj):
+            self.reading.final = self.reading.usage is not None
+            self.ended = True
+        return None
+
+
+def error_body(error_type: str, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "status": error_type}}
+
+
+_METHOD = re.compile(r"/models/([A-Za-z0-9._@-]{1,200}):([A-Za-z]+)")
+_GENERATE = Endpoint(GEMINI, "/models/{model}:generateContent", error_body, read_body=read_body)
+_STREAM = Endpoint(
+    GEMINI, "/models/{model}:streamGenerateContent", error_body,
+    read_body=read_body, stream_meter=GenerateStreamMeter, streams=True,
+)
+_GEMINI_METHODS = {
+    "generateContent": _GENERATE,
+    "streamGenerateContent": _STREAM,
+    "embedContent": Endpoint(GEMINI, "/models/{model}:embedContent", error_body, read_body=read_body),
+    "batchEmbedContents": Endpoint(GEMINI, "/models/{model}:batchEmbedContents", error_body, read_body=read_body),
+    "countTokens": Endpoint(GEMINI, "/models/{model}:countTokens", error_body, metered=False),
+}
+_GEMINI_VERSION = re.compile(r"/(v1|v1beta|v1alpha)(/.*)")
+
+
+def gemini_route(method: bytes, path: str) -> tuple[Endpoint, str] | None:
+    """
+    C{/{version}/models/{model}:{method}} below C{/gemini}; any other plain path of the
+    API (the model list, files, cached contents) relayed.
+    """
+    versioned = _GEMINI_VERSION.fullmatch(path)
+    if versioned is None:
+        return None
+    found = _METHOD.fullmatch(versioned.group(2))
+    if found is not None and method == b"POST" and found.group(2) in _GEMINI_METHODS:
+        endpoint = _GEMINI_METHODS[found.group(2)]
+        return replace(endpoint, path="/" + versioned.group(1) + endpoint.path, model=found.group(1)), path
+    if found is None and relayable(method, path):
+        return relayed_endpoint(GEMINI_DIALECT, method, path, 2), path
+    return None
+
+
+_VERTEX_PATH = re.compile(
+    r"/(v1|v1beta1)/projects/([A-Za-z0-9._-]{1,100})/locations/([a-z0-9-]{1,40})/publishers/(google|anthropic)/models/"
+    r"([A-Za-z0-9._@-]{1,200}):([A-Za-z]+)"
+)
+_VERTEX_METHODS = {
+    ("google", "generateContent"): replace(_GENERATE, provider=VERTEX),
+    ("google", "streamGenerateContent"): replace(_STREAM, provider=VERTEX),
+    ("google", "countTokens"): replace(_GEMINI_METHODS["countTokens"], provider=VERTEX),
+    # Claude on Vertex: Anthropic's Messages body, answers and errors.
+    ("anthropic", "rawPredict"): Endpoint(VERTEX, "rawPredict", anthropic.error_body, read_body=anthropic.read_body),
+    ("anthropic", "streamRawPredict"): Endpoint(
+        VERTEX, "streamRawPredict", anthropic.error_body, read_body=anthropic.read_body,
+        stream_meter=anthropic.MessagesStreamMeter, streams=True,
+    ),
+    ("anthropic", "countTokens"): Endpoint(VERTEX, "countTokens", anthropic.error_body, metered=False),
+}
+
+
+def vertex_route(method: bytes, path: str) -> tuple[Endpoint, str] | None:
+    """
+    A publisher model's method below C{/vertex}; the project and location stay in the
+    path sent on, out of the route's name.
+    """
+    found = _VERTEX_PATH.fullmatch(path)
+    if found is None or method != b"POST":
+        return None
+    version, _, _, publisher, model, name = found.groups()
+    endpoint = _VERTEX_METHODS.get((publisher, name))
+    if endpoint is None:
+        return None
+    route = f"/{version}/projects/{{project}}/locations/{{location}}/publishers/{publisher}/models/{{model}}:{name}"
+    return replace(endpoint, path=route, model=model), path
+
+
+GEMINI_DIALECT = Dialect(
+    name=GEMINI,
+    prefix="/gemini",
+    endpoints=(),
+    error_body=error_body,
+    credential_headers=(b"x-goog-api-key",),
+    credential_query=b"key",
+    by_prefix_only=True,
+    route=gemini_route,
+)
+VERTEX_DIALECT = Dialect(
+    name=VERTEX,
+    prefix="/vertex",
+    endpoints=(),
+    error_body=error_body,
+    credential_headers=(b"authorization", b"x-goog-api-key"),
+    by_prefix_only=True,
+    route=vertex_route,
+    price_provider="google-vertex",
+)

@@ -1,0 +1,82 @@
+"""
+A fake Gemini API and Vertex AI: generateContent answers, C{?alt=sse} streams whose
+usage is cumulative (the last report is the whole), Claude on Vertex (Anthropic's
+Messages answers and SSE), and Google's error shape. C{fail-429} as the model fails.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from tests.fakes import Seen, message_body, messages_stream
+
+GEMINI_USAGE = {
+    "promptTokenCount": 1200, "cachedContentTokenCount": 1024, "candidatesTokenCount": 300,
+    "thoughtsTokenCount": 64, "toolUsePromptTokenCount": 16, "totalTokenCount": 1580,
+}
+
+
+def answer(model: str, text: str, usage: dict[str, Any] | None, finished: bool) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+    if finished:
+        candidate["finishReason"] = "STOP"
+    body: dict[str, Any] = {"candidates": [candidate], "modelVersion": model, "responseId": "resp-1"}
+    if usage is not None:
+        body["usageMetadata"] = usage
+    return body
+
+
+def gemini_stream(model: str) -> list[bytes]:
+    """
+    Three events, each reporting the usage so far: summed, they would triple the prompt.
+    """
+    partial = {"promptTokenCount": 1200, "cachedContentTokenCount": 1024, "totalTokenCount": 1200}
+    events = [
+        answer(model, "Hello", partial, False),
+        answer(model, " wor", {**partial, "candidatesTokenCount": 150, "totalTokenCount": 1350}, False),
+        answer(model, "ld", GEMINI_USAGE, True),
+    ]
+    return [b"data: " + json.dumps(event).encode() + b"\r\n\r\n" for event in events]
+
+
+class FakeGoogle(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Seen] = []
+
+    def render(self, request: Request) -> bytes | int:
+        body = request.content.read()
+        self.seen.append(Seen(request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()), body))
+        path = request.path.decode()
+        if request.method == b"GET":
+            return self._json(request, 200, {"models": [{"name": "models/gemini-2.5-flash"}]})
+        model, _, method = path.rpartition("/")[2].partition(":")
+        if model == "fail-429":
+            return self._json(request, 429, {"error": {"code": 429, "message": "Resource exhausted", "status": "RESOURCE_EXHAUSTED"}})
+        if method == "countTokens":
+            return self._json(request, 200, {"totalTokens": 42})
+        if "/publishers/anthropic/" in path:
+            if method == "streamRawPredict":
+                return self._stream(request, messages_stream(model), b"text/event-stream")
+            return self._json(request, 200, message_body(model))
+        if method == "streamGenerateContent":
+            return self._stream(request, gemini_stream(model), b"text/event-stream")
+        return self._json(request, 200, answer(model, "Hello world", GEMINI_USAGE, True))
+
+    def _stream(self, request: Request, chunks: list[bytes], content_type: bytes) -> int:
+        request.setHeader(b"content-type", content_type)
+        for chunk in chunks:
+            request.write(chunk)
+        request.finish()
+        return NOT_DONE_YET
+
+    def _json(self, request: Request, code: int, obj: Any) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json; charset=UTF-8")
+        return json.dumps(obj).encode()

@@ -1,0 +1,145 @@
+"""
+Gemini and Vertex AI through the proxy as users call them: C{google.genai.Client} for the
+Gemini API and for Vertex, C{AnthropicVertex} for Claude on Vertex; streamed and not,
+against a fake Google whose streams report cumulative usage.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+import pytest_twisted
+import treq
+from genai_prices import Usage as PriceUsage
+from genai_prices import calc_price
+from google import genai
+from google.oauth2.credentials import Credentials
+from twisted.internet import endpoints
+from twisted.logger import globalLogPublisher
+
+from modeltrack.controls.keys import fingerprint, install_secret
+from tests.conftest import QuietSite, start_proxy
+from tests.fake_google import FakeGoogle
+from tests.test_sdk import SONNET_COST, in_thread
+
+KEY = "AIzaSy-CANARY-gemini-0001"
+TOKEN = "ya29.CANARY-vertex-token-0002"
+#: GEMINI_USAGE normalised: input includes tool-use prompt tokens; output includes thoughts.
+INPUT, CACHED, OUTPUT = 1200 + 16, 1024, 300 + 64
+
+
+def list_price(model: str) -> Decimal:
+    usage = PriceUsage(input_tokens=INPUT, cache_read_tokens=CACHED, output_tokens=OUTPUT)
+    return Decimal(calc_price(usage, model, provider_id="google").total_price)
+
+
+@pytest.fixture
+def google(reactor: Any) -> Any:
+    resource = FakeGoogle()
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = pytest_twisted.blockon(endpoint.listen(QuietSite(resource)))
+    resource.url = f"http://127.0.0.1:{port.getHost().port}"
+    yield resource
+    pytest_twisted.blockon(port.stopListening())
+
+
+def everything_written(data_dir: Path, logged: list[dict[str, Any]]) -> bytes:
+    files = b"".join(p.read_bytes() for p in data_dir.rglob("*") if p.is_file())
+    return files + repr(logged).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_gemini_streamed_and_not_costs_the_same(reactor: Any, tmp_path: Path, google: Any) -> None:
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    proxy = start_proxy(reactor, tmp_path, "http://127.0.0.1:9", gemini_url=google.url, vertex_url=google.url)
+    client = genai.Client(api_key=KEY, http_options={"base_url": proxy.url + "/gemini"})
+
+    def calls() -> list[str]:
+        answer = client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+        streamed = "".join(part.text for part in client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
+        counted = client.models.count_tokens(model="gemini-2.5-flash", contents="hi").total_tokens
+        try:
+            client.models.generate_content(model="fail-429", contents="hi")
+        except genai.errors.ClientError as e:
+            refused = e.status
+        return [answer.text, streamed, counted, refused]
+
+    try:
+        assert await in_thread(calls) == ["Hello world", "Hello world", 42, "RESOURCE_EXHAUSTED"]
+        # A key in the query string, as some clients send it.
+        response = await treq.post(
+            f"{proxy.url}/gemini/v1beta/models/gemini-2.5-flash:generateContent?key={KEY}-query",
+            data=json.dumps({"contents": [{"parts": [{"text": "hi"}]}]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.code == 200
+        await response.content()
+    finally:
+        await proxy.service.stopService()
+        globalLogPublisher.removeObserver(logged.append)
+    plain, streamed, failed, queried = proxy.events()  # countTokens is relayed: no event
+    for event in (plain, streamed, queried):
+        assert (event["provider"], event["model"], event["outcome"], event["usage_complete"]) == (
+            "google", "gemini-2.5-flash", "ok", True
+        )
+        # Cumulative usage: the last report, not the sum of three.
+        assert (event["input_tokens"], event["cache_read_tokens"], event["output_tokens"]) == (INPUT, CACHED, OUTPUT)
+        assert Decimal(str(event["cost_usd"])) == list_price("gemini-2.5-flash")
+    assert streamed["streaming"] is True
+    version, route = streamed["endpoint"].split("/", 2)[1:]
+    assert version in ("v1", "v1beta") and route == "models/{model}:streamGenerateContent"
+    assert (failed["outcome"], failed["error_type"]) == ("upstream_error", "RESOURCE_EXHAUSTED")
+    secret = install_secret(tmp_path / "state")
+    assert plain["key_id"] == fingerprint(secret, KEY.encode())
+    assert queried["key_id"] == fingerprint(secret, f"{KEY}-query".encode())
+    assert google.seen[0].header(b"x-goog-api-key") == [KEY.encode()]
+    assert google.seen[-1].path.endswith(f"?key={KEY}-query".encode())  # forwarded as it came
+    assert KEY.encode() not in everything_written(tmp_path, logged)
+
+
+@pytest_twisted.ensureDeferred
+async def test_vertex_gemini_and_claude(reactor: Any, tmp_path: Path, google: Any) -> None:
+    proxy = start_proxy(reactor, tmp_path, "http://127.0.0.1:9", gemini_url=google.url, vertex_url=google.url)
+    gemini = genai.Client(
+        vertexai=True, project="acme-prod", location="us-central1", credentials=Credentials(token=TOKEN),
+        http_options={"base_url": proxy.url + "/vertex"},
+    )
+    claude = anthropic.AnthropicVertex(
+        region="us-east5", project_id="acme-prod", access_token=TOKEN, base_url=proxy.url + "/vertex/v1", max_retries=0
+    )
+
+    def calls() -> list[str]:
+        texts = [gemini.models.generate_content(model="gemini-2.5-flash", contents="hi").text]
+        texts.append("".join(p.text for p in gemini.models.generate_content_stream(model="gemini-2.5-flash", contents="hi")))
+        texts.append(claude.messages.create(model="claude-sonnet-4-5@20250929", max_tokens=50, messages=[
+            {"role": "user", "content": "hi"}
+        ]).content[0].text)
+        with claude.messages.stream(model="claude-sonnet-4-5@20250929", max_tokens=50, messages=[
+            {"role": "user", "content": "hi"}
+        ]) as stream:
+            texts.append(stream.get_final_text())
+        return texts
+
+    try:
+        assert await in_thread(calls) == ["Hello world"] * 4
+    finally:
+        await proxy.service.stopService()
+    gemini_plain, gemini_streamed, claude_plain, claude_streamed = proxy.events()
+    for event in (gemini_plain, gemini_streamed):
+        assert (event["provider"], event["model"]) == ("vertex", "gemini-2.5-flash")
+        assert Decimal(str(event["cost_usd"])) == list_price("gemini-2.5-flash")
+    assert gemini_plain["endpoint"].endswith("/publishers/google/models/{model}:generateContent")
+    assert "acme-prod" not in gemini_plain["endpoint"]
+    for event in (claude_plain, claude_streamed):
+        assert (event["provider"], event["requested_model"]) == ("vertex", "claude-sonnet-4-5@20250929")
+        assert Decimal(str(event["cost_usd"])) == SONNET_COST
+        assert event["usage_complete"] is True
+    assert claude_streamed["streaming"] is True
+    assert all(seen.header(b"authorization") == [f"Bearer {TOKEN}".encode()] for seen in google.seen)
+    assert TOKEN.encode() not in b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
