@@ -136,6 +136,7 @@ class ModeltrackService(InOrder):
                 self.fast_path = False
         self._pools = []
         upstreams = {}
+        signer = None
         trust_root = None if settings.ca_bundle is None else load_trust_root(settings.ca_bundle)
         urls = {openai.NAME: settings.openai_url, anthropic.NAME: settings.anthropic_url, **dict(settings.upstreams)}
         # Served only under their prefixes: the upstreams an operator configured.
@@ -156,7 +157,16 @@ class ModeltrackService(InOrder):
                 agent: Any = OriginAgent(reactor, pool, url, settings.connect_timeout, trust_root)
             else:
                 agent = plain_agent(reactor, pool, settings.connect_timeout, trust_root)
-            upstreams[provider] = Upstream(url, agent)
+            signs = dialect is bedrock.DIALECT and settings.bedrock_sign
+            if signs:
+                from modeltrack.web.signing import BedrockSigner, NoCredentials
+
+                try:
+                    signer = BedrockSigner(settings.bedrock_region or "", reactor)
+                except NoCredentials as e:
+                    sys.stderr.write(f"modeltrack: {e}\n")
+                    raise SystemExit(1) from None
+            upstreams[provider] = Upstream(url, agent, signer if signs else None)
         prices = PriceBook()
         prices.price_providers = {d.name: d.price_provider for d in (*configured, *DIALECTS) if d.price_provider}
         secret = install_secret(state_dir(settings.data_dir))
@@ -235,6 +245,7 @@ class ModeltrackService(InOrder):
             Step("event log", start=self.journal.start, stop=self.journal.stop),
             Step("response cache", start=self._start_cache, stop=self._stop_cache) if cache is not None else None,
             Step("upstream pools", stop=self._close_pools),
+            Step("AWS credentials", start=signer.start, stop=signer.stop) if signer is not None else None,
             Step("index", stop=self.indexer.stop),  # started once listening
             Step("config polling", start=self._start_polling, stop=self._stop_polling),
             Step("listeners", start=self._listen, stop=self._stop_listening_and_drain),

@@ -75,8 +75,35 @@ def converse_body() -> dict[str, Any]:
     }
 
 
+def signature_problem(request: Request, body: bytes, url: str, credentials: Any, region: str) -> str | None:
+    """
+    Check a request's SigV4 signature as AWS would, with botocore computing the
+    expected one from the same credentials; the problem, or None if it is right.
+    """
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    authorization = (request.getHeader(b"authorization") or b"").decode()
+    if not authorization.startswith("AWS4-HMAC-SHA256 "):
+        return "not signed with SigV4"
+    fields = dict(part.strip().split("=", 1) for part in authorization[len("AWS4-HMAC-SHA256 "):].split(","))
+    if not fields["Credential"].startswith(credentials.access_key + "/") or f"/{region}/bedrock/" not in fields["Credential"]:
+        return "signed by other credentials, region or service"
+    signed = fields["SignedHeaders"].split(";")
+    headers = {name: (request.getHeader(name.encode()) or b"").decode() for name in signed if name != "host"}
+    replay = AWSRequest(request.method.decode(), url + request.uri.decode(), data=body, headers=headers)
+    replay.context["timestamp"] = headers["x-amz-date"]
+    auth = SigV4Auth(credentials, "bedrock", region)
+    expected = auth.signature(auth.string_to_sign(replay, auth.canonical_request(replay)), replay)
+    return None if expected == fields["Signature"] else "signature mismatch"
+
+
 class FakeBedrock(Resource):
     isLeaf = True
+    #: Set to botocore Credentials to have every request's signature checked.
+    credentials: Any = None
+    region = "us-east-1"
+    url = ""
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,6 +112,12 @@ class FakeBedrock(Resource):
     def render(self, request: Request) -> bytes | int:
         body = request.content.read()
         self.seen.append(Seen(request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()), body))
+        if self.credentials is not None:
+            problem = signature_problem(request, body, self.url, self.credentials, self.region)
+            if problem is not None:
+                request.setResponseCode(403)
+                request.setHeader(b"x-amzn-errortype", b"InvalidSignatureException")
+                return json.dumps({"message": problem}).encode()
         parts = request.path.decode().split("/")  # "", "model", id, operation
         model, operation = unquote(parts[2]), parts[3]
         if model == "fail-400":

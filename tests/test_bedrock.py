@@ -169,3 +169,120 @@ async def test_an_arn_is_priced_through_its_alias(reactor: Any, tmp_path: Path, 
     assert (mapped["requested_model"], mapped["model"]) == (arn, GLOBAL)
     assert Decimal(str(mapped["cost_usd"])) == SONNET_COST
     assert bedrock.seen[0].path == b"/model/" + quote(arn, safe=":").encode() + b"/invoke"
+
+
+@pytest_twisted.ensureDeferred
+async def test_sign_mode_signs_with_the_proxys_credentials(
+    reactor: Any, tmp_path: Path, bedrock: Any, monkeypatch: Any
+) -> None:
+    from botocore.credentials import Credentials
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPROXYEXAMPLE0001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "proxy-secret-CANARY-0001")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "proxy-session-token-0001")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    bedrock.credentials = Credentials("AKIAPROXYEXAMPLE0001", "proxy-secret-CANARY-0001", "proxy-session-token-0001")
+    listed = "caller-key-CANARY-0002"
+    from modeltrack.controls.keys import fingerprint, install_secret
+
+    key_id = fingerprint(install_secret(tmp_path / "state"), listed.encode())
+    (tmp_path / "keys.json").write_text(json.dumps({"keys": [{"key_id": key_id, "name": "ranker", "team": "search"}]}))
+    proxy = start_proxy(
+        reactor, tmp_path, "http://127.0.0.1:9", bedrock_url=bedrock.url, bedrock_region="us-east-1", bedrock_sign=True
+    )
+
+    def calls() -> list[Any]:
+        client = anthropic.AnthropicBedrock(base_url=proxy.url + "/bedrock", api_key=listed, aws_region="us-east-1", max_retries=0)
+        answer = client.messages.create(model=GLOBAL, max_tokens=100, messages=USER)
+        with client.messages.stream(model=GLOBAL, max_tokens=100, messages=USER) as stream:
+            streamed = stream.get_final_text()
+        stranger = anthropic.AnthropicBedrock(
+            base_url=proxy.url + "/bedrock", api_key="stranger-key", aws_region="us-east-1", max_retries=0
+        )
+        try:
+            stranger.messages.create(model=GLOBAL, max_tokens=100, messages=USER)
+        except anthropic.AuthenticationError as e:
+            refused = e.status_code
+        return [answer.content[0].text, streamed, refused]
+
+    try:
+        assert await in_thread(calls) == ["Hello world", "Hello world", 401]
+        # An AWS client's own signature and session headers are dropped, never forwarded.
+        response = await treq.post(
+            f"{proxy.url}/bedrock/model/{quote(GLOBAL, safe=':')}/converse", data=b'{"messages":[]}',
+            headers={
+                "Authorization": f"Bearer {listed}", "X-Amz-Security-Token": "caller-token-CANARY",
+                "X-Amz-Date": "20200101T000000Z", "Content-Type": "application/json",
+            },
+        )
+        assert response.code == 200, await response.content()
+    finally:
+        await proxy.service.stopService()
+    assert len(bedrock.seen) == 3  # the stranger reached nothing
+    for seen in bedrock.seen:  # each passed the fake's signature check
+        assert seen.header(b"authorization")[0].startswith(b"AWS4-HMAC-SHA256 Credential=AKIAPROXYEXAMPLE0001/")
+        assert seen.header(b"x-amz-security-token") == [b"proxy-session-token-0001"]
+        assert listed.encode() not in repr(seen.headers).encode()
+    assert b"caller-token-CANARY" not in repr(bedrock.seen[-1].headers).encode()
+    ok = [e for e in proxy.events() if e["outcome"] == "ok"]
+    assert len(ok) == 3 and all(e["key_name"] == "ranker" and e["team"] == "search" for e in ok)
+    assert Decimal(str(ok[0]["cost_usd"])) == Decimal(str(ok[1]["cost_usd"])) == SONNET_COST
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_fake_refuses_a_signature_from_other_credentials(
+    reactor: Any, tmp_path: Path, bedrock: Any, monkeypatch: Any
+) -> None:
+    from botocore.credentials import Credentials
+
+    from modeltrack.controls.keys import fingerprint, install_secret
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPROXYEXAMPLE0001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-bedrock-knows")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    bedrock.credentials = Credentials("AKIAPROXYEXAMPLE0001", "the-real-secret", None)
+    key_id = fingerprint(install_secret(tmp_path / "state"), KEY.encode())
+    (tmp_path / "keys.json").write_text(json.dumps({"keys": [{"key_id": key_id, "name": "ranker"}]}))
+    proxy = start_proxy(
+        reactor, tmp_path, "http://127.0.0.1:9", bedrock_url=bedrock.url, bedrock_region="us-east-1", bedrock_sign=True
+    )
+    try:
+        with pytest.raises(anthropic.PermissionDeniedError):
+            await in_thread(claude(proxy).messages.create, model=GLOBAL, max_tokens=10, messages=USER)
+    finally:
+        await proxy.service.stopService()
+    (event,) = proxy.events()
+    assert (event["status_code"], event["error_type"]) == (403, "InvalidSignatureException")
+
+
+def test_sign_mode_stops_start_up_without_credentials(reactor: Any, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask here
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    with pytest.raises(SystemExit) as stopped:
+        start_proxy(reactor, tmp_path, "http://127.0.0.1:9", bedrock_url="http://127.0.0.1:9", bedrock_region="us-east-1", bedrock_sign=True)
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == (
+        "modeltrack: --bedrock-sign: botocore found no AWS credentials (environment, profile or instance role)\n"
+    )
+
+
+def test_bedrock_options(capsys: Any) -> None:
+    from modeltrack.options import Options
+
+    def settings(*argv: str) -> Any:
+        options = Options()
+        options.parseOptions(["--data-dir", "/tmp", *argv])
+        return options.settings
+
+    for argv, problem in (
+        (["--bedrock-sign"], "--bedrock-sign: needs --bedrock-region"),
+        (["--bedrock-region", "mars"], "--bedrock-region: 'mars' is not an AWS region"),
+    ):
+        with pytest.raises(SystemExit):
+            settings(*argv)
+        assert capsys.readouterr().err.startswith("modeltrack: " + problem)
+    assert settings("--bedrock-region", "eu-west-1").bedrock_url == "https://bedrock-runtime.eu-west-1.amazonaws.com"
+    assert settings().bedrock_url is None  # no Bedrock routes unless asked

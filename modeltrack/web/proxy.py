@@ -299,7 +299,9 @@ class Exchange(Protocol):
         request = self.request
         request.notifyFinish().addErrback(self._lost_client)
         keys = resource.keys.book
-        if self.endpoint.metered or keys.unknown_keys is UnknownKeys.DENY:
+        # Where the proxy signs with its own credentials, only named keys may call.
+        known_only = keys.unknown_keys is UnknownKeys.DENY or resource.upstreams[self.endpoint.provider].signer is not None
+        if self.endpoint.metered or known_only:
             names, param = resource.routes.credentials(self.endpoint.provider)
             query = request.uri.partition(b"?")[2] if param is not None else b""
             self.caller = resource.keys.identify(request.requestHeaders, names, query, param)
@@ -311,7 +313,7 @@ class Exchange(Protocol):
         if not valid_target:
             request.channel.persistent = False
             return self._respond(400, "invalid_request_error", INVALID_TARGET, Outcome.REJECTED)
-        if keys.unknown_keys is UnknownKeys.DENY and self.caller.entry is None:
+        if known_only and self.caller.entry is None:
             return self._respond(401, "unknown_key", UNKNOWN_KEY, Outcome.REJECTED)
         if keys.require_team and self.endpoint.metered and not self._who.team:
             return self._respond(400, "attribution_required", NO_TEAM, Outcome.REJECTED)

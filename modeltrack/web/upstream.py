@@ -146,19 +146,25 @@ class Upstream:
     One provider's origin.
 
     @ivar origin: scheme, host and port as configured (the only place ever contacted).
+    @ivar signer: signs each request with the proxy's own credentials (C{--bedrock-sign});
+        its callers must then be named keys, since the proxy's identity pays.
     """
 
-    def __init__(self, base_url: str, agent: IAgent) -> None:
+    def __init__(self, base_url: str, agent: IAgent, signer: Any = None) -> None:
         parts = urlsplit(base_url)
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self._base = base_url.rstrip("/").encode("ascii")
         self._agent = agent
+        self.signer = signer
 
     def request(
         self, method: bytes, path_and_query: bytes, headers: Headers, body: bytes | None
     ) -> Deferred[IResponse]:
+        url = self._base + path_and_query
+        if self.signer is not None:
+            self.signer.sign(method, url, headers, body)
         producer = None if body is None else BytesProducer(body)
-        return self._agent.request(method, self._base + path_and_query, headers, producer)
+        return self._agent.request(method, url, headers, producer)
 
 
 @implementer(IAgent)
