@@ -2,7 +2,8 @@
 Fault suite: keys never reach the disk, the log, the metrics, the admin API or an error
 body. Six canary keys, one in every place a key can travel (Authorization: Bearer,
 x-api-key, api-key, x-goog-api-key, ?key=, ?api-key=), go together on every call, to
-every provider (OpenAI, Anthropic, Azure, a compatible upstream, relayed routes), and
+every provider (OpenAI, Anthropic, Azure, a compatible upstream, Bedrock, Gemini, Vertex,
+relayed routes), and
 calls end every way a call can end. Then every byte under the data dirs (events, the
 SQLite index, state, snapshots), every log line in both formats, /metrics, /stats, the
 admin API and every answer received are searched for each canary.
@@ -23,6 +24,8 @@ from twisted.logger import globalLogPublisher
 from modeltrack.logs import observer
 from tests import rawhttp
 from tests.conftest import QuietSite, start_proxy
+from tests.fake_bedrock import FakeBedrock
+from tests.fake_google import FakeGoogle
 from tests.fakes import FakeUpstream
 from tests.test_sdk import in_thread
 from tests.test_upstream_tls import make_ca, make_server
@@ -67,6 +70,10 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
     rogue_key, rogue_cert = make_ca("untrusted CA")
     options = ssl.PrivateCertificate.loadPEM(make_server(rogue_key, rogue_cert, "localhost")).options()
     tls_port = reactor.listenSSL(0, QuietSite(FakeUpstream()), options, interface="127.0.0.1")
+    bedrock_port = reactor.listenTCP(0, QuietSite(FakeBedrock()), interface="127.0.0.1")
+    google_port = reactor.listenTCP(0, QuietSite(FakeGoogle()), interface="127.0.0.1")
+    bedrock_url = f"http://127.0.0.1:{bedrock_port.getHost().port}"
+    google_url = f"http://127.0.0.1:{google_port.getHost().port}"
     data = tmp_path / "data"
     data.mkdir()
     (data / "budgets.json").write_text(json.dumps({"budgets": [{"team": "broke", "app": "", "monthly_limit": 0.000001, "action": "block"}]}))
@@ -74,6 +81,7 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
         reactor, data, upstream.url, cache=True, headers_timeout=0.5, max_body=4096,
         admin_listen="tcp:0:interface=127.0.0.1", drain_seconds=0.2,
         azure_url=upstream.url, upstreams=(("groq", upstream.url),),
+        bedrock_url=bedrock_url, gemini_url=google_url, vertex_url=google_url,
     )
     tls_proxy = start_proxy(reactor, tmp_path / "tls", f"https://localhost:{tls_port.getHost().port}")
     answers: list[bytes] = []
@@ -95,17 +103,29 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
             (b"/azure/openai/v1/chat/completions", chat("fail-500")),  # Azure v1, upstream 5xx
             (b"/groq/v1/chat/completions", chat("llama-3.3-70b-versatile")),  # a compatible upstream
             (b"/v1/files", chat("gpt-4o")),  # relayed, unmetered
+            (b"/bedrock/model/global.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke-with-response-stream",
+             {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5, "messages": []}),  # Bedrock, event stream
+            (b"/bedrock/model/throttled/converse-stream", {"messages": []}),  # an exception frame
+            (b"/bedrock/model/fail-400/converse", {"messages": []}),  # Bedrock's error
+            (b"/gemini/v1beta/models/gemini-2.5-flash:generateContent", {"contents": []}),  # Gemini
+            (b"/vertex/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict",
+             {"anthropic_version": "vertex-2023-10-16", "max_tokens": 5, "messages": []}),  # Claude on Vertex
         ]
         for path, body in calls:
             answers.append(await in_thread(rawhttp.exchange, port, request(path, body)))
         answers.append(await in_thread(rawhttp.exchange, port, request(b"/v1/chat/completions", chat("gpt-4o"), team=b"broke")))
+        gemini_stream = b"/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+        answers.append(await in_thread(rawhttp.exchange, port, request(gemini_stream, {"contents": []}, query=QUERY + b"&alt=sse")))
         target = b"/v1/chat/completions" + QUERY + b"&x=\x7f"  # invalid target
         answers.append(await in_thread(rawhttp.exchange, port, request(target, chat("gpt-4o"), query=b"")))
         answers.append(await in_thread(cut_after_first_bytes, port, request(b"/v1/chat/completions", chat("hang-body", stream=True))))
         tls = tls_proxy.service.ports[0].getHost().port
         answers.append(await in_thread(rawhttp.exchange, tls, request(b"/v1/messages", {**chat("claude-sonnet-4-5"), "max_tokens": 5})))
         admin = proxy.admin_url.encode().rsplit(b":", 1)[1]
-        for path in (b"/metrics", b"/api/summary", b"/api/spend?by=team", b"/api/sessions", b"/api/budgets", b"/api/events?limit=1000"):
+        for path in (
+            b"/metrics", b"/api/summary", b"/api/spend?by=team,key,client", b"/api/sessions", b"/api/budgets", b"/api/keys",
+            b"/api/events?limit=1000",
+        ):
             answers.append(await in_thread(rawhttp.exchange, int(admin), b"GET " + path + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
         for path in (b"/stats", b"/budgets", b"/cache/stats"):
             answers.append(await in_thread(rawhttp.exchange, port, b"GET " + path + b" HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"))
@@ -118,6 +138,8 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
         await proxy.service.stopService()
         await tls_proxy.service.stopService()
         await tls_port.stopListening()
+        await bedrock_port.stopListening()
+        await google_port.stopListening()
         for each in observers:
             globalLogPublisher.removeObserver(each)
     answers.append(await hanging)
@@ -126,7 +148,8 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
         "ok", "rejected", "upstream_error", "upstream_unreachable", "upstream_timeout",
         "client_closed", "upstream_tls_error", "shutdown",
     }, outcomes
-    assert {"openai", "anthropic", "azure", "groq"} <= {e["provider"] for e in proxy.events()}
+    assert {"openai", "anthropic", "azure", "groq", "bedrock", "google", "vertex"} <= {e["provider"] for e in proxy.events()}
+    assert {"stream_error", "upstream_error"} <= {e["outcome"] for e in proxy.events() if e["provider"] == "bedrock"}
     assert any(e["cache_hit"] for e in proxy.events())
     assert any(e["budget_status"] == "blocked" for e in proxy.events())
     assert [rawhttp.status_of(a) for a in answers[4:8]] == [404, 400, 413, 429]
