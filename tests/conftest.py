@@ -51,6 +51,18 @@ class Proxy:
         return self.service.journal.flush()
 
 
+def serving(reactor: Any, resource: Any) -> Any:
+    """
+    Serve a fake provider's C{resource} on 127.0.0.1 for a test (its origin set as
+    C{resource.url}); stops listening after it.
+    """
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = pytest_twisted.blockon(endpoint.listen(QuietSite(resource)))
+    resource.url = f"http://127.0.0.1:{port.getHost().port}"
+    yield resource
+    pytest_twisted.blockon(port.stopListening())
+
+
 class QuietSite(Site):
     """
     The fake provider's site, without an access log: its lines would hold what the

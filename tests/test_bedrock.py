@@ -20,9 +20,8 @@ import pytest
 import pytest_twisted
 import treq
 from cryptography.hazmat.primitives import serialization
-from twisted.internet import endpoints
 
-from tests.conftest import QuietSite, start_proxy
+from tests.conftest import serving, start_proxy
 from tests.fake_bedrock import FakeBedrock, invoke_stream
 from tests.test_listen_tls import write_pair
 from tests.test_sdk import SONNET_COST, in_thread
@@ -36,12 +35,7 @@ USER = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture
 def bedrock(reactor: Any) -> Any:
-    resource = FakeBedrock()
-    endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-    port = pytest_twisted.blockon(endpoint.listen(QuietSite(resource)))
-    resource.url = f"http://127.0.0.1:{port.getHost().port}"
-    yield resource
-    pytest_twisted.blockon(port.stopListening())
+    yield from serving(reactor, FakeBedrock())
 
 
 def claude(proxy: Any) -> anthropic.AnthropicBedrock:

@@ -19,11 +19,10 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 from google import genai
 from google.oauth2.credentials import Credentials
-from twisted.internet import endpoints
 from twisted.logger import globalLogPublisher
 
 from modeltrack.controls.keys import fingerprint, install_secret
-from tests.conftest import QuietSite, start_proxy
+from tests.conftest import serving, start_proxy
 from tests.fake_google import FakeGoogle
 from tests.test_sdk import SONNET_COST, in_thread
 
@@ -40,12 +39,7 @@ def list_price(model: str) -> Decimal:
 
 @pytest.fixture
 def google(reactor: Any) -> Any:
-    resource = FakeGoogle()
-    endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-    port = pytest_twisted.blockon(endpoint.listen(QuietSite(resource)))
-    resource.url = f"http://127.0.0.1:{port.getHost().port}"
-    yield resource
-    pytest_twisted.blockon(port.stopListening())
+    yield from serving(reactor, FakeGoogle())
 
 
 def everything_written(data_dir: Path, logged: list[dict[str, Any]]) -> bytes:
