@@ -280,3 +280,15 @@ def test_bedrock_options(capsys: Any) -> None:
         assert capsys.readouterr().err.startswith("modeltrack: " + problem)
     assert settings("--bedrock-region", "eu-west-1").bedrock_url == "https://bedrock-runtime.eu-west-1.amazonaws.com"
     assert settings().bedrock_url is None  # no Bedrock routes unless asked
+
+
+def test_sign_mode_without_botocore_says_what_to_install(monkeypatch: Any, capsys: Any) -> None:
+    import importlib.util
+
+    from modeltrack.options import Options
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "botocore" else real(name, *a))
+    with pytest.raises(SystemExit):
+        Options().parseOptions(["--data-dir", "/tmp", "--bedrock-region", "us-east-1", "--bedrock-sign"])
+    assert capsys.readouterr().err == "modeltrack: --bedrock-sign: needs botocore: pip install 'modeltrack[aws]'\n"
