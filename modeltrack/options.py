@@ -42,6 +42,10 @@ class Settings:
     bedrock_region: str | None = None
     #: Sign Bedrock calls with the proxy's own AWS credentials (SigV4).
     bedrock_sign: bool = False
+    #: The shared ledger's Redis (redis:// or rediss://); L{None}: budgets in this process.
+    redis_url: str | None = None
+    redis_password: str | None = None
+    redis_failure: str = "closed"
     gemini_url: str = "https://generativelanguage.googleapis.com"
     vertex_url: str = "https://aiplatform.googleapis.com"
     fsync: str = "interval"
@@ -105,6 +109,9 @@ class Options(usage.Options):
         ["anthropic-url", None, None, f"Anthropic API origin [env MODELTRACK_ANTHROPIC_URL, default {DEFAULT_ANTHROPIC_URL}]."],
         ["bedrock-region", None, None, "Serve Bedrock under /bedrock, at https://bedrock-runtime.REGION.amazonaws.com [env MODELTRACK_BEDROCK_REGION]."],
         ["bedrock-url", None, None, "Bedrock runtime origin instead (a VPC endpoint, tests) [env MODELTRACK_BEDROCK_URL]."],
+        ["redis-url", None, None, "Hold budgets in Redis, shared by every process and instance: redis://HOST:PORT/DB or rediss:// (TLS) [env MODELTRACK_REDIS_URL]."],
+        ["redis-password-file", None, None, "A file holding the Redis password (else the URL's)."],
+        ["redis-failure", None, "closed", "With Redis out of reach: closed refuses calls under a budget (503); open decides in this process."],
         ["gemini-url", None, None, "Gemini API origin, served under /gemini [env MODELTRACK_GEMINI_URL, default https://generativelanguage.googleapis.com]."],
         ["vertex-url", None, None, "Vertex AI origin (a regional one for regional endpoints), served under /vertex [env MODELTRACK_VERTEX_URL, default https://aiplatform.googleapis.com]."],
         ["fsync", None, "interval", "When the event log is fsynced: always (every batch), interval (once a second) or never."],
@@ -218,6 +225,7 @@ def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Setting
         fast_path=not options["no-fast-path"],
         azure_url=_optional_url("--azure-url", options["azure-url"] or environ.get("MODELTRACK_AZURE_URL")),
         **_check_bedrock(options, environ),
+        **_check_redis(options, environ),
         gemini_url=_check_url(
             "--gemini-url", options["gemini-url"] or environ.get("MODELTRACK_GEMINI_URL") or Settings.gemini_url
         ),
@@ -366,6 +374,30 @@ def is_loopback(description: str) -> bool:
         return ipaddress.ip_address(interface).is_loopback
     except ValueError:
         return False
+
+
+class _RedisSettings(TypedDict):
+    redis_url: str | None
+    redis_password: str | None
+    redis_failure: str
+
+
+def _check_redis(options: usage.Options, environ: Mapping[str, str]) -> _RedisSettings:
+    url = options["redis-url"] or environ.get("MODELTRACK_REDIS_URL") or None
+    if url is not None and urlsplit(url).scheme not in ("redis", "rediss"):
+        raise ConfigError(f"--redis-url: {url.split('@')[-1]!r} is not a redis:// or rediss:// URL")
+    if url is not None and importlib.util.find_spec("txredisapi") is None:
+        raise ConfigError("--redis-url: needs txredisapi: pip install 'modeltrack[redis]'")
+    failure = options["redis-failure"]
+    if failure not in ("closed", "open"):
+        raise ConfigError(f"--redis-failure: {failure!r} is not one of closed, open")
+    password = None
+    if options["redis-password-file"]:
+        try:
+            password = Path(options["redis-password-file"]).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"--redis-password-file: cannot be read: {e.strerror or e}") from None
+    return {"redis_url": url, "redis_password": password, "redis_failure": failure}
 
 
 class _BedrockSettings(TypedDict):

@@ -33,6 +33,7 @@ from modeltrack.controls.cache import ResponseCache, load_snapshot, write_atomic
 from modeltrack.controls.files import ControlFiles
 from modeltrack.controls.gate import Gate
 from modeltrack.controls.keys import Keyring, install_secret
+from modeltrack.controls.shared import RedisLedger, connect, install_id
 from modeltrack.controls.spendlog import rebuild
 from modeltrack.datadir import state_dir
 from modeltrack.failures import log_failure
@@ -187,9 +188,16 @@ class ModeltrackService(InOrder):
             from twisted.web.client import Agent
 
             alerts = BudgetAlerts(settings.alert_webhook, HTTPClient(Agent(reactor)), reactor)
+        ledger = BudgetLedger()
+        self.shared_ledger: RedisLedger | None = None
+        if settings.redis_url is not None:
+            contributor = install_id(state_dir(settings.data_dir))
+            ledger = self.shared_ledger = RedisLedger(
+                connect(settings.redis_url, settings.redis_password), reactor, contributor, settings.redis_failure
+            )
         self.gate = Gate(
             prices,
-            BudgetLedger(),
+            ledger,
             None,
             cache,
             alerts,
@@ -245,6 +253,7 @@ class ModeltrackService(InOrder):
             Step("event log", start=self.journal.start, stop=self.journal.stop),
             Step("response cache", start=self._start_cache, stop=self._stop_cache) if cache is not None else None,
             Step("upstream pools", stop=self._close_pools),
+            Step("shared ledger", start=self.shared_ledger.start, stop=self.shared_ledger.stop) if self.shared_ledger else None,
             Step("AWS credentials", start=signer.start, stop=signer.stop) if signer is not None else None,
             Step("index", stop=self.indexer.stop),  # started once listening
             Step("config polling", start=self._start_polling, stop=self._stop_polling),

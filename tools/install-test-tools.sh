@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The system tools the test suite drives, installed from Debian where missing:
 # nginx, wrk and node for the benchmark smoke test; systemd's tools for the unit tests;
-# chromium (headless) for the dashboard test.
+# chromium (headless) for the dashboard test; redis-server for the shared ledger.
 set -euo pipefail
 missing=()
-for pair in nginx:nginx-light wrk:wrk node:nodejs chromium:chromium systemd-socket-activate:systemd systemd-analyze:systemd; do
+for pair in nginx:nginx-light wrk:wrk node:nodejs chromium:chromium systemd-socket-activate:systemd systemd-analyze:systemd redis-server:redis-server; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -156,6 +156,10 @@ class Admission:
     percent: Decimal = Decimal(0)
     spend: Decimal = Decimal(0)
     holds: tuple[tuple[Budget, str], ...] = ()
+    #: Why the ledger could not decide (a shared ledger out of reach): the call is refused.
+    unavailable: str | None = None
+    #: The call's request id, which a shared ledger keys its reservation by.
+    request_id: str = ""
 
     @property
     def warning(self) -> bytes | None:
@@ -171,6 +175,36 @@ class Admission:
 
 
 Daily = dict[tuple[str, str, str, str, str], Decimal]
+
+
+def decide(
+    budgets: list[Budget], standings: list[tuple[Decimal, Decimal]], estimate: Decimal | None, day: str
+) -> Admission:
+    """
+    A call's admission under C{budgets} (most specific first), given each one's spend
+    and open reservations: refused (C{blocked}) if C{estimate} would take any C{block}
+    budget past its limit; its C{holds} are every budget's (budget, period), to reserve
+    against. The one rule, whichever ledger holds the figures.
+    """
+    rows = []
+    for budget, (spend, reserved) in zip(budgets, standings, strict=True):
+        percent = (spend + reserved) * HUNDRED / budget.limit if budget.limit else HUNDRED
+        if estimate is None:
+            status = BudgetStatus.UNPRICED
+        elif budget.action == "block" and spend + reserved + estimate > budget.limit:
+            status = BudgetStatus.BLOCKED
+        elif spend + reserved >= budget.limit and budget.action == "warn":
+            status = BudgetStatus.OVER
+        elif percent >= budget.warn_at_percent:
+            status = BudgetStatus.WARNING
+        else:
+            status = BudgetStatus.OK
+        rows.append((budget, status, percent, spend))
+    # max() keeps the first of equals: the most specific.
+    budget, status, percent, spend = max(rows, key=lambda row: (_SEVERITY[row[1]], row[2]))
+    admission = Admission(budget, budget.period_of(day), Decimal(0), status, percent, spend)
+    admission.holds = tuple((held, held.period_of(day)) for held in budgets)
+    return admission
 
 
 class BudgetLedger:
@@ -231,7 +265,7 @@ class BudgetLedger:
                 best = (budget, percent)
         return best
 
-    def admit(self, budgets: list[Budget], estimate: Decimal | None, day: str) -> Admission:
+    def admit(self, budgets: list[Budget], estimate: Decimal | None, day: str, request_id: str = "") -> Admission | Any:
         """
         Reserve C{estimate} against every one of C{budgets} (those the call falls
         under, most specific first), or refuse (status C{blocked}) if it would take
@@ -240,31 +274,12 @@ class BudgetLedger:
         """
         if not budgets:
             return Admission()
-        standings = []
-        for budget in budgets:
-            spend, reserved, percent = self.standing(budget, day)
-            if estimate is None:
-                status = BudgetStatus.UNPRICED
-            elif budget.action == "block" and spend + reserved + estimate > budget.limit:
-                status = BudgetStatus.BLOCKED
-            elif spend + reserved >= budget.limit and budget.action == "warn":
-                status = BudgetStatus.OVER
-            elif percent >= budget.warn_at_percent:
-                status = BudgetStatus.WARNING
-            else:
-                status = BudgetStatus.OK
-            standings.append((budget, status, percent, spend, reserved))
-        # max() keeps the first of equals: the most specific.
-        budget, status, percent, spend, _ = max(standings, key=lambda s: (_SEVERITY[s[1]], s[2]))
-        admission = Admission(budget, budget.period_of(day), Decimal(0), status, percent, spend)
-        if status is BudgetStatus.BLOCKED or estimate is None:
+        standings = [self.standing(budget, day)[:2] for budget in budgets]
+        admission = decide(budgets, standings, estimate, day)
+        if admission.status is BudgetStatus.BLOCKED or estimate is None:
             return admission
-        holds = []
-        for held, _, _, _, reserved in standings:
-            key = (held, held.period_of(day))
-            self._reserved[key] = reserved + estimate
-            holds.append(key)
-        admission.holds = tuple(holds)
+        for (held, period), (_, reserved) in zip(admission.holds, standings, strict=True):
+            self._reserved[(held, period)] = reserved + estimate
         admission.reserved = estimate
         return admission
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 
 from modeltrack.controls.alerts import BudgetAlerts
@@ -80,6 +81,7 @@ class Ticket:
     rule: Rule | None = None
     routed_from: str | None = None
     refusal: tuple[str, str] | None = None
+    refusal_code: int = 429
     cache_key: bytes | None = None
     hit: Entry | None = None
     body: bytes | None = None
@@ -140,10 +142,12 @@ class Gate:
         headers: Headers,
         who: Who,
         now: datetime,
-    ) -> Ticket:
+        request_id: str = "",
+    ) -> Ticket | Deferred[Ticket]:
         """
         Decide a metered call before it is forwarded. May rewrite C{body}'s model (a
-        downgrade), in which case C{ticket.body} holds the bytes to send instead.
+        downgrade), in which case C{ticket.body} holds the bytes to send instead. A
+        shared ledger answers later: then a L{Deferred} of the ticket.
         """
         ticket = Ticket()
         day = day_of(now)
@@ -180,22 +184,39 @@ class Gate:
                 return ticket  # costs nothing: no reservation
         if budgets:
             estimate = self._worst_case(provider, path, model, body, raw_body, now)
-            ticket.admission = self.ledger.admit(budgets, estimate, day)
-            refused_by = ticket.admission.budget
-            if refused_by is not None and ticket.admission.status == BudgetStatus.BLOCKED:
-                spend = ticket.admission.spend
-                if self.alerts is not None:
-                    self.alerts.announce(refused_by, refused_by.period_of(day), "limit", spend)
-                ticket.refusal = (
-                    "budget_exceeded",
-                    f"budget for {refused_by.scope} would be exceeded: limit {refused_by.limit} USD "
-                    f"per {refused_by.period[:-2] if refused_by.period == 'monthly' else 'day'}, "
-                    f"spent {spend.quantize(Decimal('0.000001'))} USD",
-                )
-            warning = ticket.admission.warning
-            if warning is not None:
-                ticket.response_headers.append((b"x-modeltrack-budget-warning", warning))
+            admission = self.ledger.admit(budgets, estimate, day, request_id)
+            if isinstance(admission, Deferred):
+                return admission.addCallback(self._admitted, ticket, day)
+            return self._admitted(admission, ticket, day)
         return ticket
+
+    def _admitted(self, admission: Admission, ticket: Ticket, day: str) -> Ticket:
+        ticket.admission = admission
+        if admission.unavailable is not None:
+            ticket.refusal = ("overloaded_error", admission.unavailable)
+            ticket.refusal_code = 503
+            return ticket
+        refused_by = admission.budget
+        if refused_by is not None and admission.status == BudgetStatus.BLOCKED:
+            spend = admission.spend
+            if self.alerts is not None:
+                self.alerts.announce(refused_by, refused_by.period_of(day), "limit", spend)
+            ticket.refusal = (
+                "budget_exceeded",
+                f"budget for {refused_by.scope} would be exceeded: limit {refused_by.limit} USD "
+                f"per {refused_by.period[:-2] if refused_by.period == 'monthly' else 'day'}, "
+                f"spent {spend.quantize(Decimal('0.000001'))} USD",
+            )
+        warning = admission.warning
+        if warning is not None:
+            ticket.response_headers.append((b"x-modeltrack-budget-warning", warning))
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        """
+        A ticket whose call never went ahead: its reservations no longer hold.
+        """
+        self.ledger.release(ticket.admission)
 
     def _worst_case(
         self, provider: str, path: str, model: str | None, body: dict[str, Any], raw_body: bytes, now: datetime

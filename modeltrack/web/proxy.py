@@ -34,7 +34,7 @@ from modeltrack import events, routes
 from modeltrack.accounting import Answer, CallRecord, sinks
 from modeltrack.controls.budgets import NO_ONE, Who
 from modeltrack.controls.cache import Entry
-from modeltrack.controls.gate import NO_TICKET, Gate
+from modeltrack.controls.gate import NO_TICKET, Gate, Ticket
 from modeltrack.controls.keys import NO_CALLER, Keyring, UnknownKeys
 from modeltrack.events import Outcome
 from modeltrack.failures import log_failure, safe_method, upstream_reason
@@ -331,9 +331,13 @@ class Exchange(Protocol):
                     message = "the event log is not writable; no call is made that cannot be recorded"
                     return self._respond(503, "overloaded_error", message, Outcome.REJECTED)
                 if not resource.gate.idle:
-                    body = self._admit(obj, body)
-                    if body is None:
-                        return None
+                    return self._admit(obj, body)
+        self._forward(body)
+        return None
+
+    def _forward(self, body: bytes | None) -> None:
+        resource = self._resource
+        request = self.request
         self.phase = Phase.ADMITTED
         query = request.uri.partition(b"?")[2]
         target = self._upstream_path.encode("latin-1") + (b"?" + query if query else b"")
@@ -346,15 +350,14 @@ class Exchange(Protocol):
         )
         self._pending.addCallbacks(self._got_response, self._request_failed)
         self._pending.addErrback(self.crashed)
-        return None
 
-    def _admit(self, obj: dict[str, Any], body: bytes) -> bytes | None:
+    def _admit(self, obj: dict[str, Any], body: bytes) -> None:
         """
-        Put the call to the controls: the bytes to forward, or L{None} if it was
-        answered here (refused, or from the cache).
+        Put the call to the controls, then forward it, unless it was answered here
+        (refused, or from the cache). A shared ledger decides later.
         """
         resource = self._resource
-        self.ticket = ticket = resource.gate.admit(
+        decided = resource.gate.admit(
             self.endpoint.provider,
             self.endpoint.path,
             obj,
@@ -362,17 +365,29 @@ class Exchange(Protocol):
             self.request.requestHeaders,
             self._who,
             datetime.fromtimestamp(resource.clock.seconds(), UTC),
+            self.request_id,
         )
+        if isinstance(decided, Deferred):
+            decided.addCallback(self._admitted, body).addErrback(self.crashed)
+        else:
+            self._admitted(decided, body)
+
+    def _admitted(self, ticket: Ticket, body: bytes) -> None:
+        if self.phase >= _ENDING:
+            # The client left while a shared ledger decided: nothing will settle this.
+            self._resource.gate.release(ticket)
+            return
+        self.ticket = ticket
         if ticket.refusal is not None:
             # Both SDKs retry a 429 unless told not to; a budget does not free up in a
             # second, and each retry would be one more refused call and event.
             self.request.setHeader(b"x-should-retry", b"false")
-            self._respond(429, *ticket.refusal, Outcome.REJECTED)
-            return None
+            self._respond(ticket.refusal_code, *ticket.refusal, Outcome.REJECTED)
+            return
         if ticket.hit is not None:
             self._answer_from_cache(ticket.hit)
-            return None
-        return body if ticket.body is None else ticket.body
+            return
+        self._forward(body if ticket.body is None else ticket.body)
 
     def _read_request(self, body: bytes) -> tuple[dict[str, Any] | None, bytes]:
         """

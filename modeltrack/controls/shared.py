@@ -1,0 +1,257 @@
+"""
+One budget across processes and instances: spend and open reservations in Redis
+(C{--redis-url}), through txredisapi, the Twisted-native client.
+
+Per budget and period (C{<prefix><scope>|<period>}): a hash of spend per contributor
+(a process: this install's id and its worker number), a hash of open reservations by
+request id, a sorted set of their expiry times, and their total. All amounts are whole
+nano-USD (a call's cost rounded up, at most $10^-9 a call: a budget never under-counts).
+
+- Reserve is one Lua script over every budget a call falls under: expired reservations
+  are dropped, then the call is refused if it would take any C{block} budget past its
+  limit, else its estimate is held against all of them. Keyed by request id: a retry
+  holds nothing twice. Reservations expire (C{ttl}): a crashed process's free up.
+- Spend is each contributor's own total, set (never added): rebuilt from its event log
+  at start, published again after every call and every few seconds, so a restart, a
+  lost write or an emptied Redis never counts a call twice, and heals by itself.
+- Redis out of reach: C{closed} refuses calls under a budget (503); C{open} decides by
+  this process's own ledger, logging the first failure and the recovery.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from modeltrack.controls.budgets import Admission, Budget, BudgetLedger, BudgetStatus, Who, decide
+from modeltrack.failures import log_failure
+
+log = Logger()
+
+NANO = Decimal(10) ** 9
+#: How long an unsettled reservation holds (longer than any call: the idle and
+#: headers timeouts end a call well before).
+RESERVATION_SECONDS = 3600
+#: How long a command may take before Redis counts as out of reach.
+COMMAND_SECONDS = 2.0
+#: How often each contributor's spend is written again (heals lost writes).
+PUBLISH_SECONDS = 10.0
+#: Keys outlive their period by this long (a month's keys live about 40 days).
+KEEP_SECONDS = 40 * 86400
+
+_RESERVE = """
+local rid, estimate, now, ttl, keep, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local out, blocked = {}, false
+for i = 1, n do
+  local spend, held, expiry, total = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do
+    local amount = redis.call('HGET', held, gone)
+    if amount then redis.call('DECRBY', total, amount); redis.call('HDEL', held, gone) end
+    redis.call('ZREM', expiry, gone)
+  end
+  local spent = 0
+  for _, v in ipairs(redis.call('HVALS', spend)) do spent = spent + tonumber(v) end
+  local mine = tonumber(redis.call('HGET', held, rid) or '0')
+  local reserved = tonumber(redis.call('GET', total) or '0') - mine
+  if mine == 0 and ARGV[6 + 2*i] == '1' and spent + reserved + estimate > tonumber(ARGV[5 + 2*i]) then blocked = true end
+  out[2*i-1], out[2*i] = tostring(spent), tostring(reserved)
+end
+if not blocked and estimate > 0 then
+  for i = 1, n do
+    local held, expiry, total = KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
+    if redis.call('HSETNX', held, rid, estimate) == 1 then redis.call('INCRBY', total, estimate) end
+    redis.call('ZADD', expiry, now + ttl, rid)
+    for _, key in ipairs({KEYS[4*i-3], held, expiry, total}) do redis.call('PEXPIRE', key, keep) end
+  end
+end
+return out
+"""
+
+_RELEASE = """
+local rid = ARGV[1]
+for i = 1, #KEYS / 3 do
+  local held, expiry, total = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
+  local amount = redis.call('HGET', held, rid)
+  if amount then redis.call('DECRBY', total, amount); redis.call('HDEL', held, rid) end
+  redis.call('ZREM', expiry, rid)
+end
+return 1
+"""
+
+
+def nano_up(amount: Decimal) -> int:
+    return int((amount * NANO).to_integral_value(ROUND_CEILING))
+
+
+def install_id(state_dir: Path) -> str:
+    """
+    This install's name among the contributors to a shared budget, made once.
+    """
+    path = state_dir / "instance-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        name = secrets.token_hex(8)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(name + "\n")
+        return name
+
+
+class RedisLedger(BudgetLedger):
+    """
+    A L{BudgetLedger} whose admissions are decided by the figures in Redis. It keeps
+    its own ledger too: this contributor's spend (what it publishes), and the figures
+    routing and C{--redis-failure open} use.
+    """
+
+    def __init__(self, redis: Any, clock: Any, contributor: str, failure: str = "closed", prefix: str = "modeltrack:") -> None:
+        self._redis = redis
+        self._clock = clock
+        self.contributor = contributor
+        self._failure = failure
+        self._prefix = prefix
+        self._down = False
+        self._publishing = LoopingCall(self.publish)
+        self._publishing.clock = clock
+        super().__init__()
+
+    def start(self) -> None:
+        self._publishing.start(PUBLISH_SECONDS, now=True)
+
+    def stop(self) -> None:
+        if self._publishing.running:
+            self._publishing.stop()
+
+    def _keys(self, budget: Budget, period: str) -> list[str]:
+        base = f"{self._prefix}{budget.scope}|{period}"
+        return [f"{base}:spend", f"{base}:held", f"{base}:expiry", f"{base}:total"]
+
+    def _command(self, d: Deferred[Any]) -> Deferred[Any]:
+        return d.addTimeout(COMMAND_SECONDS, self._clock)
+
+    def admit(self, budgets: list[Budget], estimate: Decimal | None, day: str, request_id: str = "") -> Any:
+        if not budgets:
+            return Admission()
+        if estimate is None:
+            return super().admit(budgets, estimate, day, request_id)  # unpriced: nothing reserved anywhere
+        keys, args = [], []
+        estimate_nano = nano_up(estimate)
+        for budget in budgets:
+            keys += self._keys(budget, budget.period_of(day))
+            limit = int((budget.limit * NANO).to_integral_value(ROUND_FLOOR))
+            args += [str(limit), "1" if budget.action == "block" else "0"]
+        now_ms = int(self._clock.seconds() * 1000)
+        argv = [request_id, str(estimate_nano), str(now_ms), str(RESERVATION_SECONDS * 1000), str(KEEP_SECONDS * 1000), str(len(budgets))]
+        d = self._command(self._redis.eval(_RESERVE, keys, argv + args))
+
+        def decided(figures: list[Any]) -> Admission:
+            self._recovered()
+            standings = [
+                (Decimal(int(figures[2 * i])) / NANO, Decimal(int(figures[2 * i + 1])) / NANO) for i in range(len(budgets))
+            ]
+            # The same rule as in one process, on the shared figures (the estimate as reserved).
+            admission = decide(budgets, standings, Decimal(estimate_nano) / NANO, day)
+            admission.request_id = request_id
+            if admission.status is not BudgetStatus.BLOCKED:
+                admission.reserved = estimate
+                for held, period in admission.holds:  # this process's view, for routing and reports
+                    self._reserved[(held, period)] = self._reserved.get((held, period), Decimal(0)) + estimate
+            return admission
+
+        def unreachable(failure: Any) -> Admission:
+            self._failed(failure)
+            if self._failure == "open":
+                return super(RedisLedger, self).admit(budgets, estimate, day, request_id)
+            admission = Admission()
+            admission.unavailable = (
+                "the shared budget ledger (Redis) cannot be reached; calls under a budget are refused "
+                "until it can (--redis-failure closed)"
+            )
+            return admission
+
+        return d.addCallbacks(decided, unreachable)
+
+    def release(self, admission: Admission) -> None:
+        holds, request_id = admission.holds, admission.request_id
+        held = bool(admission.reserved)
+        super().release(admission)
+        if not held or not request_id:
+            return
+        keys = [key for budget, period in holds for key in self._keys(budget, period)[1:]]
+        self._command(self._redis.eval(_RELEASE, keys, [request_id])).addErrback(self._failed)
+
+    def spend(self, who: Who, day: str, cost: Decimal) -> None:
+        super().spend(who, day, cost)
+        if cost:
+            self._publish([budget for budget in self.budgets if budget.matches(who)], day)
+
+    def replace(self, budgets: list[Budget]) -> None:
+        super().replace(budgets)
+        self.publish()
+
+    def publish(self, day: str | None = None) -> Deferred[Any]:
+        """
+        Write this contributor's spend in the current period of every budget (set, not
+        added).
+        """
+        if day is None:
+            day = datetime.fromtimestamp(self._clock.seconds(), UTC).date().isoformat()
+        return self._publish(self.budgets, day)
+
+    def _publish(self, budgets: list[Budget], day: str) -> Deferred[Any]:
+        if not budgets:
+            return succeed(None)
+        writes = []
+        for budget in budgets:
+            period = budget.period_of(day)
+            spend_key = self._keys(budget, period)[0]
+            writes.append(self._redis.hset(spend_key, self.contributor, nano_up(self.standing(budget, day)[0])))
+            writes.append(self._redis.expire(spend_key, KEEP_SECONDS))
+        return self._command(gatherResults(writes, consumeErrors=True)).addCallbacks(
+            lambda _: self._recovered(), self._failed
+        )
+
+    def _failed(self, failure: Any) -> None:
+        if not self._down:
+            self._down = True
+            log_failure(log, "The shared budget ledger (Redis) cannot be reached", failure)
+
+    def _recovered(self) -> None:
+        if self._down:
+            self._down = False
+            log.info("The shared budget ledger (Redis) is reachable again")
+
+
+def connect(url: str, password: str | None = None) -> Any:
+    """
+    A lazy, self-reconnecting txredisapi connection for C{redis://} or C{rediss://}
+    (TLS, the server's certificate verified) URLs: C{redis://[:PASSWORD@]HOST:PORT/DB}.
+    """
+    import txredisapi
+    from twisted.internet import ssl
+
+    parts = urlsplit(url)
+    tls: Any = False
+    if parts.scheme == "rediss":
+        tls = ssl.optionsForClientTLS(parts.hostname or "")
+    db = int(parts.path.strip("/") or 0)
+    return txredisapi.lazyConnection(
+        host=parts.hostname or "localhost",
+        port=parts.port or 6379,
+        dbid=db,
+        password=password or (unquote(parts.password) if parts.password else None),
+        ssl_context_factory=tls,
+        connectTimeout=COMMAND_SECONDS,
+        replyTimeout=COMMAND_SECONDS,
+        convertNumbers=False,
+    )

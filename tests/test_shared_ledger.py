@@ -1,0 +1,196 @@
+"""
+One budget across instances, held in a real Redis (Debian's redis-server, started on a
+free port in a temp dir): two proxies under concurrency never pass a limit; a restart
+sets its contribution again rather than adding it; reservations are idempotent and
+expire; Redis out of reach behaves as --redis-failure says, and recovers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.task import Clock, deferLater
+
+from modeltrack.controls.budgets import Budget
+from modeltrack.controls.shared import NANO, RESERVATION_SECONDS, RedisLedger, connect
+from tests.conftest import start_proxy
+from tests.processes import Running
+from tests.test_sdk import GPT4O_CHAT_COST
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="tools/install-test-tools.sh installs it")
+#: A body as long in bytes as the fake's answer is in input tokens, with room for its
+#: output: each call's reservation covers what it then costs, so a limit is exact.
+CALL = json.dumps({"model": "gpt-4o", "max_tokens": 300, "messages": [{"role": "user", "content": "x" * 1300}]}).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self) -> None:
+        import os
+
+        self.running = Running(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)],
+            env=dict(os.environ),
+        )
+        self.running.wait_for(lambda lines: any("Ready to accept connections" in line for line in lines))
+
+    def stop(self) -> None:
+        self.running.stop(signal.SIGKILL)
+
+    def command(self, *args: str) -> str:
+        import subprocess
+
+        return subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Any:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def budget_file(data_dir: Path, limit: str) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "budgets.json").write_text(json.dumps({"budgets": [{"scope": "all", "monthly_limit": limit, "action": "block"}]}))
+
+
+async def post(url: str) -> int:
+    response = await treq.post(
+        url + "/v1/chat/completions", data=CALL,
+        headers={"Authorization": "Bearer sk-x", "Content-Type": "application/json"},
+    )
+    await response.content()
+    return int(response.code)
+
+
+def spent(events: list[dict[str, Any]]) -> Decimal:
+    return sum((Decimal(str(e["cost_usd"])) for e in events if e["outcome"] == "ok"), Decimal(0))
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_instances_hold_one_budget_under_concurrency(reactor: Any, tmp_path: Path, upstream: Any, redis: Any) -> None:
+    limit = Decimal("0.1")
+    for name in ("a", "b"):
+        budget_file(tmp_path / name, str(limit))
+    a = start_proxy(reactor, tmp_path / "a", upstream.url, redis_url=redis.url)
+    b = start_proxy(reactor, tmp_path / "b", upstream.url, redis_url=redis.url)
+    try:
+        codes = await gatherResults([ensureDeferred(post((a, b)[n % 2].url)) for n in range(400)])
+        assert set(codes) == {200, 429}
+    finally:
+        await a.service.stopService()
+        await b.service.stopService()
+    events = a.events() + b.events()
+    ok = [e for e in events if e["outcome"] == "ok"]
+    assert len(ok) == codes.count(200)  # every admitted call has its event
+    assert len(events) == 400
+    assert 0 < spent(events) <= limit
+    assert spent(events) + GPT4O_CHAT_COST > limit - Decimal("0.007")  # and it was spent, not refused early
+    assert all(any(e["outcome"] == "ok" for e in proxy.events()) for proxy in (a, b))  # both served
+    keys = redis.command("--scan", "--pattern", "modeltrack:all|*").split()
+    total = next(key for key in keys if key.endswith(":total"))
+    assert redis.command("GET", total).strip() == "0"  # no reservation left open
+    shares = redis.command("HVALS", next(key for key in keys if key.endswith(":spend"))).split()
+    assert sum(int(x) for x in shares) == sum(int(Decimal(str(e["cost_usd"])) * NANO) for e in ok)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restart_sets_its_contribution_again(reactor: Any, tmp_path: Path, upstream: Any, redis: Any) -> None:
+    budget_file(tmp_path / "a", "5")
+    for _ in range(2):
+        proxy = start_proxy(reactor, tmp_path / "a", upstream.url, redis_url=redis.url)
+        try:
+            assert await post(proxy.url) == 200
+        finally:
+            await proxy.service.stopService()
+    keys = redis.command("--scan", "--pattern", "modeltrack:all|*:spend").split()
+    (share,) = redis.command("HVALS", keys[0]).split()
+    assert Decimal(share) / NANO == 2 * GPT4O_CHAT_COST  # two calls, not three (1 + 1 + 1 re-added)
+    redis.command("FLUSHALL")  # an emptied Redis: the next start puts the share back
+    proxy = start_proxy(reactor, tmp_path / "a", upstream.url, redis_url=redis.url)
+    try:
+        await proxy.service.shared_ledger.publish()
+    finally:
+        await proxy.service.stopService()
+    (share,) = redis.command("HVALS", keys[0]).split()
+    assert Decimal(share) / NANO == 2 * GPT4O_CHAT_COST
+
+
+@pytest_twisted.ensureDeferred
+async def test_reservations_are_idempotent_and_expire(reactor: Any, redis: Any) -> None:
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    ledger = RedisLedger(connect(redis.url), clock, "test")
+    budget = Budget("ml", Decimal("1"))
+    ledger.replace([budget])
+    day = "2027-01-15"
+    try:
+        first = await ledger.admit([budget], Decimal("0.4"), day, "mt_1")
+        again = await ledger.admit([budget], Decimal("0.4"), day, "mt_1")  # a retry: held once
+        assert first.status == again.status == "ok"
+        assert (await ledger.admit([budget], Decimal("0.4"), day, "mt_2")).status == "ok"
+        assert (await ledger.admit([budget], Decimal("0.4"), day, "mt_3")).status == "blocked"  # 0.8 held
+        clock.advance(RESERVATION_SECONDS + 1)  # their processes crashed: nothing will release them
+        assert (await ledger.admit([budget], Decimal("0.9"), day, "mt_4")).status == "ok"  # theirs are gone
+        total = "modeltrack:team=ml|2027-01:total"
+        assert redis.command("GET", total).strip() == str(int(Decimal("0.9") * NANO))
+        fifth = await ledger.admit([budget], Decimal("0.05"), day, "mt_5")
+        assert fifth.status == "warning"  # 90 % held before it
+        ledger.release(fifth)
+        ledger.release(fifth)  # idempotent
+        await ledger.admit([budget], Decimal("0"), day, "mt_6")  # a round trip: the releases are done
+        assert redis.command("GET", total).strip() == str(int(Decimal("0.9") * NANO))
+    finally:
+        ledger._redis.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_out_of_reach_closed_refuses_open_admits_and_both_recover(
+    reactor: Any, tmp_path: Path, upstream: Any, redis: Any
+) -> None:
+    budget_file(tmp_path / "closed", "5")
+    budget_file(tmp_path / "open", "5")
+    closed = start_proxy(reactor, tmp_path / "closed", upstream.url, redis_url=redis.url)
+    opened = start_proxy(reactor, tmp_path / "open", upstream.url, redis_url=redis.url, redis_failure="open")
+    try:
+        assert [await post(closed.url), await post(opened.url)] == [200, 200]
+        redis.stop()
+        assert [await post(closed.url), await post(opened.url)] == [503, 200]
+        redis.start()
+        for _ in range(300):  # txredisapi reconnects on its own, with a backoff
+            if await post(closed.url) == 200:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        else:
+            raise AssertionError("never recovered")
+    finally:
+        await closed.service.stopService()
+        await opened.service.stopService()
+    refused = [e for e in closed.events() if e["status_code"] == 503]
+    assert refused and all((e["outcome"], e["error_type"]) == ("rejected", "overloaded_error") for e in refused)
+    assert [e["outcome"] for e in opened.events()] == ["ok", "ok"]
