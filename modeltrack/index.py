@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from modeltrack.datadir import create_file
-from modeltrack.journal import LIVE_NAME, segments
+from modeltrack.journal import live_files, segments
 from modeltrack.usage import MAX_COUNT
 
 PICO = Decimal(10) ** 12
@@ -205,7 +205,8 @@ def pending(db: sqlite3.Connection, data_dir: Path) -> list[tuple[Path, int, int
     """
     known = {name: (inode, offset, sealed) for name, inode, offset, sealed in db.execute("SELECT * FROM sources")}
     work = []
-    for path in segments(data_dir) + [data_dir / LIVE_NAME]:
+    lives = live_files(data_dir)
+    for path in segments(data_dir) + lives:
         try:
             stat = os.stat(path)
         except FileNotFoundError:
@@ -215,7 +216,7 @@ def pending(db: sqlite3.Connection, data_dir: Path) -> list[tuple[Path, int, int
             continue  # a sealed segment never changes
         offset = previous[1] if previous is not None and previous[0] == stat.st_ino else 0
         if stat.st_size > offset or previous is None:
-            work.append((path, stat.st_ino, offset, stat.st_size, path.name != LIVE_NAME))
+            work.append((path, stat.st_ino, offset, stat.st_size, path not in lives))
     return work
 
 
@@ -471,7 +472,7 @@ def recent(data_dir: Path, limit: int) -> list[dict[str, Any]]:
     file and then of the newest segments.
     """
     found: list[dict[str, Any]] = []
-    for path in [data_dir / LIVE_NAME] + segments(data_dir)[::-1]:
+    for path in live_files(data_dir) + segments(data_dir)[::-1]:
         for line in _last_lines(path, limit - len(found)):
             try:
                 found.append(json.loads(line))

@@ -36,13 +36,27 @@ BATCH_WINDOW = 0.005
 DAY = 86400
 
 
-#: A sealed segment's name: the UTC time of its first write, to the microsecond (the
-#: only place the format is written or read: see L{segment_name}, L{segments},
-#: L{segment_month}).
+#: A sealed segment's name: the UTC time of its first write, to the microsecond, then
+#: its series (the only place the format is written or read: see L{segment_name},
+#: L{segments}, L{segment_month}, L{live_files}). One process writes the series C{""}
+#: (C{events.jsonl}, C{events-20261130T090000.000000Z.jsonl}); worker K of several, K > 0,
+#: writes C{.wK} (C{events.w1.jsonl}, C{events-20261130T090000.000000Z.w1.jsonl}). One
+#: glob, C{events*.jsonl}, finds them all.
 _SEGMENT_PREFIX, _SEGMENT_TIME, _SEGMENT_SUFFIX = "events-", "%Y%m%dT%H%M%S.%fZ", ".jsonl"
 
 
-def segment_name(first_write: float, directory: Path) -> Path:
+def series_of(worker: int) -> str:
+    """
+    The series worker C{worker} writes (0, or the only process: the plain names).
+    """
+    return f".w{worker}" if worker else ""
+
+
+def live_name(series: str = "") -> str:
+    return f"events{series}{_SEGMENT_SUFFIX}"
+
+
+def segment_name(first_write: float, directory: Path, series: str = "") -> Path:
     """
     A sealed segment's path, named for the UTC time of its first write, to the
     microsecond, so that names sort in time order (a name already taken moves on by a
@@ -51,24 +65,41 @@ def segment_name(first_write: float, directory: Path) -> Path:
     micros = int(first_write * 1_000_000)
     while True:
         moment = datetime.fromtimestamp(micros / 1_000_000, UTC)
-        path = directory / f"{_SEGMENT_PREFIX}{moment.strftime(_SEGMENT_TIME)}{_SEGMENT_SUFFIX}"
+        path = directory / f"{_SEGMENT_PREFIX}{moment.strftime(_SEGMENT_TIME)}{series}{_SEGMENT_SUFFIX}"
         if not path.exists():
             return path
         micros += 1
 
 
-def segments(directory: Path) -> list[Path]:
+def segments(directory: Path, series: str | None = None) -> list[Path]:
     """
-    The sealed segments in C{directory}, oldest first (the live file not among them).
+    The sealed segments in C{directory} (of one series, if given), oldest first (the
+    live files not among them).
     """
-    return sorted(directory.glob(f"{_SEGMENT_PREFIX}*{_SEGMENT_SUFFIX}"))
+    found = sorted(directory.glob(f"{_SEGMENT_PREFIX}*{_SEGMENT_SUFFIX}"))
+    if series is None:
+        return found
+    return [path for path in found if _series(path) == series]
+
+
+def live_files(directory: Path, series: str | None = None) -> list[Path]:
+    """
+    The live files in C{directory} (every series', or one's), the plain one first.
+    """
+    if series is not None:
+        return [directory / live_name(series)]
+    return [directory / LIVE_NAME] + sorted(directory.glob("events.w*" + _SEGMENT_SUFFIX))
+
+
+def _series(path: Path) -> str:
+    return path.name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)].partition("Z")[2]
 
 
 def segment_month(path: Path) -> str:
     """
     The UTC month (YYYY-MM) a segment's first event was written in.
     """
-    started = path.name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)]
+    started = path.name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)].partition("Z")[0] + "Z"
     return datetime.strptime(started, _SEGMENT_TIME).strftime("%Y-%m")
 
 
@@ -84,9 +115,11 @@ class SegmentFile:
         rotate_bytes: int,
         now: Callable[[], float] = time.time,
         write: Callable[[int, memoryview], int] = os.write,
+        series: str = "",
     ) -> None:
         self.directory = directory
-        self.path = directory / LIVE_NAME
+        self.series = series
+        self.path = directory / live_name(series)
         self.rotate_bytes = rotate_bytes
         self._now = now
         self._write = write
@@ -191,7 +224,7 @@ class SegmentFile:
         self.dirty = False
         os.close(self._fd)
         self._fd = -1
-        sealed = segment_name(self.first_write or self._now(), self.directory)
+        sealed = segment_name(self.first_write or self._now(), self.directory, self.series)
         os.rename(self.path, sealed)
         _fsync_directory(self.directory)
         self.open()
@@ -230,10 +263,11 @@ class Journal:
         call_from_thread: Callable[..., object],
         now: Callable[[], float] = time.time,
         write: Callable[[int, memoryview], int] = os.write,
+        series: str = "",
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}")
-        self.file = SegmentFile(directory, rotate_bytes, now, write)
+        self.file = SegmentFile(directory, rotate_bytes, now, write, series)
         self.fsync_policy = fsync
         #: Under C{always}, an answer is complete to its client only once its event
         #: is on disk (see L{modeltrack.web.proxy.Exchange}).

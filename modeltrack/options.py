@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from twisted.python import usage
@@ -78,6 +78,14 @@ class Settings:
     reserve_output_tokens: int = 4096
     reserve_context_tokens: int = 200_000
     fast_path: bool = True
+    #: Worker processes serving the listeners (1: this process serves them itself).
+    workers: int = 1
+    #: Which worker this process is, and the listeners it was handed by the process that
+    #: bound them: (option, file descriptor) pairs. Set only in a worker.
+    worker: int = 0
+    inherited: tuple[tuple[str, int], ...] = ()
+    #: The plugin's own arguments, as given: what a worker is started with.
+    argv: tuple[str, ...] = ()
     #: OpenAI-compatible upstreams: (name, origin) pairs.
     upstreams: tuple[tuple[str, str], ...] = ()
 
@@ -109,6 +117,7 @@ class Options(usage.Options):
         ["anthropic-url", None, None, f"Anthropic API origin [env MODELTRACK_ANTHROPIC_URL, default {DEFAULT_ANTHROPIC_URL}]."],
         ["bedrock-region", None, None, "Serve Bedrock under /bedrock, at https://bedrock-runtime.REGION.amazonaws.com [env MODELTRACK_BEDROCK_REGION]."],
         ["bedrock-url", None, None, "Bedrock runtime origin instead (a VPC endpoint, tests) [env MODELTRACK_BEDROCK_URL]."],
+        ["workers", None, "1", "Worker processes accepting on the listeners (auto: one per CPU); the process that binds them supervises them."],
         ["redis-url", None, None, "Hold budgets in Redis, shared by every process and instance: redis://HOST:PORT/DB or rediss:// (TLS) [env MODELTRACK_REDIS_URL]."],
         ["redis-password-file", None, None, "A file holding the Redis password (else the URL's)."],
         ["redis-failure", None, "closed", "With Redis out of reach: closed refuses calls under a budget (503); open decides in this process."],
@@ -162,6 +171,10 @@ class Options(usage.Options):
         Twisted endpoint to serve TLS on (with --tls-cert and --tls-key), e.g. tcp:8443 or systemd:domain=INET:name=proxy; repeatable, alongside --listen.
         """
         self["listen-tls"].append(description)
+
+    def parseOptions(self, options: Any = None) -> None:
+        self.argv = tuple(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def postOptions(self) -> None:
         try:
@@ -223,6 +236,7 @@ def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Setting
         reserve_output_tokens=int(_positive(options, "reserve-output-tokens")),
         reserve_context_tokens=int(_positive(options, "reserve-context-tokens")),
         fast_path=not options["no-fast-path"],
+        **_check_workers(options, environ, data_dir),
         azure_url=_optional_url("--azure-url", options["azure-url"] or environ.get("MODELTRACK_AZURE_URL")),
         **_check_bedrock(options, environ),
         **_check_redis(options, environ),
@@ -374,6 +388,42 @@ def is_loopback(description: str) -> bool:
         return ipaddress.ip_address(interface).is_loopback
     except ValueError:
         return False
+
+
+class _WorkerSettings(TypedDict):
+    workers: int
+    worker: int
+    inherited: tuple[tuple[str, int], ...]
+    argv: tuple[str, ...]
+
+
+def _check_workers(options: usage.Options, environ: Mapping[str, str], data_dir: Path) -> _WorkerSettings:
+    value = options["workers"]
+    workers = os.cpu_count() or 1 if value == "auto" else int(value) if value.isdigit() else 0
+    if not 1 <= workers <= 256:
+        raise ConfigError(f"--workers: {value!r} is not a number of processes from 1 to 256, or auto")
+    redis = options["redis-url"] or environ.get("MODELTRACK_REDIS_URL")
+    if workers > 1 and not redis:
+        from modeltrack.controls.budgets import ConfigFileError, load_budgets
+
+        try:
+            budgets = load_budgets(data_dir / "budgets.json") or []
+        except ConfigFileError:
+            budgets = []
+        if any(budget.action == "block" for budget in budgets):
+            raise ConfigError("--workers: more than one worker under a block budget needs a shared ledger: give --redis-url")
+    # Internal, set by the process that started this one as a worker.
+    inherited = tuple(
+        (option, int(fd))
+        for option, _, fd in (item.rpartition(":") for item in environ.get("MODELTRACK_INHERITED", "").split(","))
+        if option
+    )
+    return {
+        "workers": workers,
+        "worker": int(environ.get("MODELTRACK_WORKER", "0")),
+        "inherited": inherited,
+        "argv": tuple(getattr(options, "argv", ())),
+    }
 
 
 class _RedisSettings(TypedDict):

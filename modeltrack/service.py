@@ -10,6 +10,7 @@ process (signals, the collector, the open-files limit) is in L{modeltrack.proces
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeD
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
@@ -38,7 +40,7 @@ from modeltrack.controls.spendlog import rebuild
 from modeltrack.datadir import state_dir
 from modeltrack.failures import log_failure
 from modeltrack.indexer import Indexer
-from modeltrack.journal import Journal
+from modeltrack.journal import Journal, series_of
 from modeltrack.logs import observer
 from modeltrack.metrics import Metrics
 from modeltrack.options import ConfigError, Settings, read_token
@@ -118,8 +120,11 @@ class ModeltrackService(InOrder):
         self.setName("modeltrack")
         self.settings = settings
         self._reactor = reactor
+        #: A worker of several writes its own series of the event log.
+        self.series = series_of(settings.worker) if settings.workers > 1 else ""
         self.journal = Journal(
             settings.data_dir,
+            series=self.series,
             fsync=settings.fsync,
             rotate_bytes=settings.rotate_bytes,
             call_from_thread=reactor.callFromThread,
@@ -191,7 +196,7 @@ class ModeltrackService(InOrder):
         ledger = BudgetLedger()
         self.shared_ledger: RedisLedger | None = None
         if settings.redis_url is not None:
-            contributor = install_id(state_dir(settings.data_dir))
+            contributor = install_id(state_dir(settings.data_dir)) + self.series
             ledger = self.shared_ledger = RedisLedger(
                 connect(settings.redis_url, settings.redis_password), reactor, contributor, settings.redis_failure
             )
@@ -282,7 +287,9 @@ class ModeltrackService(InOrder):
         now = datetime.fromtimestamp(self._reactor.seconds(), UTC)
         # Before the event log starts: its thread may seal a live file left from an
         # earlier day, and a file renamed under the scan would be missed.
-        rebuild(self.gate.ledger, self.settings.data_dir, now.strftime("%Y-%m"))
+        # With a shared ledger, each worker contributes (and so rebuilds) its own series.
+        series = self.series if self.shared_ledger is not None and self.settings.workers > 1 else None
+        rebuild(self.gate.ledger, self.settings.data_dir, now.strftime("%Y-%m"), series)
         if self.gate.alerts is not None:
             ledger = self.gate.ledger
             self.gate.alerts.seed(ledger.spends(ledger.budgets, now.date().isoformat()))
@@ -312,6 +319,8 @@ class ModeltrackService(InOrder):
         # one that cannot be bound closes the others: nothing listens after a failed
         # start, and the line names the option that failed.
         listening = []
+        if self.settings.inherited:
+            return self._adopt()
         for option, description, factory in self._listeners():
             endpoint = endpoints.serverFromString(self._reactor, description)
             if option == "--listen-tls":
@@ -326,6 +335,25 @@ class ModeltrackService(InOrder):
             # Before the reactor runs (a port in use): one line and a non-zero exit.
             sys.stderr.write(f"modeltrack: {self._early_failure}\n")
             raise SystemExit(1)
+
+    def _adopt(self) -> None:
+        """
+        A worker: serve the sockets the supervisor bound and handed over.
+        """
+        results: list[tuple[str, Any]] = []
+        for option, fd in self.settings.inherited:
+            factory: Any = self.admin if option == "--admin-listen" else self.site
+            if factory is None:
+                continue
+            if option == "--listen-tls":
+                assert self.tls is not None
+                factory = TLSMemoryBIOFactory(self.tls, False, factory)
+            with socket.socket(fileno=os.dup(fd)) as probe:
+                family = probe.family
+            port = self._reactor.adoptStreamPort(fd, family, factory)
+            os.close(fd)  # the reactor holds its own copy
+            results.append((option, port))
+        self._bound(results)
 
     def _listeners(self) -> list[tuple[str, str, Site]]:
         found: list[tuple[str, str, Site]] = [("--listen", description, self.site) for description in self.settings.listen]
@@ -357,12 +385,19 @@ class ModeltrackService(InOrder):
 
     def _listening(self) -> None:
         # Started only once listening: a failed start leaves no index process or
-        # query thread behind to keep the process from exiting.
-        self.indexer.start()
+        # query thread behind to keep the process from exiting. One index for all
+        # workers: the first one's.
+        if self.settings.worker == 0:
+            self.indexer.start()
         pace_the_collector()
         self.readiness.listening = True
-        # Listening and the event log open: tell systemd (Type=notify) we are ready.
-        notify(b"READY=1\nMAINPID=%d" % os.getpid())
+        ready = os.environ.get("MODELTRACK_READY_FD")
+        if ready is not None:
+            # A worker tells its supervisor, which tells systemd once all are.
+            os.write(int(ready), b"ready\n")
+        else:
+            # Listening and the event log open: tell systemd (Type=notify) we are ready.
+            notify(b"READY=1\nMAINPID=%d" % os.getpid())
         for port in self.ports:
             log.info("modeltrack listening on {address}", address=str(port.getHost()))
         if self.admin_port is not None:

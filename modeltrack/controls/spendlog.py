@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from modeltrack.controls.budgets import BudgetLedger, Daily
 from modeltrack.datadir import STATE_DIR_MODE
-from modeltrack.journal import LIVE_NAME, segment_month, segments
+from modeltrack.journal import live_files, segment_month, segments
 
 log = Logger()
 
@@ -48,15 +48,17 @@ def scan(path: Path) -> Daily:
     return rows
 
 
-def rebuild(ledger: BudgetLedger, data_dir: Path, month: str) -> None:
+def rebuild(ledger: BudgetLedger, data_dir: Path, month: str, series: str | None = None) -> None:
     """
-    Load this month's spend (C{month} is YYYY-MM) into C{ledger}.
+    Load this month's spend (C{month} is YYYY-MM) into C{ledger}: of every series, or
+    of one (a worker's own, when a shared ledger adds the workers up), with a
+    checkpoint of its own.
     """
-    checkpoint = data_dir / "state" / "ledger-2.msgpack"
+    checkpoint = data_dir / "state" / f"ledger-2{series or ''}.msgpack"
     known = _load(checkpoint)
     kept: dict[str, list[list[str]]] = {}
     total: Daily = {}
-    for segment in segments(data_dir):
+    for segment in segments(data_dir, series):
         if segment_month(segment) < month:
             continue  # the journal seals at UTC midnight: nothing of this month in there
         rows = known.get(segment.name)
@@ -66,10 +68,10 @@ def rebuild(ledger: BudgetLedger, data_dir: Path, month: str) -> None:
         for team, app, feature, key_name, day, cost in rows:
             key = (team, app, feature, key_name, day)
             total[key] = total.get(key, Decimal(0)) + Decimal(cost)
-    live = data_dir / LIVE_NAME
-    if live.exists():
-        for key, live_cost in scan(live).items():
-            total[key] = total.get(key, Decimal(0)) + live_cost
+    for live in live_files(data_dir, series):
+        if live.exists():
+            for key, live_cost in scan(live).items():
+                total[key] = total.get(key, Decimal(0)) + live_cost
     ledger.load_daily({k: v for k, v in total.items() if k[4][:7] == month})
     _save(checkpoint, kept)
 

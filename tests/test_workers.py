@@ -1,0 +1,93 @@
+"""
+--workers as users run it: real twistd processes, one supervisor binding the port and
+two workers accepting on it. Both serve and each writes its own series of the event log,
+which every reader sees whole; a worker killed with -9 is replaced; SIGHUP reaches every
+worker; SIGTERM stops them all and the supervisor exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from tests import rawhttp
+from tests.processes import Running
+from tests.test_shared_ledger import free_port
+from tests.test_twistd import REPO, TWISTD, environment
+
+CALL = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def call(port: int) -> int:
+    # A connection per call: the kernel hands each to whichever worker accepts first.
+    answer = rawhttp.exchange(port, rawhttp.post(b"/v1/chat/completions", CALL, b"Authorization: Bearer sk-x\r\n"))
+    return rawhttp.status_of(answer)
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(supervisor)], capture_output=True, text=True).stdout.split()
+    return sorted(int(pid) for pid in found)
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_share_the_port_and_the_log(tmp_path: Path, upstream: Any) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    proxy = Running(
+        [*TWISTD, "-n", "--pidfile=", "modeltrack", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=512",
+         "--data-dir", str(data), "--openai-url", upstream.url, "--anthropic-url", upstream.url,
+         "--workers", "2", "--admin-listen", "none", "--fsync", "always"],  # an answer is whole once its event is on disk
+        env=environment(),
+    )
+
+    def scenario() -> None:
+        # Blocking: on a thread, while the reactor serves the fake upstream.
+        proxy.wait_for(lambda lines: any("with 2 workers" in line for line in lines))
+        workers = worker_pids(proxy.process.pid)
+        assert len(workers) == 2
+        assert all(call(port) == 200 for _ in range(200))
+        series = {path.name: len(path.read_text().splitlines()) for path in data.glob("events*.jsonl")}
+        assert set(series) == {"events.jsonl", "events.w1.jsonl"} and sum(series.values()) == 200
+        assert min(series.values()) > 20, series  # both workers served
+        # A worker killed: replaced, and the port keeps answering meanwhile.
+        os.kill(workers[0], signal.SIGKILL)
+        proxy.wait_for(lambda lines: any("ended" in line and "starting another" in line for line in lines))
+        assert all(call(port) == 200 for _ in range(50))
+        proxy.wait_for(lambda lines: any("worker 0 ready" in line for line in lines) or len(worker_pids(proxy.process.pid)) == 2)
+        proxy.process.send_signal(signal.SIGHUP)
+        proxy.wait_for(lambda lines: sum("SIGHUP: reloading" in line for line in lines) >= 2)
+
+    try:
+        await deferToThread(scenario)
+    finally:
+        code = await deferToThread(proxy.stop, signal.SIGTERM)
+    assert code == 0, "".join(proxy.lines[-20:])
+    assert any("2 workers ended" in line for line in proxy.lines)
+    # Every reader sees every worker's events once: the report's request count.
+    report = await deferToThread(
+        subprocess.run,
+        [sys.executable, "-m", "modeltrack.cli", "report", "--data-dir", str(data), "--by", "provider", "--format", "json"],
+        capture_output=True, text=True, timeout=120, env=environment(), cwd=REPO,
+    )
+    assert sum(row["requests"] for row in json.loads(report.stdout)) == 250
+
+
+def test_more_than_one_worker_under_a_block_budget_needs_redis(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "budgets.json").write_text(json.dumps({"budgets": [{"team": "ml", "monthly_limit": 5}]}))
+    done = subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "modeltrack", "--data-dir", str(data), "--workers", "2",
+         "--listen", f"tcp:{free_port()}:interface=127.0.0.1"],
+        capture_output=True, text=True, timeout=60, env=environment(), cwd="/tmp",
+    )
+    assert done.returncode != 0
+    assert "modeltrack: --workers: more than one worker under a block budget needs a shared ledger: give --redis-url" in done.stderr
