@@ -79,7 +79,40 @@ class Metrics:
             registry=self.registry,
         )
         self._histograms: dict[str, tuple[Any, Any]] = {}
+        #: The other workers' counters (L{modeltrack.peers.Peers}), with --workers.
+        self.peers: Any = None
         self.registry.register(self)
+
+    def counters(self) -> dict[str, Any]:
+        """
+        The counters as JSON, for the other workers' C{/metrics}.
+        """
+        return {
+            "requests": [[*key, n] for key, n in self._requests.items()],
+            "tokens": [[*key, n] for key, n in self._tokens.items()],
+            "cost": [[*key, str(usd)] for key, usd in self._cost.items()],
+            "unpriced": [[*key, n] for key, n in self._unpriced.items()],
+            "cache_hits": self._cache_hits,
+            "saved": {reason: str(usd) for reason, usd in self._saved.items()},
+        }
+
+    def _with_peers(self) -> tuple[Any, Any, Any, Any, int, dict[str, Decimal]]:
+        requests, tokens, unpriced = Counter(self._requests), Counter(self._tokens), Counter(self._unpriced)
+        cost, saved, hits = dict(self._cost), dict(self._saved), self._cache_hits
+        for peer in (self.peers.totals if self.peers is not None else []):
+            counted = peer.get("metrics") or {}
+            for *key, n in counted.get("requests", []):
+                requests[tuple(key)] += n
+            for *key, n in counted.get("tokens", []):
+                tokens[tuple(key)] += n
+            for *key, n in counted.get("unpriced", []):
+                unpriced[tuple(key)] += n
+            for *key, usd in counted.get("cost", []):
+                cost[tuple(key)] = cost.get(tuple(key), Decimal(0)) + Decimal(usd)
+            for reason, usd in (counted.get("saved") or {}).items():
+                saved[reason] = saved.get(reason, Decimal(0)) + Decimal(usd)
+            hits += counted.get("cache_hits", 0)
+        return requests, tokens, cost, unpriced, hits, saved
 
     def observe(self, event: dict[str, Any], cost: Decimal | None, saved: Decimal | None, overhead: float | None) -> None:
         """
@@ -122,7 +155,8 @@ class Metrics:
             "modeltrack_errors", "Metered calls that did not end ok, by provider, model and outcome.",
             labels=["provider", "model", "outcome"],
         )
-        for (provider, model, outcome), n in sorted(self._requests.items()):
+        all_requests, all_tokens, all_cost, all_unpriced, all_hits, all_saved = self._with_peers()
+        for (provider, model, outcome), n in sorted(all_requests.items()):
             requests.add_metric([provider, model, outcome], n)
             if outcome != "ok":
                 errors.add_metric([provider, model, outcome], n)
@@ -130,18 +164,18 @@ class Metrics:
             "modeltrack_tokens", "Tokens read from responses, by kind (input includes cache reads and writes; output includes reasoning).",
             labels=["provider", "model", "kind"],
         )
-        for key, n in sorted(self._tokens.items()):
+        for key, n in sorted(all_tokens.items()):
             tokens.add_metric(list(key), n)
         cost = CounterMetricFamily("modeltrack_cost_usd", "Cost at list price, by provider, model and team.", labels=["provider", "model", "team"])
-        for key, usd in sorted(self._cost.items()):
+        for key, usd in sorted(all_cost.items()):
             cost.add_metric(list(key), float(usd))
         unpriced = CounterMetricFamily("modeltrack_unpriced", "Calls with usage but no known price.", labels=["provider", "model"])
-        for provider_model, n in sorted(self._unpriced.items()):
+        for provider_model, n in sorted(all_unpriced.items()):
             unpriced.add_metric(list(provider_model), n)
         yield from (requests, errors, tokens, cost, unpriced)
-        yield CounterMetricFamily("modeltrack_cache_hits", "Calls answered from the response cache.", value=self._cache_hits)
+        yield CounterMetricFamily("modeltrack_cache_hits", "Calls answered from the response cache.", value=all_hits)
         saved = CounterMetricFamily("modeltrack_saved_usd", "What the cache and routing saved, at list price.", labels=["reason"])
-        for reason, usd in sorted(self._saved.items()):
+        for reason, usd in sorted(all_saved.items()):
             saved.add_metric([reason], float(usd))
         yield saved
         journal = self._journal

@@ -44,6 +44,7 @@ from modeltrack.journal import Journal, series_of
 from modeltrack.logs import observer
 from modeltrack.metrics import Metrics
 from modeltrack.options import ConfigError, Settings, read_token
+from modeltrack.peers import Peers
 from modeltrack.pricing import PriceBook
 from modeltrack.process import Signals, pace_the_collector, raise_open_files_limit
 from modeltrack.providers import anthropic, azure, bedrock, compat, google, openai
@@ -233,6 +234,20 @@ class ModeltrackService(InOrder):
             metrics=self.metrics,
             route_table=RouteTable((*configured, *DIALECTS)),
         )
+        self.peers: Peers | None = None
+        if settings.workers > 1:
+            metrics = self.metrics
+
+            def own_totals() -> dict[str, Any]:
+                return {
+                    "stats": self.stats.snapshot(self.journal),
+                    "metrics": metrics.counters() if metrics is not None else {},
+                }
+
+            self.peers = Peers(state_dir(settings.data_dir) / "workers", settings.worker, settings.workers, own_totals, reactor)
+            self.resource.status_paths.peers = self.peers
+            if metrics is not None:
+                metrics.peers = self.peers
         self.site = ProxySite(
             self.resource,
             reactor,
@@ -261,6 +276,7 @@ class ModeltrackService(InOrder):
             Step("shared ledger", start=self.shared_ledger.start, stop=self.shared_ledger.stop) if self.shared_ledger else None,
             Step("AWS credentials", start=signer.start, stop=signer.stop) if signer is not None else None,
             Step("index", stop=self.indexer.stop),  # started once listening
+            Step("worker totals", start=self.peers.start, stop=self.peers.stop) if self.peers is not None else None,
             Step("config polling", start=self._start_polling, stop=self._stop_polling),
             Step("listeners", start=self._listen, stop=self._stop_listening_and_drain),
         ]

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,12 @@ def worker_pids(supervisor: int) -> list[int]:
 
 @pytest_twisted.ensureDeferred
 async def test_workers_share_the_port_and_the_log(tmp_path: Path, upstream: Any) -> None:
-    port = free_port()
+    port, admin = free_port(), free_port()
     data = tmp_path / "data"
     proxy = Running(
         [*TWISTD, "-n", "--pidfile=", "modeltrack", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=512",
          "--data-dir", str(data), "--openai-url", upstream.url, "--anthropic-url", upstream.url,
-         "--workers", "2", "--admin-listen", "none", "--fsync", "always"],  # an answer is whole once its event is on disk
+         "--workers", "2", "--admin-listen", f"tcp:{admin}:interface=127.0.0.1", "--fsync", "always"],  # an answer is whole once its event is on disk
         env=environment(),
     )
 
@@ -57,6 +58,17 @@ async def test_workers_share_the_port_and_the_log(tmp_path: Path, upstream: Any)
         series = {path.name: len(path.read_text().splitlines()) for path in data.glob("events*.jsonl")}
         assert set(series) == {"events.jsonl", "events.w1.jsonl"} and sum(series.values()) == 200
         assert min(series.values()) > 20, series  # both workers served
+        # /stats counts the whole tree, whichever worker answers (peers' totals are a
+        # second old at most: asked until they have arrived).
+        for _ in range(100):
+            stats = json.loads(rawhttp.body_of(rawhttp.exchange(port, b"GET /stats HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")))
+            if stats["events"] == 200:
+                break
+            time.sleep(0.05)
+        assert (stats["events"], stats["workers"], stats["outcomes"]) == (200, 2, {"ok": 200})
+        metrics = rawhttp.body_of(rawhttp.exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+        served = [line for line in metrics.decode().splitlines() if line.startswith("modeltrack_requests_total{")]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in served) == 200  # worker 0's admin counts both
         # A worker killed: replaced, and the port keeps answering meanwhile.
         os.kill(workers[0], signal.SIGKILL)
         proxy.wait_for(lambda lines: any("ended" in line and "starting another" in line for line in lines))

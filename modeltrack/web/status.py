@@ -14,6 +14,8 @@ from typing import Any
 from twisted.web.http import datetimeToString
 from twisted.web.server import Request
 
+from modeltrack.peers import add_counts
+
 _PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
 #: The status paths, by their bytes (named in the access log).
@@ -55,6 +57,8 @@ class StatusPaths:
         self._readiness = readiness
         self._gate = gate
         self._clock = clock
+        #: The other workers' totals (L{modeltrack.peers.Peers}), with --workers.
+        self.peers: Any = None
 
     def render(self, path: bytes, request: Request) -> bytes | None:
         """
@@ -75,7 +79,12 @@ class StatusPaths:
                 return json_response(request, 503, {"status": "unavailable", "problems": problems})
             return json_response(request, 200, {"status": "ready"})
         if path == b"/stats":
-            return json_response(request, 200, self._stats.snapshot(journal))
+            totals = self._stats.snapshot(journal)
+            if self.peers is not None:
+                for peer in self.peers.totals:
+                    totals = add_counts(totals, peer.get("stats") or {})
+                totals["workers"] = 1 + len(self.peers.totals)
+            return json_response(request, 200, totals)
         if path == b"/budgets":
             today = datetime.fromtimestamp(self._clock.seconds(), UTC).strftime("%Y-%m-%d")
             body = {
