@@ -137,3 +137,29 @@ async def test_vertex_gemini_and_claude(reactor: Any, tmp_path: Path, google: An
     assert claude_streamed["streaming"] is True
     assert all(seen.header(b"authorization") == [f"Bearer {TOKEN}".encode()] for seen in google.seen)
     assert TOKEN.encode() not in b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cache_never_answers_one_gemini_key_with_anothers_call(reactor: Any, tmp_path: Path, google: Any) -> None:
+    proxy = start_proxy(reactor, tmp_path, "http://127.0.0.1:9", gemini_url=google.url, vertex_url=google.url, cache=True)
+    body = json.dumps({"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"temperature": 0}}).encode()
+    url = f"{proxy.url}/gemini/v1beta/models/gemini-2.5-flash:generateContent"
+
+    async def ask(query: str = "", key: str | None = None) -> str:
+        headers = {"Content-Type": "application/json", **({"x-goog-api-key": key} if key else {})}
+        response = await treq.post(url + query, data=body, headers=headers)
+        await response.content()
+        return response.headers.getRawHeaders("x-modeltrack-cache", ["-"])[0]
+
+    try:
+        assert await ask(key="AIza-tenant-one") == "MISS"
+        assert await ask(key="AIza-tenant-one") == "HIT"
+        assert await ask(key="AIza-tenant-two") == "MISS"  # another key: never the first one's answer
+        assert await ask(query="?key=AIza-tenant-three") == "MISS"  # a key in the query is a tenant too
+        assert await ask(query="?key=AIza-tenant-three") == "HIT"
+        sampled = json.dumps({"contents": [{"parts": [{"text": "hi"}]}]}).encode()  # default temperature: 1
+        response = await treq.post(url, data=sampled, headers={"x-goog-api-key": "AIza-tenant-one"})
+        await response.content()
+        assert response.headers.getRawHeaders("x-modeltrack-cache") is None  # not cacheable
+    finally:
+        await proxy.service.stopService()

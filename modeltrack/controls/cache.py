@@ -4,14 +4,15 @@ memory, bounded by entries, bytes and age, snapshotted to C{<data-dir>/state/cac
 
 The key covers the provider, the route and the canonical JSON of the whole request body
 (system prompt, tools, temperature, response format: every field). The caller enters it
-only as an HMAC of its credentials under a per-install secret, so two tenants never share
-an answer, and neither memory nor the snapshot holds anything a key can be recovered from.
+only as the fingerprint of its key (C{key_id}: an HMAC under the per-install secret, of
+the credential its provider's dialect reads, a Gemini C{?key=} included), so two tenants
+never share an answer, and neither memory nor the snapshot holds anything a key can be
+recovered from.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 from collections import OrderedDict
@@ -28,11 +29,7 @@ from modeltrack.datadir import STATE_DIR_MODE
 
 log = Logger()
 
-#: Request headers that identify the caller to a provider.
-CREDENTIAL_HEADERS = (b"authorization", b"x-api-key", b"api-key")
 NO_CACHE_HEADER = b"x-modeltrack-no-cache"
-#: Routes whose answers depend on a sampling temperature (default 1: not deterministic).
-SAMPLED_ROUTES = frozenset(("/v1/messages", "/v1/chat/completions", "/v1/completions", "/v1/responses"))
 SNAPSHOT_VERSION = 1
 
 
@@ -84,20 +81,25 @@ class ResponseCache:
         values = headers.getRawHeaders(NO_CACHE_HEADER)
         if values and values[-1].strip().lower() in (b"true", b"1", b"yes"):
             return False
-        if path in SAMPLED_ROUTES and not self.sampled:
+        if "embed" not in path.lower() and not self.sampled:
+            # Every generating route samples at a temperature the providers default to
+            # 1: only a call that asks for 0 (at the top, or in Gemini's or Bedrock's
+            # config object) is deterministic enough to answer again.
             temperature = body.get("temperature")
+            for config in ("generationConfig", "inferenceConfig"):
+                if temperature is None and isinstance(body.get(config), dict):
+                    temperature = body[config].get("temperature")
             if not isinstance(temperature, (int, float)) or temperature > 0:
                 return False
         return True
 
-    def key(self, provider: str, path: str, body: dict[str, Any], headers: Headers) -> bytes:
-        credentials = b"\n".join(
-            value for name in CREDENTIAL_HEADERS for value in headers.getRawHeaders(name, ())
-        )
-        tenant = hmac.new(self._secret, credentials, hashlib.sha256).digest()
+    def key(self, provider: str, path: str, body: dict[str, Any], tenant: str | None) -> bytes:
+        """
+        The entry's key; C{tenant} is the caller's C{key_id} (L{None}: no key).
+        """
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         digest = hashlib.sha256()
-        for part in (provider.encode(), path.encode(), tenant, canonical.encode("utf-8")):
+        for part in (provider.encode(), path.encode(), (tenant or "").encode(), canonical.encode("utf-8")):
             digest.update(len(part).to_bytes(8, "big"))
             digest.update(part)
         return digest.digest()

@@ -143,6 +143,7 @@ class Gate:
         who: Who,
         now: datetime,
         request_id: str = "",
+        tenant: str | None = None,
     ) -> Ticket | Deferred[Ticket]:
         """
         Decide a metered call before it is forwarded. May rewrite C{body}'s model (a
@@ -178,7 +179,7 @@ class Gate:
                     (b"x-modeltrack-route-reason", f"{rule.name}: budget above {rule.threshold}%".encode()),
                 ]
         if self.cache is not None and self.cache.cacheable(path, body, headers):
-            ticket.cache_key = self.cache.key(provider, path, body, headers)
+            ticket.cache_key = self.cache.key(provider, path, body, tenant)
             ticket.hit = self.cache.get(ticket.cache_key)
             if ticket.hit is not None:
                 return ticket  # costs nothing: no reservation

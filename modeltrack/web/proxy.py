@@ -366,6 +366,7 @@ class Exchange(Protocol):
             self._who,
             datetime.fromtimestamp(resource.clock.seconds(), UTC),
             self.request_id,
+            self.caller.key_id,
         )
         if isinstance(decided, Deferred):
             decided.addCallback(self._admitted, body).addErrback(self.crashed)
