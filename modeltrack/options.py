@@ -46,6 +46,8 @@ class Settings:
     redis_url: str | None = None
     redis_password: str | None = None
     redis_failure: str = "closed"
+    #: Where the response cache lives: this process's memory, or Redis (shared).
+    cache_backend: str = "memory"
     gemini_url: str = "https://generativelanguage.googleapis.com"
     vertex_url: str = "https://aiplatform.googleapis.com"
     fsync: str = "interval"
@@ -120,6 +122,7 @@ class Options(usage.Options):
         ["workers", None, "1", "Worker processes accepting on the listeners (auto: one per CPU); the process that binds them supervises them."],
         ["redis-url", None, None, "Hold budgets in Redis, shared by every process and instance: redis://HOST:PORT/DB or rediss:// (TLS) [env MODELTRACK_REDIS_URL]."],
         ["redis-password-file", None, None, "A file holding the Redis password (else the URL's)."],
+        ["cache-backend", None, "memory", "Where --cache keeps answers: memory (this process) or redis (shared by every process and instance; needs --redis-url)."],
         ["redis-failure", None, "closed", "With Redis out of reach: closed refuses calls under a budget (503); open decides in this process."],
         ["gemini-url", None, None, "Gemini API origin, served under /gemini [env MODELTRACK_GEMINI_URL, default https://generativelanguage.googleapis.com]."],
         ["vertex-url", None, None, "Vertex AI origin (a regional one for regional endpoints), served under /vertex [env MODELTRACK_VERTEX_URL, default https://aiplatform.googleapis.com]."],
@@ -430,6 +433,7 @@ class _RedisSettings(TypedDict):
     redis_url: str | None
     redis_password: str | None
     redis_failure: str
+    cache_backend: str
 
 
 def _check_redis(options: usage.Options, environ: Mapping[str, str]) -> _RedisSettings:
@@ -447,7 +451,12 @@ def _check_redis(options: usage.Options, environ: Mapping[str, str]) -> _RedisSe
             password = Path(options["redis-password-file"]).read_text().strip()
         except OSError as e:
             raise ConfigError(f"--redis-password-file: cannot be read: {e.strerror or e}") from None
-    return {"redis_url": url, "redis_password": password, "redis_failure": failure}
+    backend = options["cache-backend"]
+    if backend not in ("memory", "redis"):
+        raise ConfigError(f"--cache-backend: {backend!r} is not one of memory, redis")
+    if backend == "redis" and url is None:
+        raise ConfigError("--cache-backend: redis needs --redis-url")
+    return {"redis_url": url, "redis_password": password, "redis_failure": failure, "cache_backend": backend}
 
 
 class _BedrockSettings(TypedDict):

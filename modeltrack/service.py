@@ -35,7 +35,7 @@ from modeltrack.controls.cache import ResponseCache, load_snapshot, write_atomic
 from modeltrack.controls.files import ControlFiles
 from modeltrack.controls.gate import Gate
 from modeltrack.controls.keys import Keyring, install_secret
-from modeltrack.controls.shared import RedisLedger, connect, install_id
+from modeltrack.controls.shared import RedisCache, RedisLedger, connect, install_id
 from modeltrack.controls.spendlog import rebuild
 from modeltrack.datadir import state_dir
 from modeltrack.failures import log_failure
@@ -178,8 +178,11 @@ class ModeltrackService(InOrder):
         prices.price_providers = {d.name: d.price_provider for d in (*configured, *DIALECTS) if d.price_provider}
         secret = install_secret(state_dir(settings.data_dir))
         self.keys = Keyring(secret)
-        cache = None
-        if settings.cache:
+        redis = None if settings.redis_url is None else connect(settings.redis_url, settings.redis_password)
+        cache: ResponseCache | None = None
+        if settings.cache and redis is not None and settings.cache_backend == "redis":
+            cache = RedisCache(redis, secret, reactor, ttl=settings.cache_ttl, sampled=settings.cache_sampled)
+        elif settings.cache:
             cache = ResponseCache(
                 secret,
                 reactor,
@@ -198,9 +201,7 @@ class ModeltrackService(InOrder):
         self.shared_ledger: RedisLedger | None = None
         if settings.redis_url is not None:
             contributor = install_id(state_dir(settings.data_dir)) + self.series
-            ledger = self.shared_ledger = RedisLedger(
-                connect(settings.redis_url, settings.redis_password), reactor, contributor, settings.redis_failure
-            )
+            ledger = self.shared_ledger = RedisLedger(redis, reactor, contributor, settings.redis_failure)
         self.gate = Gate(
             prices,
             ledger,
@@ -271,7 +272,8 @@ class ModeltrackService(InOrder):
         steps = [
             Step("controls", start=self._load_controls),
             Step("event log", start=self.journal.start, stop=self.journal.stop),
-            Step("response cache", start=self._start_cache, stop=self._stop_cache) if cache is not None else None,
+            # Snapshotted to disk only when this process holds it.
+            Step("response cache", start=self._start_cache, stop=self._stop_cache) if type(cache) is ResponseCache else None,
             Step("upstream pools", stop=self._close_pools),
             Step("shared ledger", start=self.shared_ledger.start, stop=self.shared_ledger.stop) if self.shared_ledger else None,
             Step("AWS credentials", start=signer.start, stop=signer.stop) if signer is not None else None,

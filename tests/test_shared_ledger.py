@@ -194,3 +194,33 @@ async def test_redis_out_of_reach_closed_refuses_open_admits_and_both_recover(
     refused = [e for e in closed.events() if e["status_code"] == 503]
     assert refused and all((e["outcome"], e["error_type"]) == ("rejected", "overloaded_error") for e in refused)
     assert [e["outcome"] for e in opened.events()] == ["ok", "ok"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_instances_share_the_response_cache(reactor: Any, tmp_path: Path, upstream: Any, redis: Any) -> None:
+    # A fleet shares its install secret (so that key_ids, and cache tenants, agree).
+    from modeltrack.controls.keys import install_secret
+
+    secret = install_secret(tmp_path / "a" / "state")
+    (tmp_path / "b" / "state").mkdir(parents=True)
+    (tmp_path / "b" / "state" / "cache.secret").write_bytes(secret)
+    options = {"redis_url": redis.url, "cache": True, "cache_backend": "redis"}
+    a = start_proxy(reactor, tmp_path / "a", upstream.url, **options)
+    b = start_proxy(reactor, tmp_path / "b", upstream.url, **options)
+    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 5, "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    async def ask(proxy: Any, key: str) -> str:
+        response = await treq.post(proxy.url + "/v1/messages", data=body, headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+        await response.content()
+        return response.headers.getRawHeaders("x-modeltrack-cache", ["-"])[0]
+
+    try:
+        assert await ask(a, "sk-ant-one") == "MISS"
+        assert await ask(b, "sk-ant-one") == "HIT"  # stored by a, answered by b
+        assert await ask(b, "sk-ant-two") == "MISS"  # another tenant
+    finally:
+        await a.service.stopService()
+        await b.service.stopService()
+    assert len(upstream.resource.seen) == 2
+    (hit,) = [e for e in b.events() if e["cache_hit"]]
+    assert hit["cost_usd"] == 0 and hit["saved_usd"] > 0

@@ -180,9 +180,25 @@ class Gate:
                 ]
         if self.cache is not None and self.cache.cacheable(path, body, headers):
             ticket.cache_key = self.cache.key(provider, path, body, tenant)
-            ticket.hit = self.cache.get(ticket.cache_key)
-            if ticket.hit is not None:
-                return ticket  # costs nothing: no reservation
+            hit = self.cache.get(ticket.cache_key)
+            if isinstance(hit, Deferred):  # a shared cache answers later
+                return hit.addCallback(
+                    self._looked_up, ticket, budgets, provider, path, model, body, raw_body, now, request_id
+                )
+            return self._looked_up(hit, ticket, budgets, provider, path, model, body, raw_body, now, request_id)
+        return self._reserve(ticket, budgets, provider, path, model, body, raw_body, now, request_id)
+
+    def _looked_up(self, hit: Entry | None, ticket: Ticket, *reserve: Any) -> Ticket | Deferred[Ticket]:
+        ticket.hit = hit
+        if hit is not None:
+            return ticket  # costs nothing: no reservation
+        return self._reserve(ticket, *reserve)
+
+    def _reserve(
+        self, ticket: Ticket, budgets: list[Any], provider: str, path: str, model: str | None,
+        body: dict[str, Any], raw_body: bytes, now: datetime, request_id: str,
+    ) -> Ticket | Deferred[Ticket]:
+        day = day_of(now)
         if budgets:
             estimate = self._worst_case(provider, path, model, body, raw_body, now)
             admission = self.ledger.admit(budgets, estimate, day, request_id)
