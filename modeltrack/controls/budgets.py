@@ -298,6 +298,13 @@ class BudgetLedger:
         admission.reserved = Decimal(0)
         admission.holds = ()
 
+    def settle(self, admission: Admission, who: Who, day: str, cost: Decimal) -> None:
+        """
+        A call ended: its reservations released, its cost counted.
+        """
+        self.release(admission)
+        self.spend(who, day, cost)
+
     def spend(self, who: Who, day: str, cost: Decimal) -> None:
         """
         Count a call's actual cost toward its day and every budget it falls under.

@@ -272,10 +272,9 @@ class Gate:
         The call ended: release its reservation, count its cost, and return what the
         controls saved on it (a cache hit, or a downgrade), if anything.
         """
-        self.ledger.release(ticket.admission)
+        day = day_of(now)
+        self.ledger.settle(ticket.admission, who, day, price.cost_usd or Decimal(0))
         if price.cost_usd:
-            day = day_of(now)
-            self.ledger.spend(who, day, price.cost_usd)
             if self.alerts is not None:
                 self.alerts.check(self.ledger.spends(self.ledger.matching(who), day))
         if ticket.hit is not None:

@@ -78,13 +78,19 @@ end
 return out
 """
 
-_RELEASE = """
-local rid = ARGV[1]
-for i = 1, #KEYS / 3 do
-  local held, expiry, total = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
+_SETTLE = """
+-- KEYS: per budget: spend, held, expiry, total. ARGV: request id, contributor, keep
+-- (ms), then per budget this contributor's spend, or '' to leave it.
+local rid, contributor, keep = ARGV[1], ARGV[2], ARGV[3]
+for i = 1, #KEYS / 4 do
+  local spend, held, expiry, total = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
   local amount = redis.call('HGET', held, rid)
   if amount then redis.call('DECRBY', total, amount); redis.call('HDEL', held, rid) end
   redis.call('ZREM', expiry, rid)
+  if ARGV[3 + i] ~= '' then
+    redis.call('HSET', spend, contributor, ARGV[3 + i])
+    redis.call('PEXPIRE', spend, keep)
+  end
 end
 return 1
 """
@@ -184,18 +190,28 @@ class RedisLedger(BudgetLedger):
         return d.addCallbacks(decided, unreachable)
 
     def release(self, admission: Admission) -> None:
-        holds, request_id = admission.holds, admission.request_id
-        held = bool(admission.reserved)
-        super().release(admission)
-        if not held or not request_id:
-            return
-        keys = [key for budget, period in holds for key in self._keys(budget, period)[1:]]
-        self._command(self._redis.eval(_RELEASE, keys, [request_id])).addErrback(self._failed)
+        self.settle(admission, Who(), "", Decimal(0))
 
-    def spend(self, who: Who, day: str, cost: Decimal) -> None:
-        super().spend(who, day, cost)
+    def settle(self, admission: Admission, who: Who, day: str, cost: Decimal) -> None:
+        """
+        One script: the call's reservations released everywhere, and this contributor's
+        new spend set in every budget the call counts toward.
+        """
+        holds, request_id = admission.holds if admission.reserved else (), admission.request_id
+        super().release(admission)
+        charged: list[tuple[Budget, str]] = []
         if cost:
-            self._publish([budget for budget in self.budgets if budget.matches(who)], day)
+            super().spend(who, day, cost)
+            charged = [(budget, budget.period_of(day)) for budget in self.budgets if budget.matches(who)]
+        if not charged and not (holds and request_id):
+            return
+        keys: list[str] = []
+        shares: list[str] = []
+        for budget, period in dict.fromkeys([*holds, *charged]):
+            keys += self._keys(budget, period)
+            shares.append(str(nano_up(self.standing(budget, day)[0])) if (budget, period) in charged else "")
+        argv = [request_id or "-", self.contributor, str(KEEP_SECONDS * 1000), *shares]
+        self._command(self._redis.eval(_SETTLE, keys, argv)).addErrback(self._failed)
 
     def replace(self, budgets: list[Budget]) -> None:
         super().replace(budgets)
