@@ -22,7 +22,7 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 
 from modeltrack.controls.budgets import Budget
-from modeltrack.controls.shared import NANO, RESERVATION_SECONDS, RedisLedger, connect
+from modeltrack.controls.shared import NANO, RESERVATION_SECONDS, SETTLE_SECONDS, RedisLedger, connect
 from tests.conftest import start_proxy
 from tests.processes import Running
 from tests.test_sdk import GPT4O_CHAT_COST
@@ -163,6 +163,7 @@ async def test_reservations_are_idempotent_and_expire(reactor: Any, redis: Any) 
         assert fifth.status == "warning"  # 90 % held before it
         ledger.release(fifth)
         ledger.release(fifth)  # idempotent
+        clock.advance(SETTLE_SECONDS)  # calls that ended are settled together
         await ledger.admit([budget], Decimal("0"), day, "mt_6")  # a round trip: the releases are done
         assert redis.command("GET", total).strip() == str(int(Decimal("0.9") * NANO))
     finally:
