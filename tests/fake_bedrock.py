@@ -110,8 +110,8 @@ class FakeBedrock(Resource):
         self.seen: list[Seen] = []
 
     def render(self, request: Request) -> bytes | int:
-        body = request.content.read()
-        self.seen.append(Seen(request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()), body))
+        self.seen.append(Seen.of(request))
+        body = self.seen[-1].body
         if self.credentials is not None:
             problem = signature_problem(request, body, self.url, self.credentials, self.region)
             if problem is not None:

@@ -51,8 +51,7 @@ class FakeGoogle(Resource):
         self.seen: list[Seen] = []
 
     def render(self, request: Request) -> bytes | int:
-        body = request.content.read()
-        self.seen.append(Seen(request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()), body))
+        self.seen.append(Seen.of(request))
         path = request.path.decode()
         if request.method == b"GET":
             return self._json(request, 200, {"models": [{"name": "models/gemini-2.5-flash"}]})

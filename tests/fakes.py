@@ -62,6 +62,13 @@ class Seen:
     headers: list[tuple[bytes, list[bytes]]]
     body: bytes
 
+    @classmethod
+    def of(cls, request: Request) -> Seen:
+        """
+        What a fake provider received (its body read).
+        """
+        return cls(request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()), request.content.read())
+
     def header(self, name: bytes) -> list[bytes] | None:
         for key, values in self.headers:
             if key.lower() == name.lower():
