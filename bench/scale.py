@@ -45,12 +45,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams per round (0: skip)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="modeltrack-scale-"))
     harness = bench.Harness(bench.FULL, workdir)
     redis = None
     try:
         nginx = harness.nginx()
+        streams_upstream = harness.stream_upstream()
         redis_port = bench.free_port()
         redis = subprocess.Popen(
             ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
@@ -68,7 +70,7 @@ def main() -> None:
             argv = [
                 str(Path(bench.PYTHON).parent / "twistd"), "-n", "--pidfile=", "modeltrack",
                 "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096", "--data-dir", str(data),
-                "--openai-url", f"http://127.0.0.1:{nginx.port}", "--anthropic-url", f"http://127.0.0.1:{nginx.port}",
+                "--openai-url", f"http://127.0.0.1:{nginx.port}", "--anthropic-url", f"http://127.0.0.1:{streams_upstream.port}",
                 "--admin-listen", "none", *options,
             ]
             return harness.start(name, argv, port, {"PYTHONPATH": str(bench.REPO)})
@@ -88,6 +90,11 @@ def main() -> None:
                 used = cpu_of(pids) - before
                 found[name].append((result["rps"], result["requests"] / used if used else 0.0))
         split = events_per_series(workdir / "w2")
+        streamed: dict[str, list[tuple[float, float, int]]] = {name: [] for name in contenders}
+        for _ in range(args.rounds if args.streams else 0):
+            for name, process in contenders.items():
+                load = harness.stream_load(process.port, args.streams, 40, 50, 1000)
+                streamed[name].append((load["ttfb_ms"]["p99"], load["chunk_delay_ms"]["p99"], load["errors"] + load["incomplete"]))
         latency = {
             "in-memory budget": proxy("mem", "--budget"),
             "Redis budget": proxy("redis", "--budget", "--redis-url", f"redis://127.0.0.1:{redis_port}/0"),
@@ -104,6 +111,11 @@ def main() -> None:
             per_cpu = [c for _, c in rows]
             print(f"{name}: {statistics.median(rps):,.0f} req/s (rounds {min(rps):,.0f}-{max(rps):,.0f}), "
                   f"{statistics.median(per_cpu):,.0f} req per CPU-second of the process tree (rounds {min(per_cpu):,.0f}-{max(per_cpu):,.0f})")
+        for name, rows in streamed.items():
+            if rows:
+                print(f"{name}: {args.streams} concurrent streams of 40 chunks at 20/s: TTFB p99 {statistics.median(r[0] for r in rows):.1f} ms, "
+                      f"chunk delay p99 {statistics.median(r[1] for r in rows):.1f} ms (medians of {len(rows)} rounds), "
+                      f"{sum(r[2] for r in rows)} failed or cut")
         total = sum(split.values())
         print("workers=2 events per worker: " + ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(split.items())))
         for name, values in p50.items():
