@@ -66,9 +66,13 @@ async def test_workers_share_the_port_and_the_log(tmp_path: Path, upstream: Any)
                 break
             time.sleep(0.05)
         assert (stats["events"], stats["workers"], stats["outcomes"]) == (200, 2, {"ok": 200})
-        metrics = rawhttp.body_of(rawhttp.exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
-        served = [line for line in metrics.decode().splitlines() if line.startswith("modeltrack_requests_total{")]
-        assert sum(float(line.rsplit(" ", 1)[1]) for line in served) == 200  # worker 0's admin counts both
+        for _ in range(100):  # worker 0's admin counts both, once the other's totals have arrived
+            metrics = rawhttp.body_of(rawhttp.exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+            served = [line for line in metrics.decode().splitlines() if line.startswith("modeltrack_requests_total{")]
+            if sum(float(line.rsplit(" ", 1)[1]) for line in served) == 200:
+                break
+            time.sleep(0.05)
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in served) == 200
         # A worker killed: replaced, and the port keeps answering meanwhile.
         os.kill(workers[0], signal.SIGKILL)
         proxy.wait_for(lambda lines: any("ended" in line and "starting another" in line for line in lines))
