@@ -178,7 +178,10 @@ class ModeltrackService(InOrder):
         prices.price_providers = {d.name: d.price_provider for d in (*configured, *DIALECTS) if d.price_provider}
         secret = install_secret(state_dir(settings.data_dir))
         self.keys = Keyring(secret)
-        redis = None if settings.redis_url is None else connect(settings.redis_url, settings.redis_password)
+        redis = None
+        if settings.redis_url is not None:
+            # A rediss:// server's certificate chains to --ca-bundle when one is given.
+            redis = connect(settings.redis_url, settings.redis_password, trust_root)
         cache: ResponseCache | None = None
         if settings.cache and redis is not None and settings.cache_backend == "redis":
             cache = RedisCache(redis, secret, reactor, ttl=settings.cache_ttl, sampled=settings.cache_sampled)

@@ -40,10 +40,11 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *options: str) -> None:
         self.port = port or free_port()
         self.directory = directory
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.options = options
         self.start()
 
     def start(self) -> None:
@@ -51,7 +52,7 @@ class RedisServer:
 
         self.running = Running(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
+             "--dir", str(self.directory), *self.options],
             env=dict(os.environ),
         )
         self.running.wait_for(lambda lines: any("Ready to accept connections" in line for line in lines))
@@ -225,3 +226,36 @@ async def test_instances_share_the_response_cache(reactor: Any, tmp_path: Path, 
     assert len(upstream.resource.seen) == 2
     (hit,) = [e for e in b.events() if e["cache_hit"]]
     assert hit["cost_usd"] == 0 and hit["saved_usd"] > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_verifies_the_servers_certificate(reactor: Any, tmp_path: Path, upstream: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.test_listen_tls import write_pair
+    from tests.test_upstream_tls import make_ca, make_server
+
+    ca_key, ca_cert = make_ca("redis CA")
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert, key = write_pair(make_server(ca_key, ca_cert, "localhost"), tmp_path)
+    tls_port = free_port()
+    server = RedisServer(
+        tmp_path, None, "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(bundle), "--tls-auth-clients", "no",
+    )
+    url = f"rediss://localhost:{tls_port}/0"
+    try:
+        for name, trusted in (("trusted", True), ("untrusted", False)):
+            budget_file(tmp_path / name, "5")
+            options = {"redis_url": url, **({"ca_bundle": bundle} if trusted else {})}
+            proxy = start_proxy(reactor, tmp_path / name, upstream.url, **options)
+            try:
+                # Trusted: the budget is kept in Redis over TLS. Untrusted (the system's
+                # CAs do not know this one): Redis is out of reach, closed refuses.
+                assert await post(proxy.url) == (200 if trusted else 503)
+            finally:
+                await proxy.service.stopService()
+        assert "modeltrack:all|" in server.command("--scan")
+    finally:
+        server.stop()

@@ -275,10 +275,11 @@ class RedisLedger(BudgetLedger):
             log.info("The shared budget ledger (Redis) is reachable again")
 
 
-def connect(url: str, password: str | None = None) -> Any:
+def connect(url: str, password: str | None = None, trust_root: Any = None) -> Any:
     """
     A lazy, self-reconnecting txredisapi connection for C{redis://} or C{rediss://}
-    (TLS, the server's certificate verified) URLs: C{redis://[:PASSWORD@]HOST:PORT/DB}.
+    (TLS, the server's certificate and name verified against C{trust_root}, the
+    system's CAs if L{None}) URLs: C{redis://[:PASSWORD@]HOST:PORT/DB}.
     """
     import txredisapi
     from twisted.internet import ssl
@@ -286,7 +287,7 @@ def connect(url: str, password: str | None = None) -> Any:
     parts = urlsplit(url)
     tls: Any = False
     if parts.scheme == "rediss":
-        tls = ssl.optionsForClientTLS(parts.hostname or "")
+        tls = ssl.optionsForClientTLS(parts.hostname or "", trustRoot=trust_root)
     db = int(parts.path.strip("/") or 0)
     return txredisapi.lazyConnection(
         host=parts.hostname or "localhost",
