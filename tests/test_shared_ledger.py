@@ -21,7 +21,7 @@ import treq
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 
-from modeltrack.controls.budgets import Budget
+from modeltrack.controls.budgets import Budget, Who
 from modeltrack.controls.shared import NANO, RESERVATION_SECONDS, SETTLE_SECONDS, RedisLedger, connect
 from tests.conftest import start_proxy
 from tests.processes import Running
@@ -164,9 +164,12 @@ async def test_reservations_are_idempotent_and_expire(reactor: Any, redis: Any) 
         assert fifth.status == "warning"  # 90 % held before it
         ledger.release(fifth)
         ledger.release(fifth)  # idempotent
+        # A call whose reservation expired (its process was thought gone) still counts.
+        ledger.settle(first, Who("ml"), day, Decimal("0.3"))
         clock.advance(SETTLE_SECONDS)  # calls that ended are settled together
         await ledger.admit([budget], Decimal("0"), day, "mt_6")  # a round trip: the releases are done
         assert redis.command("GET", total).strip() == str(int(Decimal("0.9") * NANO))
+        assert redis.command("HGET", "modeltrack:team=ml|2027-01:spend", "test").strip() == str(int(Decimal("0.3") * NANO))
     finally:
         ledger._redis.disconnect()
 
