@@ -19,13 +19,11 @@ import botocore.config
 import pytest
 import pytest_twisted
 import treq
-from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import serving, start_proxy
 from tests.fake_bedrock import FakeBedrock, invoke_stream
-from tests.test_listen_tls import write_pair
+from tests.test_listen_tls import ca_and_server
 from tests.test_sdk import SONNET_COST, in_thread
-from tests.test_upstream_tls import make_ca, make_server
 
 GLOBAL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
 REGIONAL = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
@@ -77,10 +75,7 @@ async def test_claude_invoke_streamed_and_not_costs_the_same(reactor: Any, tmp_p
 
 @pytest_twisted.ensureDeferred
 async def test_converse_through_boto3_over_tls(reactor: Any, tmp_path: Path, bedrock: Any, monkeypatch: Any) -> None:
-    ca_key, ca_cert = make_ca("bedrock CA")
-    bundle = tmp_path / "ca.pem"
-    bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert, key = write_pair(make_server(ca_key, ca_cert, "localhost"), tmp_path)
+    bundle, cert, key, _, _ = ca_and_server(tmp_path, "bedrock CA")
     proxy = start_proxy(
         reactor, tmp_path / "data", "http://127.0.0.1:9", bedrock_url=bedrock.url,
         tls_cert=cert, tls_key=key, listen_tls=("tcp:0:interface=127.0.0.1",),

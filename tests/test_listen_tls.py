@@ -37,14 +37,23 @@ def served_serial(port: int, context: ssl.SSLContext) -> tuple[int, str]:
             return x509.load_der_x509_certificate(der).serial_number, tls.version()
 
 
-@pytest_twisted.ensureDeferred
-async def test_tls_listener_and_reload(reactor: Any, tmp_path: Path, upstream: Any) -> None:
-    ca_key, ca_cert = make_ca("listen CA")
-    bundle = tmp_path / "ca.pem"
+def ca_and_server(directory: Path, ca_name: str) -> tuple[Path, Path, Path, Any, Any]:
+    """
+    A CA made for a test (its certificate in C{ca.pem}) and a certificate and key for
+    C{localhost} signed by it: (bundle, cert, key, CA key, CA certificate).
+    """
     from cryptography.hazmat.primitives import serialization
 
+    ca_key, ca_cert = make_ca(ca_name)
+    bundle = directory / "ca.pem"
     bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert, key = write_pair(make_server(ca_key, ca_cert, "localhost"), tmp_path)
+    cert, key = write_pair(make_server(ca_key, ca_cert, "localhost"), directory)
+    return bundle, cert, key, ca_key, ca_cert
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_listener_and_reload(reactor: Any, tmp_path: Path, upstream: Any) -> None:
+    bundle, cert, key, ca_key, ca_cert = ca_and_server(tmp_path, "listen CA")
     proxy = start_proxy(
         reactor, tmp_path / "data", upstream.url, tls_cert=cert, tls_key=key,
         listen_tls=("tcp:0:interface=127.0.0.1",),

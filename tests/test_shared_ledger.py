@@ -233,15 +233,9 @@ async def test_instances_share_the_response_cache(reactor: Any, tmp_path: Path, 
 
 @pytest_twisted.ensureDeferred
 async def test_rediss_verifies_the_servers_certificate(reactor: Any, tmp_path: Path, upstream: Any) -> None:
-    from cryptography.hazmat.primitives import serialization
+    from tests.test_listen_tls import ca_and_server
 
-    from tests.test_listen_tls import write_pair
-    from tests.test_upstream_tls import make_ca, make_server
-
-    ca_key, ca_cert = make_ca("redis CA")
-    bundle = tmp_path / "ca.pem"
-    bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert, key = write_pair(make_server(ca_key, ca_cert, "localhost"), tmp_path)
+    bundle, cert, key, _, _ = ca_and_server(tmp_path, "redis CA")
     tls_port = free_port()
     server = RedisServer(
         tmp_path, None, "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
