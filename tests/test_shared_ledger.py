@@ -103,6 +103,10 @@ async def test_two_instances_hold_one_budget_under_concurrency(reactor: Any, tmp
     try:
         codes = await gatherResults([ensureDeferred(post((a, b)[n % 2].url)) for n in range(400)])
         assert set(codes) == {200, 429}
+        await a.service.shared_ledger._settle_now()
+        await b.service.shared_ledger._settle_now()
+        # Either instance reports the budget as the fleet stands: every call's spend.
+        standing = json.loads(await (await treq.get(a.url + "/budgets")).content())
     finally:
         await a.service.stopService()
         await b.service.stopService()
@@ -111,6 +115,9 @@ async def test_two_instances_hold_one_budget_under_concurrency(reactor: Any, tmp
     assert len(ok) == codes.count(200)  # every admitted call has its event
     assert len(events) == 400
     assert 0 < spent(events) <= limit
+    assert standing["shared"] is True and Decimal(standing["budgets"][0]["spend_usd"]) == sum(
+        Decimal(int(Decimal(str(e["cost_usd"])) * NANO)) / NANO for e in ok
+    )
     assert spent(events) + GPT4O_CHAT_COST > limit - Decimal("0.007")  # and it was spent, not refused early
     assert len(a.events()) == len(b.events()) == 200  # each instance took its half, under one limit
     keys = redis.command("--scan", "--pattern", "modeltrack:all|*").split()

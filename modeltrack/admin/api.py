@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 
 from modeltrack import index
 
@@ -71,11 +71,8 @@ class AdminAPI:
         return self._indexer.query(lambda db: index.sessions(db, top, since, until))
 
     def _budgets(self, query: dict[str, str]) -> Deferred[Any]:
-        ledger = self._gate.ledger
-        return succeed({
-            "budgets": ledger.report(self._today().isoformat()),
-            "open_reservations_usd": str(ledger.open_reservations()),
-        })
+        result: Deferred[Any] = self._gate.ledger.standings(self._today().isoformat())
+        return result
 
     def _keys(self, query: dict[str, str]) -> Deferred[Any]:
         """

@@ -23,6 +23,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from twisted.internet.defer import succeed
+
 PERIODS = ("monthly", "daily")
 ACTIONS = ("block", "warn")
 HUNDRED = Decimal(100)
@@ -207,6 +209,21 @@ def decide(
     return admission
 
 
+def report_row(budget: Budget, day: str, spend: Decimal, reserved: Decimal) -> dict[str, Any]:
+    percent = (spend + reserved) * HUNDRED / budget.limit if budget.limit else HUNDRED
+    return {
+        "scope": budget.scope,
+        "period": budget.period,
+        "period_key": budget.period_of(day),
+        "action": budget.action,
+        "limit_usd": str(budget.limit),
+        "spend_usd": str(spend),
+        "reserved_usd": str(reserved),
+        "percent": float(round(percent, 2)),
+        "warn_at_percent": float(budget.warn_at_percent),
+    }
+
+
 class BudgetLedger:
     def __init__(self, budgets: Iterable[Budget] = ()) -> None:
         self._budgets: list[Budget] = []
@@ -336,23 +353,14 @@ class BudgetLedger:
             self.spend(Who(team, app, feature, key), day, cost)
 
     def report(self, day: str) -> list[dict[str, Any]]:
-        rows = []
-        for budget in self._budgets:
-            spend, reserved, percent = self.standing(budget, day)
-            rows.append(
-                {
-                    "scope": budget.scope,
-                    "period": budget.period,
-                    "period_key": budget.period_of(day),
-                    "action": budget.action,
-                    "limit_usd": str(budget.limit),
-                    "spend_usd": str(spend),
-                    "reserved_usd": str(reserved),
-                    "percent": float(round(percent, 2)),
-                    "warn_at_percent": float(budget.warn_at_percent),
-                }
-            )
-        return rows
+        return [report_row(budget, day, *self.standing(budget, day)[:2]) for budget in self._budgets]
+
+    def standings(self, day: str) -> Any:
+        """
+        Every budget's standing (L{report}) and the open reservations, as a Deferred:
+        a shared ledger reads them from where they are kept.
+        """
+        return succeed({"budgets": self.report(day), "open_reservations_usd": str(self.open_reservations())})
 
 
 def load_budgets(path: Path) -> list[Budget] | None:

@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from modeltrack.controls.budgets import Admission, Budget, BudgetLedger, BudgetStatus, Who, decide
+from modeltrack.controls.budgets import Admission, Budget, BudgetLedger, BudgetStatus, Who, decide, report_row
 from modeltrack.controls.cache import Entry, ResponseCache
 from modeltrack.failures import log_failure
 
@@ -105,6 +105,18 @@ return 1
 #: Calls that ended are settled together, this long after the first of them: one
 #: script for many calls (each round trip costs this process more CPU than the Lua).
 SETTLE_SECONDS = 0.005
+
+
+_STANDING = """
+-- KEYS: per budget: spend, total. Returns each one's spend (all contributors) and open reservations.
+local out = {}
+for i = 1, #KEYS / 2 do
+  local spent = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[2*i-1])) do spent = spent + tonumber(v) end
+  out[2*i-1], out[2*i] = tostring(spent), redis.call('GET', KEYS[2*i]) or '0'
+end
+return out
+"""
 
 
 def nano_up(amount: Decimal) -> int:
@@ -241,6 +253,33 @@ class RedisLedger(BudgetLedger):
     def replace(self, budgets: list[Budget]) -> None:
         super().replace(budgets)
         self.publish()
+
+    def standings(self, day: str) -> Any:
+        """
+        Every budget's standing as Redis holds it: all contributors' spend and every
+        process's open reservations (this process's own view if Redis cannot answer).
+        """
+        budgets = list(self.budgets)
+        keys = []
+        for budget in budgets:
+            spend, _, _, total = self._keys(budget, budget.period_of(day))
+            keys += [spend, total]
+
+        def shared(figures: list[Any]) -> dict[str, Any]:
+            rows, reserved = [], Decimal(0)
+            for i, budget in enumerate(budgets):
+                spend, held = Decimal(int(figures[2 * i])) / NANO, Decimal(int(figures[2 * i + 1])) / NANO
+                rows.append(report_row(budget, day, spend, held))
+                reserved += held
+            return {"budgets": rows, "open_reservations_usd": str(reserved), "shared": True}
+
+        def local(failure: Any) -> Any:
+            self._failed(failure)
+            return super(RedisLedger, self).standings(day).addCallback(lambda body: {**body, "shared": False})
+
+        if not budgets:
+            return succeed({"budgets": [], "open_reservations_usd": "0", "shared": True})
+        return self._command(self._redis.eval(_STANDING, keys, [])).addCallbacks(shared, local)
 
     def publish(self, day: str | None = None) -> Deferred[Any]:
         """

@@ -12,7 +12,7 @@ from http import HTTPStatus
 from typing import Any
 
 from twisted.web.http import datetimeToString
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from modeltrack.peers import add_counts
 
@@ -45,6 +45,22 @@ def json_response(request: Request, code: int, body: Any) -> bytes:
     return json.dumps(body).encode("utf-8") + b"\n"
 
 
+def _answer_later(request: Request, standings: Any) -> int:
+    """
+    Answer with what C{standings} fires with (a shared ledger asks Redis first).
+    """
+    gone: list[object] = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def answer(body: Any) -> None:
+        if not gone:
+            request.write(json_response(request, 200, body))
+            request.finish()
+
+    standings.addCallback(answer)
+    return NOT_DONE_YET
+
+
 class StatusPaths:
     """
     The answers for the status paths, from what they report on: the event log, the
@@ -60,7 +76,7 @@ class StatusPaths:
         #: The other workers' totals (L{modeltrack.peers.Peers}), with --workers.
         self.peers: Any = None
 
-    def render(self, path: bytes, request: Request) -> bytes | None:
+    def render(self, path: bytes, request: Request) -> bytes | int | None:
         """
         The answer for a status path, or L{None} if C{path} is not one.
         """
@@ -87,11 +103,7 @@ class StatusPaths:
             return json_response(request, 200, totals)
         if path == b"/budgets":
             today = datetime.fromtimestamp(self._clock.seconds(), UTC).strftime("%Y-%m-%d")
-            body = {
-                "budgets": gate.ledger.report(today),
-                "open_reservations_usd": str(gate.ledger.open_reservations()),
-            }
-            return json_response(request, 200, body)
+            return _answer_later(request, gate.ledger.standings(today))
         if path == b"/cache/stats":
             if gate.cache is None:
                 return json_response(request, 200, {"enabled": False})
