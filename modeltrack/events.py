@@ -149,9 +149,6 @@ def cost_event(
 _UNICODE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
-_BREAKS_UTF8 = (b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
-
-
 def encode(event: dict[str, Any]) -> bytes:
     """
     One line of the event log: JSON (no NaN or infinity, which JSON has not: orjson
@@ -163,7 +160,8 @@ def encode(event: dict[str, Any]) -> bytes:
         data = orjson.dumps(event)
     except TypeError:
         return _encode_slowly(event)
-    if any(mark in data for mark in _BREAKS_UTF8):
+    # U+2028, U+2029, U+0085; most lines are ASCII, which is checked much faster.
+    if not data.isascii() and (b"\xe2\x80\xa8" in data or b"\xe2\x80\xa9" in data or b"\xc2\x85" in data):
         data = data.decode("utf-8").translate(_UNICODE_BREAKS).encode("utf-8")
     return data + b"\n"
 
