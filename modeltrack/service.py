@@ -176,7 +176,11 @@ class ModeltrackService(InOrder):
             upstreams[provider] = Upstream(url, agent, signer if signs else None)
         prices = PriceBook()
         prices.price_providers = {d.name: d.price_provider for d in (*configured, *DIALECTS) if d.price_provider}
-        secret = install_secret(state_dir(settings.data_dir))
+        try:
+            secret = install_secret(state_dir(settings.data_dir))
+        except ValueError as e:  # a damaged secret: fingerprints depend on it, so no guessing
+            sys.stderr.write(f"modeltrack: --data-dir: {e}\n")
+            raise SystemExit(1) from None
         self.keys = Keyring(secret)
         redis = None
         if settings.redis_url is not None:

@@ -285,3 +285,13 @@ def test_check_validates_keys_and_the_budgets_held_to_them(tmp_path: Path) -> No
         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert done.returncode == 1 and "keys.json: unknown_keys must be allow or deny" in done.stdout
+
+
+def test_a_damaged_secret_stops_start_up_with_one_line(reactor: Any, tmp_path: Path, capsys: Any) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "cache.secret").write_bytes(b"short")
+    with pytest.raises(SystemExit) as stopped:
+        start_proxy(reactor, tmp_path, "http://127.0.0.1:9")
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("modeltrack: --data-dir: ") and "shorter than 32 bytes" in err
