@@ -127,7 +127,14 @@ class FakeBedrock(Resource):
             return json.dumps({"message": "Malformed input request"}).encode()
         if operation == "count-tokens":
             return self._json(request, {"inputTokens": 42})
+        if operation == "invoke" and model.startswith("meta."):
+            # Llama's own body; its token counts are in Bedrock's headers as for every model.
+            request.setHeader(b"x-amzn-bedrock-input-token-count", b"20")
+            request.setHeader(b"x-amzn-bedrock-output-token-count", b"5")
+            return self._json(request, {"generation": "Hello world", "prompt_token_count": 20, "generation_token_count": 5, "stop_reason": "stop"})
         if operation == "invoke":
+            request.setHeader(b"x-amzn-bedrock-input-token-count", b"120")  # the body's split wins
+            request.setHeader(b"x-amzn-bedrock-output-token-count", b"310")
             return self._json(request, message_body(ANSWER_MODEL))
         if operation == "converse":
             return self._json(request, converse_body())

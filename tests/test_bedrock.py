@@ -287,3 +287,24 @@ def test_sign_mode_without_botocore_says_what_to_install(monkeypatch: Any, capsy
     with pytest.raises(SystemExit):
         Options().parseOptions(["--data-dir", "/tmp", "--bedrock-region", "us-east-1", "--bedrock-sign"])
     assert capsys.readouterr().err == "modeltrack: --bedrock-sign: needs botocore: pip install 'modeltrack[aws]'\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_any_model_is_metered_by_bedrocks_token_headers(reactor: Any, tmp_path: Path, bedrock: Any) -> None:
+    from genai_prices import Usage as PriceUsage
+    from genai_prices import calc_price
+
+    llama = "meta.llama3-70b-instruct-v1:0"
+    proxy = start_proxy(reactor, tmp_path, "http://127.0.0.1:9", bedrock_url=bedrock.url)
+    try:
+        response = await treq.post(
+            f"{proxy.url}/bedrock/model/{llama}/invoke", data=json.dumps({"prompt": "hi", "max_gen_len": 5}).encode(),
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        )
+        assert json.loads(await response.content())["generation"] == "Hello world"
+    finally:
+        await proxy.service.stopService()
+    (event,) = proxy.events()
+    assert (event["model"], event["input_tokens"], event["output_tokens"], event["usage_complete"]) == (llama, 20, 5, True)
+    expected = calc_price(PriceUsage(input_tokens=20, output_tokens=5), llama, provider_id="aws").total_price
+    assert Decimal(str(event["cost_usd"])) == Decimal(expected)

@@ -21,10 +21,12 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
+from twisted.web.http_headers import Headers
+
 from modeltrack.providers import anthropic
 from modeltrack.providers.dialect import Dialect, Endpoint
 from modeltrack.providers.meter import FrameMeter
-from modeltrack.usage import Reading, Usage, count, text
+from modeltrack.usage import Reading, UnreadableUsage, Usage, count, text
 
 NAME = "bedrock"
 EVENT_STREAM = b"application/vnd.amazon.eventstream"
@@ -132,8 +134,42 @@ def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"message": message, "__type": error_type}
 
 
-#: Bedrock names an error's type in a header, not in its body.
-_ERROR_TYPE = b"x-amzn-errortype"
+def read_headers(headers: Headers, code: int) -> Reading | None:
+    """
+    Bedrock names an error's type in a header, not in its body; and it counts every
+    InvokeModel call's tokens in headers, the only place some models report them.
+    """
+    if code >= 400:
+        named = headers.getRawHeaders(b"x-amzn-errortype")
+        # "ThrottlingException:http://internal.amazon.com/...": the name is the type.
+        return Reading(error_type=named[-1].partition(b":")[0].decode("ascii", "replace")[:100]) if named else None
+    counted = headers.getRawHeaders(b"x-amzn-bedrock-input-token-count")
+    if not counted:
+        return None
+
+    def header(name: bytes) -> int:
+        values = headers.getRawHeaders(name)
+        if not values:
+            return 0
+        text = values[-1].strip()
+        return count(int(text) if text.isdigit() and len(text) <= 13 else text)
+
+    try:
+        read = header(b"x-amzn-bedrock-cache-read-input-token-count")
+        write = header(b"x-amzn-bedrock-cache-write-input-token-count")
+        usage = Usage(
+            input_tokens=header(b"x-amzn-bedrock-input-token-count") + read + write,
+            cache_read_tokens=read,
+            cache_write_tokens=write,
+            output_tokens=header(b"x-amzn-bedrock-output-token-count"),
+        )
+    except UnreadableUsage as e:
+        return Reading(usage_error=str(e))
+    return Reading(usage, final=True)
+
+
+
+
 _ENDPOINTS = {
     "invoke": Endpoint(NAME, "/model/{modelId}/invoke", error_body, read_body=read_invoke),
     "invoke-with-response-stream": Endpoint(
@@ -147,7 +183,7 @@ _ENDPOINTS = {
     ),
     "count-tokens": Endpoint(NAME, "/model/{modelId}/count-tokens", error_body, metered=False),
 }
-_ENDPOINTS = {operation: replace(endpoint, error_type_header=_ERROR_TYPE) for operation, endpoint in _ENDPOINTS.items()}
+_ENDPOINTS = {operation: replace(endpoint, read_headers=read_headers) for operation, endpoint in _ENDPOINTS.items()}
 
 
 def route(method: bytes, path: str) -> tuple[Endpoint, str] | None:

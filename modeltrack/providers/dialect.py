@@ -75,8 +75,9 @@ class Endpoint:
     @ivar streams: the path itself asks for a stream (C{converse-stream},
         C{:streamGenerateContent}).
     @ivar stream_type: the content type of the stream L{stream_meter} reads.
-    @ivar error_type_header: a response header naming the error type (Bedrock's
-        C{x-amzn-errortype}), when the error body does not.
+    @ivar read_headers: what a response's headers report, given them and its status:
+        an error type or usage its body does not (Bedrock names errors and counts some
+        models' tokens in headers); L{None} if they say nothing.
     """
 
     provider: str
@@ -94,7 +95,7 @@ class Endpoint:
     priced_by_path: bool = False
     streams: bool = False
     stream_type: bytes = b"text/event-stream"
-    error_type_header: bytes | None = None
+    read_headers: Callable[[Headers, int], Reading | None] | None = None
 
     def error_body(self, error_type: str, message: str) -> dict[str, Any]:
         return self.errors(error_type, message)

@@ -284,7 +284,7 @@ class Exchange(Protocol):
         self._labels = events.NO_LABELS
         self._who = NO_ONE
         self.caller = NO_CALLER
-        self._named_error: str | None = None
+        self._from_headers: Reading | None = None
         self._last_data = 0.0
         self.ticket = NO_TICKET
         #: Under C{--fsync always}, an answer is not complete to its client until its
@@ -440,11 +440,8 @@ class Exchange(Protocol):
         self._ttfb = resource.clock.seconds() - self.started
         self.status = response.code
         self.meter = self._meter_for(response)
-        if response.code >= 400 and self.endpoint.error_type_header is not None:
-            named = response.headers.getRawHeaders(self.endpoint.error_type_header)
-            if named:
-                # "ThrottlingException:http://internal.amazon.com/...": the name is the type.
-                self._named_error = named[-1].partition(b":")[0].decode("ascii", "replace")[:100]
+        if self.endpoint.read_headers is not None:
+            self._from_headers = self.endpoint.read_headers(response.headers, response.code)
         request.setResponseCode(response.code, response.phrase)
         request.responseHeaders = for_client(response.headers)
         if not self.meter.strips and isinstance(response.length, int) and _may_have_length(request, response.code):
@@ -709,8 +706,14 @@ class Exchange(Protocol):
         now = resource.clock.seconds()
         when = datetime.fromtimestamp(now, UTC)
         reading = self.meter.reading
-        if reading.error_type is None:
-            reading.error_type = self._named_error
+        told = self._from_headers
+        if told is not None:  # what the headers said, where the body did not say it
+            if reading.error_type is None:
+                reading.error_type = told.error_type
+            if reading.usage is None and told.usage is not None:
+                reading.usage, reading.final = told.usage, True
+            elif reading.usage is None and reading.usage_error is None:
+                reading.usage_error = told.usage_error
         # The model the answer names, else the one asked for; an alias is resolved.
         model = self.endpoint.model if self.endpoint.priced_by_path else reading.model
         model = resource.gate.prices.alias(model or self.requested_model)
