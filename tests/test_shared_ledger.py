@@ -263,3 +263,38 @@ async def test_rediss_verifies_the_servers_certificate(reactor: Any, tmp_path: P
         assert "modeltrack:all|" in server.command("--scan")
     finally:
         server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_password_from_a_file(reactor: Any, tmp_path: Path, upstream: Any) -> None:
+    server = RedisServer(tmp_path, None, "--requirepass", "s3cret-redis-pass")
+    try:
+        for name, password in (("right", "s3cret-redis-pass"), ("wrong", "not-it")):
+            budget_file(tmp_path / name, "5")
+            proxy = start_proxy(
+                reactor, tmp_path / name, upstream.url, redis_url=server.url, redis_password=password,
+            )
+            try:
+                assert await post(proxy.url) == (200 if name == "right" else 503)
+            finally:
+                await proxy.service.stopService()
+            assert password.encode() not in b"".join(p.read_bytes() for p in (tmp_path / name).rglob("*") if p.is_file())
+    finally:
+        server.stop()
+
+
+def test_the_redis_options(tmp_path: Path, capsys: Any) -> None:
+    from modeltrack.options import Options
+
+    (tmp_path / "pass").write_text("from-a-file\n")
+    options = Options()
+    options.parseOptions(["--data-dir", str(tmp_path / "d"), "--redis-url", "redis://127.0.0.1:1/0", "--redis-password-file", str(tmp_path / "pass")])
+    assert options.settings.redis_password == "from-a-file"
+    for argv, problem in (
+        (["--redis-url", "http://x"], "--redis-url: 'http://x' is not a redis:// or rediss:// URL"),
+        (["--redis-url", "redis://h:1/0", "--redis-failure", "maybe"], "--redis-failure: 'maybe' is not one of closed, open"),
+        (["--cache-backend", "redis"], "--cache-backend: redis needs --redis-url"),
+    ):
+        with pytest.raises(SystemExit):
+            Options().parseOptions(["--data-dir", str(tmp_path / "d"), *argv])
+        assert capsys.readouterr().err.startswith("modeltrack: " + problem)
