@@ -64,8 +64,12 @@ class FakeGoogle(Resource):
             if method == "streamRawPredict":
                 return self._stream(request, messages_stream(model), b"text/event-stream")
             return self._json(request, 200, message_body(model))
-        if method == "streamGenerateContent":
+        if method == "streamGenerateContent" and b"alt=sse" in request.uri:
             return self._stream(request, gemini_stream(model), b"text/event-stream")
+        if method == "streamGenerateContent":
+            # Without alt=sse: one JSON array, its elements sent as they come.
+            events = [event.split(b"data: ", 1)[1].strip() for event in gemini_stream(model)]
+            return self._stream(request, [b"[" + events[0]] + [b"," + e for e in events[1:]] + [b"]"], b"application/json")
         return self._json(request, 200, answer(model, "Hello world", GEMINI_USAGE, True))
 
     def _stream(self, request: Request, chunks: list[bytes], content_type: bytes) -> int:

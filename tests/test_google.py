@@ -74,11 +74,19 @@ async def test_gemini_streamed_and_not_costs_the_same(reactor: Any, tmp_path: Pa
         )
         assert response.code == 200
         await response.content()
+        # A stream as one JSON array (no alt=sse): metered once it has ended.
+        response = await treq.post(
+            f"{proxy.url}/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            data=json.dumps({"contents": [{"parts": [{"text": "hi"}]}]}).encode(),
+            headers={"Content-Type": "application/json", "x-goog-api-key": KEY},
+        )
+        assert len(json.loads(await response.content())) == 3
     finally:
         await proxy.service.stopService()
         globalLogPublisher.removeObserver(logged.append)
-    plain, streamed, failed, queried = proxy.events()  # countTokens is relayed: no event
-    for event in (plain, streamed, queried):
+    plain, streamed, failed, queried, arrayed = proxy.events()  # countTokens is relayed: no event
+    assert arrayed["streaming"] is True
+    for event in (plain, streamed, queried, arrayed):
         assert (event["provider"], event["model"], event["outcome"], event["usage_complete"]) == (
             "google", "gemini-2.5-flash", "ok", True
         )
@@ -93,7 +101,7 @@ async def test_gemini_streamed_and_not_costs_the_same(reactor: Any, tmp_path: Pa
     assert plain["key_id"] == fingerprint(secret, KEY.encode())
     assert queried["key_id"] == fingerprint(secret, f"{KEY}-query".encode())
     assert google.seen[0].header(b"x-goog-api-key") == [KEY.encode()]
-    assert google.seen[-1].path.endswith(f"?key={KEY}-query".encode())  # forwarded as it came
+    assert google.seen[-2].path.endswith(f"?key={KEY}-query".encode())  # forwarded as it came
     assert KEY.encode() not in everything_written(tmp_path, logged)
 
 

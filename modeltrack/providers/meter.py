@@ -226,6 +226,10 @@ def load_object(body: bytes) -> dict[str, Any] | None:
     if len(body) > WHOLE_PARSE_LIMIT:
         return scan_fields(body, ("usage", "model", "service_tier"))
     obj = json.loads(body)
+    if isinstance(obj, list):
+        # A stream sent as one JSON array (Gemini's, without ?alt=sse): its last
+        # element reports the whole call.
+        obj = next((item for item in reversed(obj) if isinstance(item, dict)), None)
     return obj if isinstance(obj, dict) else None
 
 
