@@ -6,6 +6,8 @@ C{modeltrack keys} command as an operator runs it.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -65,6 +67,8 @@ def test_fingerprints_are_stable_keyed_and_do_not_collide(tmp_path: Path) -> Non
     ids = {fingerprint(secret, key) for key in keys}
     assert len(ids) == 10_000
     assert fingerprint(secret, keys[7]) == fingerprint(secret, keys[7])
+    # The definition, computed independently: HMAC-SHA256 under the secret, 16 hex digits.
+    assert fingerprint(secret, keys[7]) == "k_" + hmac.new(secret, keys[7], hashlib.sha256).hexdigest()[:16]
     assert all(i.startswith("k_") and len(i) == 18 for i in ids)
     # Under another install's secret the same key has another id: not a plain hash.
     assert fingerprint(b"o" * 32, keys[7]) != fingerprint(secret, keys[7])

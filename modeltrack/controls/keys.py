@@ -69,7 +69,7 @@ def fingerprint(secret: bytes, key: bytes) -> str:
     """
     A key's C{key_id}: C{k_} and the first 16 hex digits of its HMAC-SHA256.
     """
-    return "k_" + hmac.digest(secret, key, "sha256")[:8].hex()
+    return Keyring(secret).fingerprint(key)
 
 
 def credential(headers: Headers, names: tuple[bytes, ...], query: bytes = b"", param: bytes | None = None) -> bytes | None:
@@ -279,16 +279,20 @@ class Keyring:
     def set_book(self, book: KeyBook | None) -> None:
         self.book = book or NO_KEYS
 
+    def fingerprint(self, key: bytes) -> str:
+        """
+        L{fingerprint}, with the HMAC's keyed state made once and copied per key.
+        """
+        mac = self._keyed.copy()
+        mac.update(key)
+        return "k_" + mac.digest()[:8].hex()
+
     def identify(self, headers: Headers, names: tuple[bytes, ...], query: bytes = b"", param: bytes | None = None) -> Caller:
         """
         The caller of one request, its key fingerprinted once (the key is not kept).
         """
         key = credential(headers, names, query, param)
-        key_id = None
-        if key is not None:
-            mac = self._keyed.copy()
-            mac.update(key)
-            key_id = "k_" + mac.digest()[:8].hex()
+        key_id = None if key is None else self.fingerprint(key)
         entry = None if key_id is None else self.book.entries.get(key_id)
         agents = headers.getRawHeaders(b"user-agent")
         return Caller(key_id, entry, client(agents[-1] if agents else None))
