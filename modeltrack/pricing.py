@@ -23,9 +23,35 @@ from genai_prices.types import ModelPrice, TieredPrices
 
 from modeltrack.usage import Usage
 
+#: The dimensions kept in L{Usage.extra}, by genai-prices' usage name, and the name of
+#: their rate in its prices (and pricing.json).
+EXTRA_RATES = {
+    "input_audio_tokens": "input_audio_mtok",
+    "output_audio_tokens": "output_audio_mtok",
+    "cache_audio_read_tokens": "cache_audio_read_mtok",
+    "input_image_tokens": "input_image_mtok",
+    "output_image_tokens": "output_image_mtok",
+    "cache_image_read_tokens": "cache_image_read_mtok",
+    "input_video_tokens": "input_video_mtok",
+    "output_video_tokens": "output_video_mtok",
+    "cache_video_read_tokens": "cache_video_read_mtok",
+}
+#: Dimensions a provider bills at the rate of the tokens they are part of, which is
+#: what genai-prices charges for a dimension the model has no rate of its own for.
+#: Google prices image and video input with text; anywhere else, a dimension without a
+#: rate of its own leaves the call unpriced rather than priced at the text rate.
+AT_TEXT_RATE = {
+    provider: frozenset(("input_image_tokens", "input_video_tokens", "cache_image_read_tokens", "cache_video_read_tokens"))
+    for provider in ("google", "google-vertex")
+}
+#: What Anthropic's C{inference_geo} multiplies every rate by: US-only inference is
+#: billed at 1.1 times (Claude 4.6 and later, the models that take the parameter) on
+#: Anthropic's own API; genai-prices has no variant for it. Any other geography leaves
+#: a call unpriced.
+GEO_RATES = {"global": Decimal(1), "us": Decimal("1.1")}
 #: The per-million-token rates a pricing.json entry may set (genai-prices' names).
 OVERRIDE_KEYS = frozenset(
-    ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")
+    ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok", *EXTRA_RATES.values())
 )
 
 
@@ -43,6 +69,7 @@ class Price:
 
     cost_usd: Decimal | None
     source: str | None  # "genai-prices" or "pricing.json"
+    note: str | None = None  # why a call with usage is unpriced, where it is not plain
 
     @property
     def priced(self) -> bool:
@@ -103,14 +130,28 @@ class PriceBook:
             or usage.cache_write_1h_tokens > usage.cache_write_tokens
         ):
             return UNPRICED  # inconsistent counts: record them unpriced rather than guess
+        price_provider = self.price_providers.get(provider, provider)
+        factor = Decimal(1)
+        if "inference_geo" in context:
+            context = dict(context)
+            geo = context.pop("inference_geo")
+            if price_provider == "anthropic":  # Bedrock's and Vertex's regions are priced by their own ids
+                if geo not in GEO_RATES:
+                    return Price(None, None, f"no rate for inference_geo {geo}")
+                factor = GEO_RATES[geo]
         lower = model.lower()
-        override = self._overrides.get((provider, lower)) or self._overrides.get(("", lower))
-        if override is not None:
-            return Price(override.cost(usage), "pricing.json")
-        rates = self._resolve(self.price_providers.get(provider, provider), model, context, when)
+        source = "pricing.json"
+        rates = self._overrides.get((provider, lower)) or self._overrides.get(("", lower))
         if rates is None:
-            return UNPRICED
-        return Price(rates.cost(usage), "genai-prices")
+            source = "genai-prices"
+            rates = self._resolve(price_provider, model, context, when)
+            if rates is None:
+                return UNPRICED
+        unrated = rates.unrated(usage, AT_TEXT_RATE.get(price_provider, frozenset()))
+        if unrated:
+            return Price(None, None, f"no rate for {unrated} on {model} in {source}")
+        cost = rates.cost(usage)
+        return Price(cost if factor == 1 else cost * factor, source)
 
     def context_window(self, provider: str, model: str) -> int | None:
         """
@@ -176,6 +217,7 @@ class LinearPrice:
     """
 
     def __init__(self, rates: ModelPrice) -> None:
+        self._rates = rates
         starts = sorted(
             {
                 tier.start
@@ -187,7 +229,30 @@ class LinearPrice:
         # A tier applies above its start: the one starting at S covers S + 1 and up.
         self._tiers = [_coefficients(rates, 0)] + [_coefficients(rates, s + 1) for s in starts]
 
+    def unrated(self, usage: Usage, at_text_rate: frozenset[str]) -> str | None:
+        """
+        The first dimension of C{usage} this model has no rate of its own for, and
+        which is not billed at the text rate either (L{None} if every one is priced).
+        """
+        for name, n in usage.extra.items():
+            if n and name not in at_text_rate and getattr(self._rates, EXTRA_RATES.get(name, name), None) is None:
+                return name
+        return None
+
     def cost(self, usage: Usage) -> Decimal:
+        if usage.extra:
+            # Audio, image or video: rare enough to ask genai-prices itself (100 us).
+            return self._rates.calc_price(
+                PriceUsage(
+                    input_tokens=usage.input_tokens,
+                    cache_read_tokens=usage.cache_read_tokens,
+                    cache_write_tokens=usage.cache_write_tokens,
+                    cache_write_1h_tokens=usage.cache_write_1h_tokens,
+                    output_tokens=usage.output_tokens,
+                    web_searches=usage.web_searches,
+                    **usage.extra,
+                )
+            )["total_price"]
         lowest, constant, coefficients = self._tiers[0]
         for tier in reversed(self._tiers):
             if usage.input_tokens >= tier[0]:

@@ -29,6 +29,25 @@ class Usage:
     """The part of the output spent on reasoning or thinking."""
     web_searches: int = 0
     """Server-side web searches, billed per thousand."""
+    extra: dict[str, int] = field(default_factory=dict)
+    """Every other billed dimension the provider reported (audio, image and video
+    tokens, code executions), by genai-prices' usage name: each is also counted in the
+    flat field it is part of (audio input tokens in C{input_tokens})."""
+
+    def dimensions(self) -> dict[str, int]:
+        """
+        Every non-zero dimension, flat fields and extras, by genai-prices' names.
+        """
+        flat = {
+            "input_tokens": self.input_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cache_write_1h_tokens": self.cache_write_1h_tokens,
+            "output_tokens": self.output_tokens,
+            "output_reasoning_tokens": self.reasoning_tokens,
+            "web_searches": self.web_searches,
+        }
+        return {name: n for name, n in (*flat.items(), *self.extra.items()) if n}
 
 
 @dataclass(slots=True)
@@ -42,6 +61,8 @@ class Reading:
     @ivar final: the provider's final usage report was seen; a stream cut before it
         leaves only what was known by then.
     @ivar error_type: the provider's error type, for an error body or an error event.
+    @ivar served: how the provider says it served the call, where it says so
+        (C{service_tier}; Anthropic's C{inference_geo} and C{speed}).
     @ivar usage_error: why the provider's usage could not be read (a count that is not
         an integer from 0 to 10^12): such a call is recorded unpriced, never guessed.
     """
@@ -49,6 +70,7 @@ class Reading:
     usage: Usage | None = None
     model: str | None = None
     price_context: dict[str, str] = field(default_factory=dict)
+    served: dict[str, str] = field(default_factory=dict)
     final: bool = False
     error_type: str | None = None
     usage_error: str | None = None
@@ -104,6 +126,14 @@ def dig(obj: Any, *keys: str) -> Any:
             return None
         obj = obj.get(key)
     return obj
+
+
+def extras(**counts: Any) -> dict[str, int]:
+    """
+    The non-zero counts among C{counts} (each read with L{count}).
+    """
+    read = {name: count(value) for name, value in counts.items()}
+    return {name: n for name, n in read.items() if n}
 
 
 def text(value: Any, limit: int = 200) -> str | None:

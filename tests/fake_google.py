@@ -20,11 +20,26 @@ GEMINI_USAGE = {
 }
 
 
+#: A model asked for with "media" in its name was sent image and audio: Google lists
+#: each modality's share of the prompt, of the cached part and of the output.
+MEDIA_USAGE = {
+    **GEMINI_USAGE,
+    "cachedContentTokenCount": 600,
+    "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 400}, {"modality": "IMAGE", "tokenCount": 300}, {"modality": "AUDIO", "tokenCount": 500}],
+    "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 500}, {"modality": "AUDIO", "tokenCount": 100}],
+    "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 300}],
+}
+
+
+def usage_for(model: str) -> dict[str, Any]:
+    return MEDIA_USAGE if "media" in model else GEMINI_USAGE
+
+
 def answer(model: str, text: str, usage: dict[str, Any] | None, finished: bool) -> dict[str, Any]:
     candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
     if finished:
         candidate["finishReason"] = "STOP"
-    body: dict[str, Any] = {"candidates": [candidate], "modelVersion": model, "responseId": "resp-1"}
+    body: dict[str, Any] = {"candidates": [candidate], "modelVersion": model.replace("-media", ""), "responseId": "resp-1"}
     if usage is not None:
         body["usageMetadata"] = usage
     return body
@@ -38,7 +53,7 @@ def gemini_stream(model: str) -> list[bytes]:
     events = [
         answer(model, "Hello", partial, False),
         answer(model, " wor", {**partial, "candidatesTokenCount": 150, "totalTokenCount": 1350}, False),
-        answer(model, "ld", GEMINI_USAGE, True),
+        answer(model, "ld", usage_for(model), True),
     ]
     return [b"data: " + json.dumps(event).encode() + b"\r\n\r\n" for event in events]
 
@@ -70,7 +85,7 @@ class FakeGoogle(Resource):
             # Without alt=sse: one JSON array, its elements sent as they come.
             events = [event.split(b"data: ", 1)[1].strip() for event in gemini_stream(model)]
             return self._stream(request, [b"[" + events[0]] + [b"," + e for e in events[1:]] + [b"]"], b"application/json")
-        return self._json(request, 200, answer(model, "Hello world", GEMINI_USAGE, True))
+        return self._json(request, 200, answer(model, "Hello world", usage_for(model), True))
 
     def _stream(self, request: Request, chunks: list[bytes], content_type: bytes) -> int:
         request.setHeader(b"content-type", content_type)

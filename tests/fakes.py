@@ -30,6 +30,15 @@ CHAT_USAGE = {
     "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
     "completion_tokens_details": {"reasoning_tokens": 64, "audio_tokens": 0},
 }
+#: An audio model's answer (asked for with a model whose name has "audio" in it): 600
+#: of the input tokens and 400 of the output tokens are audio, at rates of their own.
+AUDIO_CHAT_USAGE = {
+    "prompt_tokens": 1000,
+    "completion_tokens": 500,
+    "total_tokens": 1500,
+    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 600, "text_tokens": 400, "image_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 400, "text_tokens": 100},
+}
 RESPONSES_USAGE = {
     "input_tokens": 900,
     "input_tokens_details": {"cached_tokens": 512},
@@ -91,6 +100,10 @@ AZURE_FIRST_CHUNK = sse(None, {
 })
 
 
+def chat_usage(model: str) -> dict[str, Any]:
+    return AUDIO_CHAT_USAGE if "audio" in model else CHAT_USAGE
+
+
 def chat_stream(model: str, include_usage: bool, error: bool = False) -> list[bytes]:
     base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model}
     extra = {"usage": None} if include_usage else {}
@@ -104,7 +117,7 @@ def chat_stream(model: str, include_usage: bool, error: bool = False) -> list[by
         return chunks
     chunks.append(sse(None, {**base, **extra, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
     if include_usage:
-        chunks.append(sse(None, {**base, "choices": [], "usage": CHAT_USAGE}))
+        chunks.append(sse(None, {**base, "choices": [], "usage": chat_usage(model), "service_tier": "default"}))
     chunks.append(b"data: [DONE]\n\n")
     return chunks
 
@@ -112,7 +125,7 @@ def chat_stream(model: str, include_usage: bool, error: bool = False) -> list[by
 def chat_body(model: str, legacy: bool = False) -> dict[str, Any]:
     if legacy:
         choices = [{"index": 0, "text": "Hello world", "finish_reason": "stop", "logprobs": None}]
-        return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model, "choices": choices, "usage": CHAT_USAGE}
+        return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model, "choices": choices, "usage": chat_usage(model)}
     message = {"role": "assistant", "content": "Hello world"}
     return {
         "id": "chatcmpl-1",
@@ -120,7 +133,7 @@ def chat_body(model: str, legacy: bool = False) -> dict[str, Any]:
         "created": 1,
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
-        "usage": CHAT_USAGE,
+        "usage": chat_usage(model),
         "service_tier": "default",
     }
 
@@ -154,16 +167,26 @@ def responses_stream(model: str, error: bool = False) -> list[bytes]:
     return chunks
 
 
+def anthropic_usage(model: str) -> dict[str, Any]:
+    """
+    Claude 4.6 and later report where they ran: a model asked for with "-us" in its
+    name ran in the US only (billed at 1.1 times).
+    """
+    if "-us" in model:
+        return {**ANTHROPIC_USAGE, "inference_geo": "us"}
+    return ANTHROPIC_USAGE
+
+
 def message_body(model: str) -> dict[str, Any]:
     return {
-        "id": "msg_01", "type": "message", "role": "assistant", "model": model,
+        "id": "msg_01", "type": "message", "role": "assistant", "model": model.replace("-us", ""),
         "content": [{"type": "text", "text": "Hello world"}],
-        "stop_reason": "end_turn", "stop_sequence": None, "usage": ANTHROPIC_USAGE,
+        "stop_reason": "end_turn", "stop_sequence": None, "usage": anthropic_usage(model),
     }
 
 
 def messages_stream(model: str, error: bool = False) -> list[bytes]:
-    start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+    start_usage = {**anthropic_usage(model), "output_tokens": 1}
     message = {**message_body(model), "content": [], "stop_reason": None, "usage": start_usage}
     chunks = [
         sse("message_start", {"type": "message_start", "message": message}),

@@ -190,3 +190,32 @@ def test_a_pricing_json_entry_can_hold_for_one_provider(tmp_path: Path) -> None:
     assert book.price("together", "my-llama", usage, {}, when).cost_usd == Decimal("1.76")
     free = book.price("vllm", "my-llama", usage, {}, when)
     assert free.cost_usd == 0 and free.source == "pricing.json"  # free, not unpriced
+
+
+def test_dimensions_without_a_rate_are_unpriced_never_priced_as_text(tmp_path: Path) -> None:
+    book = PriceBook()
+    audio = Usage(input_tokens=1000, output_tokens=500, extra={"input_audio_tokens": 600})
+    price = book.price("openai", "gpt-4o", audio, {}, WHEN)
+    assert (price.cost_usd, price.note) == (None, "no rate for input_audio_tokens on gpt-4o in genai-prices")
+    # pricing.json may give the rate the data lacks.
+    (tmp_path / "pricing.json").write_text(json.dumps(
+        {"models": {"gpt-4o": {"input_mtok": 2.5, "output_mtok": 10, "input_audio_mtok": 40}}}
+    ))
+    book.set_overrides(load_overrides(tmp_path / "pricing.json"))
+    assert book.price("openai", "gpt-4o", audio, {}, WHEN).cost_usd == (400 * Decimal("2.5") + 600 * 40 + 500 * 10) / 10**6
+    # Image input on Gemini is billed at the text rate, as Google lists it.
+    image = Usage(input_tokens=1000, output_tokens=10, extra={"input_image_tokens": 600})
+    assert book.price("google", "gemini-2.5-flash", image, {}, WHEN).cost_usd == book.price(
+        "google", "gemini-2.5-flash", Usage(input_tokens=1000, output_tokens=10), {}, WHEN
+    ).cost_usd
+
+
+def test_inference_geography() -> None:
+    book = PriceBook()
+    usage = Usage(input_tokens=1000, output_tokens=100)
+    base = book.price("anthropic", "claude-opus-4-6", usage, {}, WHEN).cost_usd
+    assert base is not None
+    assert book.price("anthropic", "claude-opus-4-6", usage, {"inference_geo": "global"}, WHEN).cost_usd == base
+    assert book.price("anthropic", "claude-opus-4-6", usage, {"inference_geo": "us"}, WHEN).cost_usd == base * Decimal("1.1")
+    unknown = book.price("anthropic", "claude-opus-4-6", usage, {"inference_geo": "eu"}, WHEN)
+    assert (unknown.cost_usd, unknown.note) == (None, "no rate for inference_geo eu")

@@ -39,7 +39,19 @@ def price_context(raw: dict[str, Any]) -> dict[str, str]:
         context["processing"] = "batch"
     if raw.get("speed") == "fast":
         context["speed"] = "fast"
+    geo = text(raw.get("inference_geo"), 32)
+    if geo:
+        context["inference_geo"] = geo  # the price book knows what each costs
     return context
+
+
+def served(raw: dict[str, Any]) -> dict[str, str]:
+    """
+    How Anthropic says it served the call: C{service_tier} (standard, priority,
+    batch), C{inference_geo}, C{speed}.
+    """
+    said = {name: text(raw.get(name), 32) for name in ("service_tier", "inference_geo", "speed")}
+    return {name: value for name, value in said.items() if value}
 
 
 def read_body(obj: dict[str, Any]) -> Reading:
@@ -51,7 +63,7 @@ def read_body(obj: dict[str, Any]) -> Reading:
     raw = obj.get("usage")
     if not isinstance(raw, dict):
         return Reading(model=text(obj.get("model")))
-    return Reading(usage_from(raw), text(obj.get("model")), price_context(raw), final=True)
+    return Reading(usage_from(raw), text(obj.get("model")), price_context(raw), served(raw), final=True)
 
 
 class MessagesStreamMeter(SSEMeter):
@@ -90,6 +102,7 @@ class MessagesStreamMeter(SSEMeter):
             return None
         self.reading.usage = usage_from(self._raw)
         self.reading.price_context = price_context(self._raw)
+        self.reading.served = served(self._raw)
         return None
 
 

@@ -25,13 +25,36 @@ GEMINI = "google"
 VERTEX = "vertex"
 
 
+#: Gemini's modalities other than text, by genai-prices' usage name per side (image
+#: and video input are billed at the text rate: the price book knows).
+_MODALITIES = {
+    "input": {"AUDIO": "input_audio_tokens", "IMAGE": "input_image_tokens", "VIDEO": "input_video_tokens"},
+    "cache": {"AUDIO": "cache_audio_read_tokens", "IMAGE": "cache_image_read_tokens", "VIDEO": "cache_video_read_tokens"},
+    "output": {"AUDIO": "output_audio_tokens", "IMAGE": "output_image_tokens", "VIDEO": "output_video_tokens"},
+}
+
+
+def _by_modality(counts: dict[str, int], side: str, *lists: Any) -> None:
+    names = _MODALITIES[side]
+    for details in lists:
+        for entry in details if isinstance(details, list) else ():
+            name = names.get(str(entry.get("modality"))) if isinstance(entry, dict) else None
+            if name is not None:
+                counts[name] = counts.get(name, 0) + count(entry.get("tokenCount"))
+
+
 def usage_from(raw: dict[str, Any]) -> Usage:
     thoughts = count(raw.get("thoughtsTokenCount"))
+    extra: dict[str, int] = {}
+    _by_modality(extra, "input", raw.get("promptTokensDetails"), raw.get("toolUsePromptTokensDetails"))
+    _by_modality(extra, "cache", raw.get("cacheTokensDetails"))
+    _by_modality(extra, "output", raw.get("candidatesTokensDetails"))
     return Usage(
         input_tokens=count(raw.get("promptTokenCount")) + count(raw.get("toolUsePromptTokenCount")),
         cache_read_tokens=count(raw.get("cachedContentTokenCount")),
         output_tokens=count(raw.get("candidatesTokenCount")) + thoughts,
         reasoning_tokens=thoughts,
+        extra={name: n for name, n in extra.items() if n},
     )
 
 

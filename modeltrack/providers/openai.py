@@ -11,7 +11,7 @@ from typing import Any
 
 from modeltrack.providers.dialect import Dialect, Endpoint
 from modeltrack.providers.meter import DROP, SSEMeter
-from modeltrack.usage import Reading, Usage, count, dig, text
+from modeltrack.usage import Reading, Usage, count, dig, extras, text
 
 NAME = "openai"
 
@@ -27,15 +27,27 @@ _TERMINAL_RESPONSE_EVENTS = frozenset(
 def _usage(raw: dict[str, Any], inputs: str, outputs: str) -> Usage:
     """
     Chat calls its counts C{prompt_tokens}/C{completion_tokens}, Responses
-    C{input_tokens}/C{output_tokens}; the details objects follow the same names.
+    C{input_tokens}/C{output_tokens}; the details objects follow the same names. Audio
+    and image tokens (audio and image models) are kept apart: they have rates of their
+    own.
     """
     input_details = raw.get(f"{inputs}_tokens_details")
+    output_details = raw.get(f"{outputs}_tokens_details")
+    cached_details = dig(input_details, "cached_tokens_details")
     return Usage(
         input_tokens=count(raw.get(f"{inputs}_tokens")),
         cache_read_tokens=count(dig(input_details, "cached_tokens")),
         cache_write_tokens=count(dig(input_details, "cache_write_tokens")),
         output_tokens=count(raw.get(f"{outputs}_tokens")),
-        reasoning_tokens=count(dig(raw, f"{outputs}_tokens_details", "reasoning_tokens")),
+        reasoning_tokens=count(dig(output_details, "reasoning_tokens")),
+        extra=extras(
+            input_audio_tokens=dig(input_details, "audio_tokens"),
+            input_image_tokens=dig(input_details, "image_tokens"),
+            cache_audio_read_tokens=dig(cached_details, "audio_tokens"),
+            cache_image_read_tokens=dig(cached_details, "image_tokens"),
+            output_audio_tokens=dig(output_details, "audio_tokens"),
+            output_image_tokens=dig(output_details, "image_tokens"),
+        ),
     )
 
 
@@ -50,16 +62,18 @@ def responses_usage(raw: dict[str, Any]) -> Usage:
     return _usage(raw, "input", "output")
 
 
-def price_context(obj: dict[str, Any]) -> dict[str, str]:
+def served(reading: Reading, obj: dict[str, Any]) -> None:
     """
-    The tier that actually served the request, as the response reports it.
+    The tier that actually served the request, as the response reports it: it is
+    also what selects the price.
     """
     tier = text(obj.get("service_tier"), 32)
-    return {"service_tier": tier} if tier else {}
+    reading.price_context = reading.served = {"service_tier": tier} if tier else {}
 
 
 def _read(obj: dict[str, Any], usage_reader: Any) -> Reading:
-    reading = Reading(model=text(obj.get("model")), price_context=price_context(obj))
+    reading = Reading(model=text(obj.get("model")))
+    served(reading, obj)
     error = obj.get("error")
     if error:
         reading.error_type = text(dig(error, "type")) or text(dig(error, "code")) or "error"
@@ -115,7 +129,7 @@ class ChatStreamMeter(SSEMeter):
         raw = obj.get("usage")
         if isinstance(raw, dict):
             reading.usage = chat_usage(raw)
-            reading.price_context = price_context(obj)
+            served(reading, obj)
             reading.final = True
             if self.strips and obj.get("choices") == []:
                 return DROP
