@@ -107,6 +107,7 @@ def cost_event(
     labels: dict[str, str | None],
     caller: Caller = NO_CALLER,
     deployment: str | None = None,
+    batch: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     usage = reading.usage or Usage()
     cost: Decimal | None = price.cost_usd
@@ -145,6 +146,9 @@ def cost_event(
         "client": caller.client,
         "error_type": reading.error_type,
         "usage_error": reading.usage_error,
+        "batch": batch is not None,
+        "batch_id": batch[0] if batch else None,
+        "custom_id": batch[1] if batch else None,
         **NO_CONTROLS,
     }
 

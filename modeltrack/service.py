@@ -29,6 +29,7 @@ from twisted.web.server import Site
 
 from modeltrack.admin.api import AdminAPI
 from modeltrack.admin.site import admin_site
+from modeltrack.batches import BatchBook
 from modeltrack.controls.alerts import BudgetAlerts
 from modeltrack.controls.budgets import BudgetLedger
 from modeltrack.controls.cache import ResponseCache, load_snapshot, write_atomically
@@ -241,6 +242,7 @@ class ModeltrackService(InOrder):
             keys=self.keys,
             metrics=self.metrics,
             route_table=RouteTable((*configured, *DIALECTS)),
+            batch_book=BatchBook(state_dir(settings.data_dir) / "batches", reactor, reactor.getThreadPool()),
         )
         self.peers: Peers | None = None
         if settings.workers > 1:
@@ -469,7 +471,9 @@ class ModeltrackService(InOrder):
         d: Deferred[Any] = DeferredList([port.stopListening() or succeed(None) for port in ports])
         self.ports = []
         self.admin_port = None
-        return d.addCallback(lambda _: self.resource.drain(self.settings.drain_seconds))
+        d.addCallback(lambda _: self.resource.drain(self.settings.drain_seconds))
+        # Batch results being claimed still have their events to write.
+        return d.addCallback(lambda _: self.resource.batches.wait() if self.resource.batches else None)
 
     def stopService(self) -> Deferred[None]:
         notify(b"STOPPING=1")

@@ -50,6 +50,13 @@ class Proxy:
     def flushed(self) -> Deferred[None]:
         return self.service.journal.flush()
 
+    async def settled(self) -> None:
+        """
+        Every batch result claimed and its event on disk.
+        """
+        await self.service.resource.batches.wait()
+        await self.flushed()
+
 
 def serving(reactor: Any, resource: Any) -> Any:
     """

@@ -207,6 +207,29 @@ def messages_stream(model: str, error: bool = False) -> list[bytes]:
     return chunks
 
 
+def openai_batch_results() -> list[dict[str, Any]]:
+    """
+    Two results with usage (one on each model) and one that failed.
+    """
+    def ok(custom_id: str, model: str) -> dict[str, Any]:
+        body = {**chat_body(model), "service_tier": "default"}
+        return {"id": f"batch_req_{custom_id}", "custom_id": custom_id, "error": None,
+                "response": {"status_code": 200, "request_id": "req_1", "body": body}}
+
+    failed = {"id": "batch_req_3", "custom_id": "q-3", "response": None,
+              "error": {"code": "invalid_request", "message": "bad"}}
+    return [ok("q-1", "gpt-4o-2024-08-06"), ok("q-2", "gpt-4o-mini-2024-07-18"), failed]
+
+
+def anthropic_batch_results() -> list[dict[str, Any]]:
+    def ok(custom_id: str, model: str) -> dict[str, Any]:
+        usage = {**ANTHROPIC_USAGE, "service_tier": "batch"}
+        return {"custom_id": custom_id, "result": {"type": "succeeded", "message": {**message_body(model), "usage": usage}}}
+
+    errored = {"custom_id": "m-3", "result": {"type": "errored", "error": {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}}}
+    return [ok("m-1", "claude-sonnet-4-5-20250929"), errored, ok("m-2", "claude-haiku-4-5-20251001")]
+
+
 @dataclass
 class FakeUpstream(Resource):
     """
@@ -320,9 +343,36 @@ class FakeUpstream(Resource):
             return self._json(request, 200, {"id": "modr-1", "model": "omni-moderation-latest", "results": []})
         if method == b"GET" and path.startswith("/v1/batches/"):
             batch = {"id": parts[3], "object": "batch", "endpoint": "/v1/chat/completions", "status": "completed",
-                     "input_file_id": "file-1", "completion_window": "24h", "created_at": 1}
+                     "input_file_id": "file-1", "completion_window": "24h", "created_at": 1,
+                     "output_file_id": f"file-out-{parts[3]}", "error_file_id": None}
             return self._json(request, 200, batch)
+        if method == b"GET" and path.startswith("/v1/files/") and path.endswith("/content"):
+            # An output file: its batch's results (any other file: the same bytes,
+            # which must not be metered unless a batch named the file).
+            return self._lines(request, openai_batch_results())
+        if method == b"GET" and path.startswith("/v1/messages/batches/") and path.endswith("/results"):
+            return self._lines(request, anthropic_batch_results())
+        if method == b"GET" and path.startswith("/v1/messages/batches/"):
+            # As the API answers: the results at an absolute URL on its own origin.
+            return self._json(request, 200, {
+                "id": parts[4], "type": "message_batch", "processing_status": "ended",
+                "request_counts": {"processing": 0, "succeeded": 2, "errored": 1, "canceled": 0, "expired": 0},
+                "ended_at": "2026-11-30T00:00:00Z", "created_at": "2026-11-29T00:00:00Z",
+                "expires_at": "2026-12-01T00:00:00Z", "archived_at": None, "cancel_initiated_at": None,
+                "results_url": f"https://api.anthropic.com/v1/messages/batches/{parts[4]}/results",
+            })
         return self._json(request, 404, {"error": {"message": "not here", "type": "invalid_request_error"}})
+
+    def _lines(self, request: Request, lines: list[dict[str, Any]]) -> int:
+        """
+        JSONL, written in pieces that cut lines in two, the last line without a newline.
+        """
+        data = "\n".join(json.dumps(line) for line in lines).encode()
+        request.setHeader(b"content-type", b"application/binary")
+        for start in range(0, len(data), 97):
+            request.write(data[start:start + 97])
+        request.finish()
+        return NOT_DONE_YET
 
     def _json(self, request: Request, code: int, body: Any) -> bytes:
         request.setResponseCode(code)

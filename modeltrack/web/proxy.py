@@ -8,6 +8,7 @@ timeout, client gone, or shut down.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from modeltrack import events, routes
+from modeltrack import batches, events, routes
 from modeltrack.accounting import Answer, CallRecord, sinks
 from modeltrack.controls.budgets import NO_ONE, Who
 from modeltrack.controls.cache import Entry
@@ -72,6 +73,8 @@ class Phase(IntEnum):
 #: Checked on every chunk: a module global is read faster than an enum member.
 _ENDING = Phase.ENDING
 _NO_USAGE = Price(Decimal(0), None)
+#: A Host header that may go into a URL given back to its client.
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class Timeouts(NamedTuple):
@@ -113,6 +116,7 @@ class ProxyResource(Resource):
         keys: Keyring,
         metrics: Any = None,
         route_table: routes.RouteTable = routes.ROUTES,
+        batch_book: batches.BatchBook | None = None,
     ) -> None:
         super().__init__()
         self.upstreams = upstreams
@@ -126,6 +130,8 @@ class ProxyResource(Resource):
         self.max_body = max_body
         self.routes = route_table
         self.keys = keys
+        #: Where batch results fetched through the proxy are claimed (once each).
+        self.batches = batch_book
         #: L{modeltrack.metrics.Metrics}, when an admin listener serves them.
         self.metrics = metrics
         #: Where every finished metered call goes (L{modeltrack.accounting}).
@@ -291,6 +297,8 @@ class Exchange(Protocol):
         #: event is on disk: its last bytes and its end wait in C{_held}.
         self._holds = endpoint.metered and resource.journal.holds_answers
         self._held: list[bytes] = []
+        #: A relayed call whose answer tells about a batch (its results, its file).
+        self._batch: batches.Watch | None = None
 
     # -- start ---------------------------------------------------------------
 
@@ -301,11 +309,13 @@ class Exchange(Protocol):
         keys = resource.keys.book
         # Where the proxy signs with its own credentials, only named keys may call.
         known_only = keys.unknown_keys is UnknownKeys.DENY or resource.upstreams[self.endpoint.provider].signer is not None
-        if self.endpoint.metered or known_only:
+        if not self.endpoint.metered and resource.batches is not None:
+            self._batch = batches.watch(self.endpoint.provider, request.method, self._upstream_path, self._client_base())
+        if self.endpoint.metered or known_only or self._batch:
             names, param = resource.routes.credentials(self.endpoint.provider)
             query = request.uri.partition(b"?")[2] if param is not None else b""
             self.caller = resource.keys.identify(request.requestHeaders, names, query, param)
-        if self.endpoint.metered:
+        if self.endpoint.metered or self._batch:
             self._labels = labels = events.attribution(request.requestHeaders, self.caller.entry)
             self._who = Who(labels["team"] or "", labels["app"] or "", labels["feature"] or "", self.caller.key_name or "")
         resource.in_flight.add(self)
@@ -334,6 +344,19 @@ class Exchange(Protocol):
                     return self._admit(obj, body)
         self._forward(body)
         return None
+
+    def _client_base(self) -> str | None:
+        """
+        The proxy's URL as this client called it, up to the API path; L{None} if its
+        Host header is not a plain host.
+        """
+        request = self.request
+        host = (request.requestHeaders.getRawHeaders(b"host") or [b""])[0].decode("latin-1")
+        if _HOST.fullmatch(host) is None:
+            return None
+        path = request.path.decode("latin-1")
+        prefix = path[: len(path) - len(self._upstream_path)] if path.endswith(self._upstream_path) else ""
+        return f"{'https' if request.isSecure() else 'http'}://{host}{prefix}"
 
     def _forward(self, body: bytes | None) -> None:
         resource = self._resource
@@ -466,7 +489,7 @@ class Exchange(Protocol):
     def _meter_for(self, response: IResponse) -> Any:
         endpoint = self.endpoint
         if not endpoint.metered:
-            return RelayOnly()
+            return RelayOnly() if self._batch is None or response.code != 200 else batches.meter_for(self._batch)
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         if endpoint.stream_meter is not None and content_type.startswith(endpoint.stream_type):
             return endpoint.stream_meter(strip=self._strip_usage)
@@ -698,6 +721,8 @@ class Exchange(Protocol):
         resource = self._resource
         if not self.endpoint.metered:
             resource.stats.relayed_call(self.endpoint.provider, self.endpoint.path)
+            if self._batch is not None and self.status == 200:
+                self._learn_batch()
             if outcome is not Outcome.REJECTED:
                 # Relayed calls cost nothing and leave no event; one the proxy refused
                 # (an unknown key, a body too large) does, as every refusal does.
@@ -726,13 +751,7 @@ class Exchange(Protocol):
                 # that ignores stream_options): the cost is unknown, never $0.
                 price = UNPRICED
         else:
-            try:
-                price = resource.gate.prices.price(
-                    self.endpoint.provider, model, reading.usage, reading.price_context, when
-                )
-            except Exception:
-                log_failure(log, "Could not price a call on {route}", route=self.endpoint.path)
-                price = UNPRICED
+            price = self._price(model, reading, when)
         event = events.cost_event(
             timestamp=when,
             request_id=self.request_id,
@@ -779,6 +798,65 @@ class Exchange(Protocol):
             resource.journal.flush().addCallback(self._completed)
         else:
             resource.forget(self)
+
+    def _price(self, model: str | None, reading: Reading, when: datetime) -> Price:
+        if reading.usage is None:
+            return UNPRICED
+        try:
+            return self._resource.gate.prices.price(self.endpoint.provider, model, reading.usage, reading.price_context, when)
+        except Exception:
+            log_failure(log, "Could not price a call on {route}", route=self.endpoint.path)
+            return UNPRICED
+
+    # -- batches -------------------------------------------------------------
+
+    def _learn_batch(self) -> None:
+        book, meter, watching = self._resource.batches, self.meter, self._batch
+        assert book is not None and watching is not None
+        if isinstance(meter, batches.ObjectsMeter):
+            outputs = meter.outputs()
+            if outputs:
+                book.learn(outputs).addErrback(batches.failed)
+        elif isinstance(meter, batches.ResultsMeter) and meter.results:
+            book.claim(watching, meter.results).addCallback(self._record_results).addErrback(batches.failed)
+
+    def _record_results(self, claimed: tuple[str, str, list[batches.Result]] | None) -> None:
+        """
+        One event per batch result not recorded before, at the batch price.
+        """
+        if claimed is None:
+            return  # a file that is no batch's output
+        batch_id, endpoint, results = claimed
+        resource = self._resource
+        now = resource.clock.seconds()
+        when = datetime.fromtimestamp(now, UTC)
+        for result in results:
+            reading = batches.reading_of(endpoint, result)
+            model = resource.gate.prices.alias(reading.model)
+            price = UNPRICED if reading.usage_error is not None else self._price(model, reading, when)
+            key = f"{self.endpoint.provider}/{batch_id}/{result.custom_id}".encode()
+            event = events.cost_event(
+                timestamp=when,
+                request_id="mt_b" + hashlib.sha256(key).hexdigest()[:24],
+                provider=self.endpoint.provider,
+                endpoint=endpoint,
+                requested_model=None,
+                model=model,
+                streaming=False,
+                status_code=result.status,
+                outcome=Outcome.OK if result.status < 400 else Outcome.UPSTREAM_ERROR,
+                reading=reading,
+                price=price,
+                latency_ms=0.0,
+                ttfb_ms=None,
+                labels=self._labels,
+                caller=self.caller,
+                batch=(batch_id, result.custom_id),
+            )
+            resource.gate.settle(NO_TICKET, self.endpoint.provider, self._who, price, reading.usage, reading.price_context, when)
+            record = CallRecord(MappingProxyType(event), events.encode(event), price, None, None, NO_TICKET, None, model, now)
+            for sink in resource.sinks:
+                sink(record)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
