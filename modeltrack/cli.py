@@ -113,6 +113,11 @@ def parser() -> argparse.ArgumentParser:
     price = commands.choices["price"]
     price.add_argument("model")
     price.add_argument("--provider", choices=("openai", "anthropic"), default=None)
+    from modeltrack.reconcilecli import add_arguments
+
+    reconcile = commands.add_parser("reconcile", help="the log against the providers' usage and cost reports")
+    reconcile.add_argument("--data-dir", type=Path, default=None, help="the proxy's data dir [env MODELTRACK_DATA_DIR]")
+    add_arguments(reconcile)
     keys = commands.add_parser("keys", help="name keys in keys.json by their fingerprints").add_subparsers(
         dest="keys_command", required=True
     )
@@ -164,6 +169,10 @@ def _main(argv: list[str] | None) -> int:
         return 2
     if args.command == "check":
         return check(args.data_dir)
+    if args.command == "reconcile":
+        from modeltrack.reconcilecli import reconcile_command
+
+        return reconcile_command(args)
     if args.command == "price":
         return show_price(args.data_dir, args.model, args.provider)
     if args.command == "report":

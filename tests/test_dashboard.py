@@ -19,6 +19,8 @@ import pytest
 import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
+from modeltrack.reconcile import Reported, reconcile
+from modeltrack.reconcilecli import _store as store_reconciliation
 from tests.conftest import start_proxy
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -138,12 +140,18 @@ def shown(found: Found, element_id: str) -> Decimal:
 async def test_every_page_shows_the_sqlite_totals(reactor: Any, tmp_path: Path) -> None:
     today = datetime.now(UTC).date()
     seed(tmp_path, today)
+    # The last reconciliation: the provider reports a model no call through the proxy used.
+    reported = Reported()
+    reported.add_tokens(today.isoformat(), "openai", "gpt-4o-mini-2024-07-18", None, {"input_tokens": 5000, "output_tokens": 10})
+    reconciled = reconcile(reported, {}, {})
+    reconciled.update(ran_at="2026-11-30T03:00:00Z", tolerance_pct=0.5)
+    store_reconciliation(tmp_path, reconciled)
     proxy = start_proxy(reactor, tmp_path, "http://127.0.0.1:9", admin_listen="tcp:0:interface=127.0.0.1")
     OUTPUT.mkdir(parents=True, exist_ok=True)
     profile = tmp_path / "chromium-profile"
     try:
         pages = {}
-        for page in ("overview", "teams", "apps", "models", "keys", "clients", "sessions", "budgets"):
+        for page in ("overview", "teams", "apps", "models", "keys", "clients", "sessions", "budgets", "reconciliation"):
             url = f"{proxy.admin_url}/#{page}"
             dom = await chromium(f"--user-data-dir={profile}", "--dump-dom", url)
             await chromium(f"--user-data-dir={profile}", "--window-size=1280,900", f"--screenshot={OUTPUT / page}.png", url)
@@ -192,6 +200,9 @@ async def test_every_page_shows_the_sqlite_totals(reactor: Any, tmp_path: Path) 
         assert "unused-key" in keys_page and "never" in keys_page  # listed, no call yet
         assert "of $500 (monthly, block)" in keys_page
         assert "openai-python/2" in pages["clients"].by_id["page"]["text"]
+        reconciliation = pages["reconciliation"].by_id["page"]["text"]
+        assert "run 2026-11-30T03:00:00Z" in reconciliation and "gpt-4o-mini-2024-07-18" in reconciliation
+        assert "0 / 5000 (-100%)" in reconciliation and "bypassed the proxy" in reconciliation
 
         # Any past month, or a from/to range, by URL; the period stays as pages change.
         previous = today.replace(day=1) - timedelta(days=1)

@@ -31,15 +31,15 @@ def test_units_verify(tmp_path: Path) -> None:
     pointing at this venv (verify checks that ExecStart's program exists).
     """
     venv = str(Path(sys.executable).parent.parent)
-    for unit in (REPO / "systemd").glob("modeltrack.*"):
+    for unit in (REPO / "systemd").glob("modeltrack*.*"):
         text = unit.read_text().replace("/opt/modeltrack/venv", venv)
         (tmp_path / unit.name).write_text(text)
     dropins = tmp_path / "modeltrack.service.d"
     dropins.mkdir()
     for dropin in ("tls.conf", "admin-token.conf"):
         (dropins / dropin).write_text((REPO / "systemd" / dropin).read_text().replace("/opt/modeltrack/venv", venv))
-    units = sorted(str(p) for p in tmp_path.glob("modeltrack.*") if p.is_file())
-    assert len(units) == 2
+    units = sorted(str(p) for p in tmp_path.glob("modeltrack*.*") if p.is_file())
+    assert len(units) == 4
     # The unit path makes verify read the drop-in directory too (a trailing ":" keeps
     # the system's own unit directories after it).
     env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}

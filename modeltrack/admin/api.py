@@ -1,17 +1,19 @@
 """
 The admin JSON API: C{/api/summary}, C{/api/spend}, C{/api/sessions}, C{/api/budgets},
-C{/api/keys}, C{/api/events}. Spend figures come from L{modeltrack.index}, the same queries as the
+C{/api/keys}, C{/api/events}, C{/api/reconciliation}. Spend figures come from L{modeltrack.index}, the same queries as the
 C{modeltrack} command, run on the index thread.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
 from modeltrack import index
+from modeltrack.reconcilecli import RESULT_FILE
 
 #: Most events C{/api/events} returns.
 MOST_EVENTS = 1000
@@ -42,7 +44,9 @@ class AdminAPI:
         The body for C{/api/NAME}, or L{None} if there is no such endpoint. Raises
         L{BadQuery}.
         """
-        handler = getattr(self, "_" + name, None) if name in ("summary", "spend", "sessions", "budgets", "keys", "events") else None
+        handler = getattr(self, "_" + name, None) if name in (
+            "summary", "spend", "sessions", "budgets", "keys", "events", "reconciliation"
+        ) else None
         if handler is None:
             return None
         query = {key.decode("utf-8", "replace"): values[-1].decode("utf-8", "replace") for key, values in args.items()}
@@ -103,6 +107,21 @@ class AdminAPI:
         limit = _whole(query, "limit", 100, MOST_EVENTS)
         data_dir = self._data_dir
         return self._indexer.query(lambda db: index.recent(data_dir, limit))
+
+
+    def _reconciliation(self, query: dict[str, str]) -> Deferred[Any]:
+        """
+        The last C{modeltrack reconcile}'s result (C{{"ran_at": null}} before the first).
+        """
+        path = self._data_dir / "state" / RESULT_FILE
+
+        def read(db: Any) -> Any:
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                return {"ran_at": None, "rows": [], "summary": {}}
+
+        return self._indexer.query(read)
 
 
 def _day(query: dict[str, str], name: str) -> str | None:

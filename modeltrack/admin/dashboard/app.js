@@ -212,6 +212,23 @@ const pages = {
     return [el("h2", {}, "Budgets"), el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)),
       el("p", {}, `Open reservations: $${report.open_reservations_usd}`)];
   },
+  async reconciliation() {
+    const result = await api("/api/reconciliation");
+    if (!result.ran_at) {
+      return [el("h2", {}, "Reconciliation"), el("p", {}, "Not run yet: modeltrack reconcile --fetch anthropic --fetch openai (or the modeltrack-reconcile timer).")];
+    }
+    const kinds = ["input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "cost_usd"];
+    const compared = (c) => (c ? `${c.logged} / ${c.provider}` + (c.diff_pct === null ? "" : ` (${c.diff_pct > 0 ? "+" : ""}${c.diff_pct}%)`) : "–");
+    const head = el("tr", {}, ...["day", "provider", "model", "key", ...kinds.map((k) => k + " (logged / provider)"), ""].map((name) => el("th", {}, name)));
+    const rows = result.rows.map((row) => el("tr", { class: row.bypass ? "bypass" : "" },
+      el("td", {}, row.day), el("td", {}, row.provider), el("td", {}, row.model ?? "–"), el("td", {}, row.key ?? "–"),
+      ...kinds.map((kind) => el("td", { class: "n" }, compared(row[kind]))),
+      el("td", {}, row.bypass ? "bypassed the proxy" : "")));
+    const shares = Object.entries(result.summary).map(([provider, s]) =>
+      el("li", {}, `${provider}: the log saw ${(s.seen_share * 100).toFixed(2)}% of what it reports (by ${s.basis}); ${s.bypass_rows} row(s) bypassed the proxy`));
+    return [el("h2", {}, `Reconciliation (run ${result.ran_at}, tolerance ${result.tolerance_pct}%)`), el("ul", {}, ...shares),
+      el("table", { id: "reconciliation" }, el("thead", {}, head), el("tbody", {}, ...rows))];
+  },
 };
 
 async function show() {
