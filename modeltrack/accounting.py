@@ -43,6 +43,7 @@ class CallRecord(NamedTuple):
     @ivar answer: its whole answer, when it was an ok, unchanged, non-streaming body.
     @ivar model: the model it was priced by.
     @ivar ended: when it ended (seconds since the epoch).
+    @ivar traceparent: the caller's W3C C{traceparent} header, if it sent one.
     """
 
     event: Mapping[str, Any]
@@ -54,16 +55,18 @@ class CallRecord(NamedTuple):
     answer: Answer | None
     model: str | None
     ended: float
+    traceparent: bytes | None = None
 
 
 Sink = Callable[[CallRecord], object]
 
 
-def sinks(journal: Any, stats: Any, gate: Gate, metrics: Any = None) -> list[Sink]:
+def sinks(journal: Any, stats: Any, gate: Gate, metrics: Any = None, export: Sink | None = None) -> list[Sink]:
     """
     Where every finished call goes, in order: the event log first (the sooner it is
     queued, the sooner it is on disk), then the totals, the metrics (when an admin
-    listener serves them) and the response cache (when there is one).
+    listener serves them), the response cache (when there is one) and the
+    OpenTelemetry export (C{--otlp-endpoint}).
     """
     found: list[Sink] = [
         lambda record: journal.append(record.line),
@@ -73,6 +76,8 @@ def sinks(journal: Any, stats: Any, gate: Gate, metrics: Any = None) -> list[Sin
         found.append(lambda record: metrics.observe(record.event, record.price.cost_usd, record.saved, record.overhead))
     if gate.cache is not None:  # set at start-up, for the process's life
         found.append(_cache_store(gate))
+    if export is not None:
+        found.append(export)
     return found
 
 

@@ -48,6 +48,8 @@ class Settings:
     redis_failure: str = "closed"
     #: Where the response cache lives: this process's memory, or Redis (shared).
     cache_backend: str = "memory"
+    #: An OTLP/HTTP collector's base URL for spans and token metrics; L{None}: no export.
+    otlp_endpoint: str | None = None
     gemini_url: str = "https://generativelanguage.googleapis.com"
     vertex_url: str = "https://aiplatform.googleapis.com"
     fsync: str = "interval"
@@ -123,6 +125,7 @@ class Options(usage.Options):
         ["redis-url", None, None, "Hold budgets in Redis, shared by every process and instance: redis://HOST:PORT/DB or rediss:// (TLS) [env MODELTRACK_REDIS_URL]."],
         ["redis-password-file", None, None, "A file holding the Redis password (else the URL's)."],
         ["cache-backend", None, "memory", "Where --cache keeps answers: memory (this process) or redis (shared by every process and instance; needs --redis-url)."],
+        ["otlp-endpoint", None, None, "Export a span per call and token metrics over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 (needs modeltrack[otel]) [env MODELTRACK_OTLP_ENDPOINT]."],
         ["redis-failure", None, "closed", "With Redis out of reach: closed refuses calls under a budget (503); open decides in this process."],
         ["gemini-url", None, None, "Gemini API origin, served under /gemini [env MODELTRACK_GEMINI_URL, default https://generativelanguage.googleapis.com]."],
         ["vertex-url", None, None, "Vertex AI origin (a regional one for regional endpoints), served under /vertex [env MODELTRACK_VERTEX_URL, default https://aiplatform.googleapis.com]."],
@@ -243,6 +246,7 @@ def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Setting
         azure_url=_optional_url("--azure-url", options["azure-url"] or environ.get("MODELTRACK_AZURE_URL")),
         **_check_bedrock(options, environ),
         **_check_redis(options, environ),
+        otlp_endpoint=_check_otlp(options, environ),
         gemini_url=_check_url(
             "--gemini-url", options["gemini-url"] or environ.get("MODELTRACK_GEMINI_URL") or Settings.gemini_url
         ),
@@ -427,6 +431,22 @@ def _check_workers(options: usage.Options, environ: Mapping[str, str], data_dir:
         "inherited": inherited,
         "argv": tuple(getattr(options, "argv", ())),
     }
+
+
+def _check_otlp(options: usage.Options, environ: Mapping[str, str]) -> str | None:
+    url = options["otlp-endpoint"] or environ.get("MODELTRACK_OTLP_ENDPOINT") or None
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"--otlp-endpoint: {url!r} is not an http:// or https:// URL")
+    try:
+        found = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        found = False
+    if not found:
+        raise ConfigError("--otlp-endpoint: needs the OpenTelemetry SDK: pip install 'modeltrack[otel]'")
+    return url
 
 
 class _RedisSettings(TypedDict):

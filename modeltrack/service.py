@@ -228,6 +228,11 @@ class ModeltrackService(InOrder):
             self.metrics = Metrics(self.journal, self.gate, reactor)
             api = AdminAPI(self.indexer, self.gate, settings.data_dir, reactor, self.keys)
             self.admin = admin_site(api, self.metrics, settings.admin_token)
+        self.export: Any = None
+        if settings.otlp_endpoint is not None:
+            from modeltrack.otel import OtlpExport
+
+            self.export = OtlpExport(settings.otlp_endpoint)
         self.resource = ProxyResource(
             upstreams=upstreams,
             journal=self.journal,
@@ -243,6 +248,7 @@ class ModeltrackService(InOrder):
             metrics=self.metrics,
             route_table=RouteTable((*configured, *DIALECTS)),
             batch_book=BatchBook(state_dir(settings.data_dir) / "batches", reactor, reactor.getThreadPool()),
+            export=self.export,
         )
         self.peers: Peers | None = None
         if settings.workers > 1:
@@ -287,6 +293,7 @@ class ModeltrackService(InOrder):
             Step("shared ledger", start=self.shared_ledger.start, stop=self.shared_ledger.stop) if self.shared_ledger else None,
             Step("AWS credentials", start=signer.start, stop=signer.stop) if signer is not None else None,
             Step("index", stop=self.indexer.stop),  # started once listening
+            Step("OpenTelemetry export", stop=lambda: deferToThread(self.export.shutdown)) if self.export is not None else None,
             Step("worker totals", start=self.peers.start, stop=self.peers.stop) if self.peers is not None else None,
             Step("config polling", start=self._start_polling, stop=self._stop_polling),
             Step("listeners", start=self._listen, stop=self._stop_listening_and_drain),

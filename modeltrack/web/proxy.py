@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import IntEnum
@@ -117,6 +118,7 @@ class ProxyResource(Resource):
         metrics: Any = None,
         route_table: routes.RouteTable = routes.ROUTES,
         batch_book: batches.BatchBook | None = None,
+        export: Any = None,
     ) -> None:
         super().__init__()
         self.upstreams = upstreams
@@ -135,7 +137,7 @@ class ProxyResource(Resource):
         #: L{modeltrack.metrics.Metrics}, when an admin listener serves them.
         self.metrics = metrics
         #: Where every finished metered call goes (L{modeltrack.accounting}).
-        self.sinks = sinks(journal, stats, gate, metrics)
+        self.sinks = sinks(journal, stats, gate, metrics, export)
         self.in_flight: set[Exchange] = set()
         #: Every request from its first line to its end, so a drain also waits for
         #: one still arriving (it has no exchange yet).
@@ -791,6 +793,7 @@ class Exchange(Protocol):
             answer,
             model,
             now,
+            _first(self.request.requestHeaders.getRawHeaders(b"traceparent")),
         )
         for sink in resource.sinks:
             sink(record)
@@ -854,7 +857,10 @@ class Exchange(Protocol):
                 batch=(batch_id, result.custom_id),
             )
             resource.gate.settle(NO_TICKET, self.endpoint.provider, self._who, price, reading.usage, reading.price_context, when)
-            record = CallRecord(MappingProxyType(event), events.encode(event), price, None, None, NO_TICKET, None, model, now)
+            record = CallRecord(
+                MappingProxyType(event), events.encode(event), price, None, None, NO_TICKET, None, model, now,
+                _first(self.request.requestHeaders.getRawHeaders(b"traceparent")),
+            )
             for sink in resource.sinks:
                 sink(record)
 
@@ -863,6 +869,10 @@ class Exchange(Protocol):
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
+
+
+def _first(values: Sequence[bytes] | None) -> bytes | None:
+    return values[0] if values else None
 
 
 class _Discard(Protocol):
