@@ -111,6 +111,7 @@ def cost_event(
 ) -> dict[str, Any]:
     usage = reading.usage or Usage()
     cost: Decimal | None = price.cost_usd
+    served = reading.served
     return {
         "timestamp": timestamp.isoformat(timespec="microseconds").replace("+00:00", "Z"),
         "request_id": request_id,
@@ -128,9 +129,9 @@ def cost_event(
         "cache_write_tokens": usage.cache_write_tokens,
         "reasoning_tokens": usage.reasoning_tokens,
         "usage": usage.dimensions(),
-        "service_tier": reading.served.get("service_tier"),
-        "inference_geo": reading.served.get("inference_geo"),
-        "speed": reading.served.get("speed"),
+        "service_tier": served.get("service_tier") if served else None,
+        "inference_geo": served.get("inference_geo") if served else None,
+        "speed": served.get("speed") if served else None,
         "usage_complete": reading.complete,
         # repr of the float is the shortest text that reads back as the same number,
         # so a Decimal cost with up to 15 significant digits is written exactly.

@@ -131,8 +131,8 @@ class PriceBook:
         ):
             return UNPRICED  # inconsistent counts: record them unpriced rather than guess
         price_provider = self.price_providers.get(provider, provider)
-        factor = Decimal(1)
-        if "inference_geo" in context:
+        factor = None
+        if context and "inference_geo" in context:
             context = dict(context)
             geo = context.pop("inference_geo")
             if price_provider == "anthropic":  # Bedrock's and Vertex's regions are priced by their own ids
@@ -147,11 +147,12 @@ class PriceBook:
             rates = self._resolve(price_provider, model, context, when)
             if rates is None:
                 return UNPRICED
-        unrated = rates.unrated(usage, AT_TEXT_RATE.get(price_provider, frozenset()))
-        if unrated:
-            return Price(None, None, f"no rate for {unrated} on {model} in {source}")
+        if usage.extra:
+            unrated = rates.unrated(usage, AT_TEXT_RATE.get(price_provider, frozenset()))
+            if unrated:
+                return Price(None, None, f"no rate for {unrated} on {model} in {source}")
         cost = rates.cost(usage)
-        return Price(cost if factor == 1 else cost * factor, source)
+        return Price(cost if factor is None else cost * factor, source)
 
     def context_window(self, provider: str, model: str) -> int | None:
         """
@@ -234,7 +235,7 @@ class LinearPrice:
         The first dimension of C{usage} this model has no rate of its own for, and
         which is not billed at the text rate either (L{None} if every one is priced).
         """
-        for name, n in usage.extra.items():
+        for name, n in (usage.extra or {}).items():
             if n and name not in at_text_rate and getattr(self._rates, EXTRA_RATES.get(name, name), None) is None:
                 return name
         return None

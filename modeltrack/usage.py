@@ -29,25 +29,35 @@ class Usage:
     """The part of the output spent on reasoning or thinking."""
     web_searches: int = 0
     """Server-side web searches, billed per thousand."""
-    extra: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, int] | None = None
     """Every other billed dimension the provider reported (audio, image and video
-    tokens, code executions), by genai-prices' usage name: each is also counted in the
-    flat field it is part of (audio input tokens in C{input_tokens})."""
+    tokens), by genai-prices' usage name, L{None} for none (most calls: no dict each):
+    each is also counted in the flat field it is part of (audio input tokens in
+    C{input_tokens})."""
 
     def dimensions(self) -> dict[str, int]:
         """
         Every non-zero dimension, flat fields and extras, by genai-prices' names.
         """
-        flat = {
-            "input_tokens": self.input_tokens,
-            "cache_read_tokens": self.cache_read_tokens,
-            "cache_write_tokens": self.cache_write_tokens,
-            "cache_write_1h_tokens": self.cache_write_1h_tokens,
-            "output_tokens": self.output_tokens,
-            "output_reasoning_tokens": self.reasoning_tokens,
-            "web_searches": self.web_searches,
-        }
-        return {name: n for name, n in (*flat.items(), *self.extra.items()) if n}
+        found = {}
+        # Written out: this runs once a call, and a loop over names costs twice as much.
+        if self.input_tokens:
+            found["input_tokens"] = self.input_tokens
+        if self.cache_read_tokens:
+            found["cache_read_tokens"] = self.cache_read_tokens
+        if self.cache_write_tokens:
+            found["cache_write_tokens"] = self.cache_write_tokens
+        if self.cache_write_1h_tokens:
+            found["cache_write_1h_tokens"] = self.cache_write_1h_tokens
+        if self.output_tokens:
+            found["output_tokens"] = self.output_tokens
+        if self.reasoning_tokens:
+            found["output_reasoning_tokens"] = self.reasoning_tokens
+        if self.web_searches:
+            found["web_searches"] = self.web_searches
+        if self.extra:
+            found.update((name, n) for name, n in self.extra.items() if n)
+        return found
 
 
 @dataclass(slots=True)
@@ -128,12 +138,18 @@ def dig(obj: Any, *keys: str) -> Any:
     return obj
 
 
-def extras(**counts: Any) -> dict[str, int]:
+def extras(found: dict[str, int], details: Any, names: tuple[tuple[str, str], ...]) -> None:
     """
-    The non-zero counts among C{counts} (each read with L{count}).
+    Add to C{found} the non-zero counts of C{details} (a usage details object, or
+    anything else: then nothing), each C{(its field, the dimension's name)} of C{names}.
     """
-    read = {name: count(value) for name, value in counts.items()}
-    return {name: n for name, n in read.items() if n}
+    if isinstance(details, dict):
+        for source, name in names:
+            value = details.get(source)
+            if value:
+                n = count(value)
+                if n:
+                    found[name] = found.get(name, 0) + n
 
 
 def text(value: Any, limit: int = 200) -> str | None:

@@ -40,7 +40,9 @@ def _by_modality(counts: dict[str, int], side: str, *lists: Any) -> None:
         for entry in details if isinstance(details, list) else ():
             name = names.get(str(entry.get("modality"))) if isinstance(entry, dict) else None
             if name is not None:
-                counts[name] = counts.get(name, 0) + count(entry.get("tokenCount"))
+                n = count(entry.get("tokenCount"))
+                if n:
+                    counts[name] = counts.get(name, 0) + n
 
 
 def usage_from(raw: dict[str, Any]) -> Usage:
@@ -49,13 +51,15 @@ def usage_from(raw: dict[str, Any]) -> Usage:
     _by_modality(extra, "input", raw.get("promptTokensDetails"), raw.get("toolUsePromptTokensDetails"))
     _by_modality(extra, "cache", raw.get("cacheTokensDetails"))
     _by_modality(extra, "output", raw.get("candidatesTokensDetails"))
-    return Usage(
+    usage = Usage(
         input_tokens=count(raw.get("promptTokenCount")) + count(raw.get("toolUsePromptTokenCount")),
         cache_read_tokens=count(raw.get("cachedContentTokenCount")),
         output_tokens=count(raw.get("candidatesTokenCount")) + thoughts,
         reasoning_tokens=thoughts,
-        extra={name: n for name, n in extra.items() if n},
     )
+    if extra:
+        usage.extra = extra
+    return usage
 
 
 def _finished(obj: dict[str, Any]) -> bool:

@@ -24,42 +24,61 @@ _TERMINAL_RESPONSE_EVENTS = frozenset(
 )
 
 
-def _usage(raw: dict[str, Any], inputs: str, outputs: str) -> Usage:
+class _UsageReader:
     """
     Chat calls its counts C{prompt_tokens}/C{completion_tokens}, Responses
     C{input_tokens}/C{output_tokens}; the details objects follow the same names. Audio
     and image tokens (audio and image models) are kept apart: they have rates of their
-    own.
+    own. (The field names are made once: this runs once a call.)
     """
-    input_details = raw.get(f"{inputs}_tokens_details")
-    output_details = raw.get(f"{outputs}_tokens_details")
-    cached_details = dig(input_details, "cached_tokens_details")
-    return Usage(
-        input_tokens=count(raw.get(f"{inputs}_tokens")),
-        cache_read_tokens=count(dig(input_details, "cached_tokens")),
-        cache_write_tokens=count(dig(input_details, "cache_write_tokens")),
-        output_tokens=count(raw.get(f"{outputs}_tokens")),
-        reasoning_tokens=count(dig(output_details, "reasoning_tokens")),
-        extra=extras(
-            input_audio_tokens=dig(input_details, "audio_tokens"),
-            input_image_tokens=dig(input_details, "image_tokens"),
-            cache_audio_read_tokens=dig(cached_details, "audio_tokens"),
-            cache_image_read_tokens=dig(cached_details, "image_tokens"),
-            output_audio_tokens=dig(output_details, "audio_tokens"),
-            output_image_tokens=dig(output_details, "image_tokens"),
-        ),
-    )
+
+    def __init__(self, inputs: str, outputs: str) -> None:
+        self._inputs, self._input_details = f"{inputs}_tokens", f"{inputs}_tokens_details"
+        self._outputs, self._output_details = f"{outputs}_tokens", f"{outputs}_tokens_details"
+
+    def __call__(self, raw: dict[str, Any]) -> Usage:
+        input_details = raw.get(self._input_details)
+        output_details = raw.get(self._output_details)
+        if not isinstance(input_details, dict):
+            input_details = {}
+        if not isinstance(output_details, dict):
+            output_details = {}
+        usage = Usage(
+            input_tokens=count(raw.get(self._inputs)),
+            cache_read_tokens=count(input_details.get("cached_tokens")),
+            cache_write_tokens=count(input_details.get("cache_write_tokens")),
+            output_tokens=count(raw.get(self._outputs)),
+            reasoning_tokens=count(output_details.get("reasoning_tokens")),
+        )
+        # Most answers have no audio or image tokens, or report them as 0.
+        if (
+            input_details.get("audio_tokens") or input_details.get("image_tokens") or input_details.get("cached_tokens_details")
+            or output_details.get("audio_tokens") or output_details.get("image_tokens")
+        ):
+            extra: dict[str, int] = {}
+            extras(extra, input_details, _INPUT_MODALITIES)
+            extras(extra, input_details.get("cached_tokens_details"), _CACHED_MODALITIES)
+            extras(extra, output_details, _OUTPUT_MODALITIES)
+            usage.extra = extra or None
+        return usage
+
+
+_INPUT_MODALITIES = (("audio_tokens", "input_audio_tokens"), ("image_tokens", "input_image_tokens"))
+_CACHED_MODALITIES = (("audio_tokens", "cache_audio_read_tokens"), ("image_tokens", "cache_image_read_tokens"))
+_OUTPUT_MODALITIES = (("audio_tokens", "output_audio_tokens"), ("image_tokens", "output_image_tokens"))
+_CHAT_USAGE = _UsageReader("prompt", "completion")
+_RESPONSES_USAGE = _UsageReader("input", "output")
 
 
 def chat_usage(raw: dict[str, Any]) -> Usage:
     """
     Chat and legacy Completions usage (also Embeddings, which has only prompt tokens).
     """
-    return _usage(raw, "prompt", "completion")
+    return _CHAT_USAGE(raw)
 
 
 def responses_usage(raw: dict[str, Any]) -> Usage:
-    return _usage(raw, "input", "output")
+    return _RESPONSES_USAGE(raw)
 
 
 def served(reading: Reading, obj: dict[str, Any]) -> None:
