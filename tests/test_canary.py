@@ -1,6 +1,6 @@
 """
-Fault suite: keys never reach the disk, the log, the metrics, the admin API or an error
-body. Six canary keys, one in every place a key can travel (Authorization: Bearer,
+Fault suite: keys never reach the disk, the log, the metrics, the admin API, an OpenTelemetry
+export or an error body. Six canary keys, one in every place a key can travel (Authorization: Bearer,
 x-api-key, api-key, x-goog-api-key, ?key=, ?api-key=), go together on every call, to
 every provider (OpenAI, Anthropic, Azure, a compatible upstream, Bedrock, Gemini, Vertex,
 relayed routes), and
@@ -27,6 +27,7 @@ from tests.conftest import QuietSite, start_proxy
 from tests.fake_bedrock import FakeBedrock
 from tests.fake_google import FakeGoogle
 from tests.fakes import FakeUpstream
+from tests.test_otel import Collector
 from tests.test_sdk import in_thread
 from tests.test_upstream_tls import make_ca, make_server
 
@@ -72,6 +73,8 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
     tls_port = reactor.listenSSL(0, QuietSite(FakeUpstream()), options, interface="127.0.0.1")
     bedrock_port = reactor.listenTCP(0, QuietSite(FakeBedrock()), interface="127.0.0.1")
     google_port = reactor.listenTCP(0, QuietSite(FakeGoogle()), interface="127.0.0.1")
+    collector = Collector()
+    collector_port = reactor.listenTCP(0, QuietSite(collector), interface="127.0.0.1")
     bedrock_url = f"http://127.0.0.1:{bedrock_port.getHost().port}"
     google_url = f"http://127.0.0.1:{google_port.getHost().port}"
     data = tmp_path / "data"
@@ -82,6 +85,7 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
         admin_listen="tcp:0:interface=127.0.0.1", drain_seconds=0.2,
         azure_url=upstream.url, upstreams=(("groq", upstream.url),),
         bedrock_url=bedrock_url, gemini_url=google_url, vertex_url=google_url,
+        otlp_endpoint=f"http://127.0.0.1:{collector_port.getHost().port}",
     )
     tls_proxy = start_proxy(reactor, tmp_path / "tls", f"https://localhost:{tls_port.getHost().port}")
     answers: list[bytes] = []
@@ -119,6 +123,16 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
         target = b"/v1/chat/completions" + QUERY + b"&x=\x7f"  # invalid target
         answers.append(await in_thread(rawhttp.exchange, port, request(target, chat("gpt-4o"), query=b"")))
         answers.append(await in_thread(cut_after_first_bytes, port, request(b"/v1/chat/completions", chat("hang-body", stream=True))))
+        # Batches: looked up, results fetched (each result line an event), through both APIs.
+        for path, headers in (
+            (b"/openai/v1/batches/batch_1", b"Authorization: Bearer %s\r\n" % CANARIES["bearer"].encode()),
+            (b"/openai/v1/files/file-out-batch_1/content", b"Authorization: Bearer %s\r\n" % CANARIES["bearer"].encode()),
+            (b"/v1/messages/batches/msgbatch_1", KEY_HEADERS),
+            (b"/v1/messages/batches/msgbatch_1/results", KEY_HEADERS),
+        ):
+            get = b"GET " + path + QUERY + b" HTTP/1.1\r\nHost: p\r\nConnection: close\r\n" + headers + b"\r\n"
+            answers.append(await in_thread(rawhttp.exchange, port, get))
+        await proxy.service.resource.batches.wait()
         tls = tls_proxy.service.ports[0].getHost().port
         answers.append(await in_thread(rawhttp.exchange, tls, request(b"/v1/messages", {**chat("claude-sonnet-4-5"), "max_tokens": 5})))
         admin = proxy.admin_url.encode().rsplit(b":", 1)[1]
@@ -140,6 +154,7 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
         await tls_port.stopListening()
         await bedrock_port.stopListening()
         await google_port.stopListening()
+        await collector_port.stopListening()
         for each in observers:
             globalLogPublisher.removeObserver(each)
     answers.append(await hanging)
@@ -151,6 +166,8 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
     assert {"openai", "anthropic", "azure", "groq", "bedrock", "google", "vertex"} <= {e["provider"] for e in proxy.events()}
     assert {"stream_error", "upstream_error"} <= {e["outcome"] for e in proxy.events() if e["provider"] == "bedrock"}
     assert any(e["cache_hit"] for e in proxy.events())
+    assert {e["custom_id"] for e in proxy.events() if e["batch"]} == {"q-1", "q-2", "m-1", "m-2"}
+    assert collector.spans and collector.metrics  # the export ran, and is searched below
     assert any(e["budget_status"] == "blocked" for e in proxy.events())
     assert [rawhttp.status_of(a) for a in answers[4:8]] == [404, 400, 413, 429]
     assert (data / "modeltrack.db").exists() and (data / "state" / "cache.msgpack").exists()
@@ -159,6 +176,7 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
         **{f"file {p}": p.read_bytes() for p in files},
         **{f"{name} log": out.getvalue().encode() for name, out in logs.items()},
         **{f"answer {i}": answer for i, answer in enumerate(answers)},
+        **{f"OTLP export {i}": body for i, body in enumerate(collector.bodies)},
     }
     assert "POST /v1/chat/completions" in logs["text"].getvalue(), "the access log was not captured"
     for where, content in searched.items():

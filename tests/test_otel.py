@@ -37,9 +37,11 @@ class Collector(Resource):
         super().__init__()
         self.spans: list[Span] = []
         self.metrics: list[Any] = []
+        self.bodies: list[bytes] = []
 
     def render_POST(self, request: Request) -> bytes:
         body = request.content.read()
+        self.bodies.append(body)
         request.setHeader(b"content-type", b"application/x-protobuf")
         if request.path == b"/v1/traces":
             export = ExportTraceServiceRequest.FromString(body)

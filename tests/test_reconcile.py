@@ -258,19 +258,40 @@ def admin(reactor: Any) -> Any:
 
 @pytest_twisted.ensureDeferred
 async def test_fetch_pages_with_an_admin_key_that_appears_nowhere(admin: Any, data_dir: Path) -> None:
-    logged = write_events(data_dir, [("2026-11-20", "anthropic", claude(), SEARCH, False) for _ in range(3)])
-    usage_pages, cost = anthropic_pages(sum(Decimal(str(e["cost_usd"])) for e in logged))
-    admin.pages = {"/v1/organizations/usage_report/messages": usage_pages, "/v1/organizations/cost_report": [cost]}
-    args = ["--fetch", "anthropic", "--anthropic-url", admin.url, "--since", "2026-11-20", "--until", "2026-11-21", "--format", "json"]
-    done = await in_thread(run, data_dir, *args, env={"ANTHROPIC_ADMIN_KEY": ADMIN_CANARY})
+    logged = write_events(data_dir, [
+        *[("2026-11-20", "anthropic", claude(), SEARCH, False) for _ in range(3)],
+        *[("2026-11-21", "openai", gpt(), None, False) for _ in range(2)],
+    ])
+    usage_pages, cost = anthropic_pages(sum(Decimal(str(e["cost_usd"])) for e in logged[:3]))
+    openai_usage, openai_cost = openai_pages(sum(Decimal(str(e["cost_usd"])) for e in logged[3:]))
+    # OpenAI's usage in two pages: a day with nothing, then the day with the calls.
+    empty = {**openai_usage, "has_more": True, "next_page": "page_2", "data": [
+        {"object": "bucket", "start_time": openai_usage["data"][0]["start_time"] - 86400,
+         "end_time": openai_usage["data"][0]["start_time"], "results": []},
+    ]}
+    admin.pages = {
+        "/v1/organizations/usage_report/messages": usage_pages, "/v1/organizations/cost_report": [cost],
+        "/v1/organization/usage/completions": [empty, openai_usage], "/v1/organization/costs": [openai_cost],
+    }
+    args = ["--fetch", "anthropic", "--anthropic-url", admin.url, "--since", "2026-11-20", "--until", "2026-11-22", "--format", "json"]
+    both = [*args, "--fetch", "openai", "--openai-url", admin.url]
+    keys = {"ANTHROPIC_ADMIN_KEY": ADMIN_CANARY, "OPENAI_ADMIN_KEY": ADMIN_CANARY}
+    done = await in_thread(run, data_dir, *both, env=keys)
     refused = await in_thread(run, data_dir, *args, env={"ANTHROPIC_ADMIN_KEY": ADMIN_CANARY + "-wrong"})
     unset = await in_thread(run, data_dir, *args, env={"ANTHROPIC_ADMIN_KEY": ""})
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)["rows"]
-    assert [(r["key"], r["bypass"]) for r in rows] == [(None, True), ("search-prod", False)]
-    paths = [path for path, _ in admin.seen[:3]]
-    assert paths == [b"/v1/organizations/usage_report/messages"] * 2 + [b"/v1/organizations/cost_report"]
+    assert [(r["provider"], r["model"], r["key"], r["bypass"]) for r in rows] == [
+        ("anthropic", SONNET, None, True), ("anthropic", SONNET, "search-prod", False),
+        ("openai", GPT4O, None, False), ("openai", "gpt-4o-mini-2024-07-18", None, True), ("openai", None, None, False),
+    ]
+    assert rows[2]["input_tokens"]["diff"] == 0 and rows[2]["cache_read_tokens"]["provider"] == 2048
+    paths = [path for path, _ in admin.seen[:6]]
+    assert paths == [b"/v1/organizations/usage_report/messages"] * 2 + [b"/v1/organizations/cost_report"] + [
+        b"/v1/organization/usage/completions"] * 2 + [b"/v1/organization/costs"]
     assert admin.seen[0][1][b"starting_at"] == [b"2026-11-20T00:00:00Z"] and admin.seen[1][1][b"page"] == [b"page_2"]
+    assert admin.seen[3][1][b"start_time"] == [str(int(datetime(2026, 11, 20, tzinfo=UTC).timestamp())).encode()]
+    assert admin.seen[4][1][b"page"] == [b"page_2"]
     assert refused.returncode == 2 and "answered 401" in refused.stderr and "[admin key]" in refused.stderr
     assert unset.returncode == 2 and "ANTHROPIC_ADMIN_KEY" in unset.stderr
     written = b"".join(p.read_bytes() for p in data_dir.rglob("*") if p.is_file())
