@@ -210,10 +210,10 @@ class Harness:
 
     # -- measurements -------------------------------------------------------
 
-    def wrk(self, port: int, seconds: float, connections: int = 32) -> dict[str, Any]:
+    def wrk(self, port: int, seconds: float, connections: int = 32, script: str = "post.lua") -> dict[str, Any]:
         argv = [
             "wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-            "-s", str(BENCH / "post.lua"), f"http://127.0.0.1:{port}/v1/chat/completions",
+            "-s", str(BENCH / script), f"http://127.0.0.1:{port}/v1/chat/completions",
         ]
         started = time.monotonic()
         popen = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)

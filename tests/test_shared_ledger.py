@@ -11,6 +11,7 @@ import json
 import shutil
 import signal
 import socket
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,20 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 
 from modeltrack.controls.budgets import Budget, Who
-from modeltrack.controls.shared import NANO, RESERVATION_SECONDS, SETTLE_SECONDS, RedisLedger, connect
+from modeltrack.controls.shared import (
+    LEASE_CALLS,
+    LEASE_SECONDS,
+    LEASE_SHARE,
+    NANO,
+    RESERVATION_SECONDS,
+    SETTLE_SECONDS,
+    RedisLedger,
+    connect,
+)
 from tests.conftest import start_proxy
 from tests.processes import Running
 from tests.test_sdk import GPT4O_CHAT_COST
@@ -87,6 +97,14 @@ async def post(url: str) -> int:
     )
     await response.content()
     return int(response.code)
+
+
+async def admitted(ledger: RedisLedger, *args: Any) -> Any:
+    """
+    An admission, whether the ledger answers at once (from a lease) or after Redis.
+    """
+    result = ledger.admit(*args)
+    return (await result) if isinstance(result, Deferred) else result
 
 
 def spent(events: list[dict[str, Any]]) -> Decimal:
@@ -192,6 +210,13 @@ async def test_redis_out_of_reach_closed_refuses_open_admits_and_both_recover(
     try:
         assert [await post(closed.url), await post(opened.url)] == [200, 200]
         redis.stop()
+        # Calls that fit in the lease taken before may still pass (it was reserved while
+        # Redis could say); the first one that needs Redis is refused, and so is every
+        # one after it, the lease dropped.
+        answered = []
+        while 503 not in answered and len(answered) <= LEASE_CALLS:
+            answered.append(await post(closed.url))
+        assert answered[-1] == 503 and answered.count(200) < LEASE_CALLS, answered
         assert [await post(closed.url), await post(opened.url)] == [503, 200]
         redis.start()
         for _ in range(300):  # txredisapi reconnects on its own, with a backoff
@@ -298,3 +323,108 @@ def test_the_redis_options(tmp_path: Path, capsys: Any) -> None:
         with pytest.raises(SystemExit):
             Options().parseOptions(["--data-dir", str(tmp_path / "d"), *argv])
         assert capsys.readouterr().err.startswith("modeltrack: " + problem)
+
+
+@pytest_twisted.ensureDeferred
+async def test_leases_near_the_limit(reactor: Any, tmp_path: Path, upstream: Any, redis: Any) -> None:
+    """
+    A budget with room for leases, another contributor having spent all but $0.60 of
+    it: two instances, 400 concurrent calls (about $2 wanted). Calls come from leases;
+    the limit still holds to the nano-dollar, and the leases go back.
+    """
+    limit = Decimal("10")
+    for name in ("a", "b"):
+        budget_file(tmp_path / name, str(limit))
+    period = Budget("", limit, everything=True).period_of(datetime.now(UTC).date().isoformat())
+    spend_key = f"modeltrack:all|{period}:spend"
+    already = int((limit - Decimal("0.6")) * NANO)
+    redis.command("HSET", spend_key, "elsewhere", str(already))
+    a = start_proxy(reactor, tmp_path / "a", upstream.url, redis_url=redis.url)
+    b = start_proxy(reactor, tmp_path / "b", upstream.url, redis_url=redis.url)
+    try:
+        # Sequential calls first: after the first, each comes from the lease.
+        assert [await post(a.url) for _ in range(10)] == [200] * 10
+        assert (a.service.shared_ledger.one_by_one, a.service.shared_ledger.from_lease) == (1, 9)
+        codes = await gatherResults([ensureDeferred(post((a, b)[n % 2].url)) for n in range(400)])
+        assert set(codes) == {200, 429}
+    finally:
+        await a.service.stopService()
+        await b.service.stopService()
+    ledgers = [a.service.shared_ledger, b.service.shared_ledger]
+    assert all(ledger.from_lease > 0 for ledger in ledgers)
+    ok = [e for e in a.events() + b.events() if e["outcome"] == "ok"]
+    assert len(ok) == codes.count(200) + 10  # every admitted call has its event
+    shares = [int(x) for x in redis.command("HVALS", spend_key).split()]
+    assert sum(shares) - already == sum(int(Decimal(str(e["cost_usd"])) * NANO) for e in ok)
+    assert sum(shares) <= limit * NANO  # never past the limit
+    # (How close it came depends on how many calls were under way at once, each holding
+    # its estimate, more than its cost; the unit test below holds leases to their word.)
+    assert redis.command("GET", f"modeltrack:all|{period}:total").strip() == "0"  # reservations and leases gone
+    assert redis.command("HLEN", f"modeltrack:all|{period}:held").strip() == "0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_crashed_processs_lease_expires(reactor: Any, redis: Any) -> None:
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    budget = Budget("ml", Decimal("1"))
+    day = "2027-01-15"
+    crashed = RedisLedger(connect(redis.url), clock, "crashed")
+    other = RedisLedger(connect(redis.url), clock, "other")
+    for ledger in (crashed, other):
+        ledger.replace([budget])
+    try:
+        first = await admitted(crashed, [budget], Decimal("0.001"), day, "mt_1")
+        assert first.status == "ok" and not first.leased
+        second = await admitted(crashed, [budget], Decimal("0.001"), day, "mt_2")
+        assert second.leased  # from the lease taken with the first
+        held = int(redis.command("HGET", "modeltrack:team=ml|2027-01:held", "lease|crashed"))
+        assert held == int(LEASE_SHARE * NANO)  # 1 % of the limit: 16 calls would be more
+        # The process dies holding it (and mt_1's own 0.001): the other process cannot
+        # use what it holds...
+        assert (await admitted(other, [budget], Decimal("0.99"), day, "mt_3")).status == "blocked"
+        clock.advance(LEASE_SECONDS + 1)  # ... until it expires
+        assert (await admitted(other, [budget], Decimal("0.99"), day, "mt_4")).status == "ok"
+    finally:
+        crashed._redis.disconnect()
+        other._redis.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lease_goes_back_when_the_budget_is_nearly_spent(reactor: Any, redis: Any) -> None:
+    """
+    An idle lease stands between another process and the last of a budget only until
+    its holder hears, with its next batch, that the rest is less than a lease.
+    """
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    budget = Budget("ml", Decimal("1"))
+    day = "2027-01-15"
+    a = RedisLedger(connect(redis.url), clock, "a")
+    b = RedisLedger(connect(redis.url), clock, "b")
+    for ledger in (a, b):
+        ledger.replace([budget])
+    cost = Decimal("0.001")
+
+    async def settled(ledger: RedisLedger) -> None:
+        # The batch due now, sent and answered (and what the answer decided, done).
+        if ledger._settling is not None:
+            ledger._settling.cancel()
+        await ledger._settle_now()
+
+    try:
+        first = await admitted(a, [budget], cost, day, "a1")
+        a.settle(first, Who("ml"), day, cost)
+        await settled(a)  # a holds a lease of 0.01, none of it in use
+        assert (await admitted(b, [budget], Decimal("0.985"), day, "b1")).status == "ok"
+        assert (await admitted(b, [budget], Decimal("0.005"), day, "b2")).status == "blocked"  # a's lease is in the way
+        second = await admitted(a, [budget], cost, day, "a2")
+        assert second.leased
+        a.settle(second, Who("ml"), day, cost)
+        await settled(a)  # the rest (0.004) is less than a lease: a gives its idle part back
+        await settled(a)
+        assert redis.command("HGET", "modeltrack:team=ml|2027-01:held", "lease|a").strip() == ""
+        assert (await admitted(b, [budget], Decimal("0.005"), day, "b3")).status != "blocked"
+    finally:
+        a._redis.disconnect()
+        b._redis.disconnect()

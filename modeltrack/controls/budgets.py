@@ -162,6 +162,8 @@ class Admission:
     unavailable: str | None = None
     #: The call's request id, which a shared ledger keys its reservation by.
     request_id: str = ""
+    #: Admitted from this process's lease of a shared budget (no reservation of its own).
+    leased: bool = False
 
     @property
     def warning(self) -> bytes | None:

@@ -14,14 +14,30 @@ nano-USD (a call's cost rounded up, at most $10^-9 a call: a budget never under-
 - Spend is each contributor's own total, set (never added): rebuilt from its event log
   at start, published again after every call and every few seconds, so a restart, a
   lost write or an emptied Redis never counts a call twice, and heals by itself.
+- Leases: most calls take no round trip. Each process holds a lease per budget (one
+  more reservation in Redis, under C{lease|<contributor>}), taken together with a
+  call's own reservation: up to L{LEASE_CALLS} times the call's estimate, at most
+  L{LEASE_SHARE} of the limit, and at most a quarter of what is left (so near the limit
+  leases shrink to nothing and every call is reserved on its own). A call whose
+  estimate fits in what is left of the lease is admitted at once; its cost is moved
+  from the lease into the spend when it is settled. The lease only grows in Redis
+  before this process counts the growth, and only shrinks here before Redis hears:
+  what this process hands out is always held in Redis, so a limit holds exactly as
+  with one reservation a call. A lease left idle is given back after
+  L{LEASE_IDLE_SECONDS} (and at stop); a crashed process's expires. The price: while
+  one process holds a lease, another may be refused up to that lease (at most
+  L{LEASE_SHARE} of the limit) early.
 - Redis out of reach: C{closed} refuses calls under a budget (503); C{open} decides by
-  this process's own ledger, logging the first failure and the recovery.
+  this process's own ledger, logging the first failure and the recovery. (A call that
+  fits in a lease taken before Redis went away is admitted until the first command
+  fails, within milliseconds: the lease was reserved while Redis could say.)
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
@@ -51,8 +67,13 @@ PUBLISH_SECONDS = 10.0
 KEEP_SECONDS = 40 * 86400
 
 _RESERVE = """
+-- ARGV: request id, estimate, now, ttl, keep (ms), n, lease id, lease ttl; then per
+-- budget: limit, '1' if it blocks, the lease wanted, the part of the lease not in use.
+-- Returns per budget: spend, what else is held (for the decision), the lease granted
+-- now, the lease Redis holds, and what others hold (reservations and leases).
 local rid, estimate, now, ttl, keep, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local out, blocked = {}, false
+local lease_rid, lease_ttl = ARGV[7], tonumber(ARGV[8])
+local out, blocked, state = {}, false, {}
 for i = 1, n do
   local spend, held, expiry, total = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
   for _, gone in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do
@@ -63,15 +84,32 @@ for i = 1, n do
   local spent = 0
   for _, v in ipairs(redis.call('HVALS', spend)) do spent = spent + tonumber(v) end
   local mine = tonumber(redis.call('HGET', held, rid) or '0')
-  local reserved = tonumber(redis.call('GET', total) or '0') - mine
-  if mine == 0 and ARGV[6 + 2*i] == '1' and spent + reserved + estimate > tonumber(ARGV[5 + 2*i]) then blocked = true end
-  out[2*i-1], out[2*i] = tostring(spent), tostring(reserved)
+  local lease = tonumber(redis.call('HGET', held, lease_rid) or '0')
+  local others = tonumber(redis.call('GET', total) or '0') - mine - lease
+  local limit, blocks = tonumber(ARGV[5 + 4*i]), ARGV[6 + 4*i] == '1'
+  -- The lease's idle part is this call's to use: only what is in use counts against it.
+  local held_else = others + lease - math.min(tonumber(ARGV[8 + 4*i]), lease)
+  if mine == 0 and blocks and spent + held_else + estimate > limit then blocked = true end
+  state[i] = {spent, others, lease, limit, blocks, tonumber(ARGV[7 + 4*i])}
+  out[5*i-4], out[5*i-3], out[5*i-2], out[5*i-1], out[5*i] = tostring(spent), tostring(held_else), '0', tostring(lease), tostring(others)
 end
 if not blocked and estimate > 0 then
   for i = 1, n do
     local held, expiry, total = KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
     if redis.call('HSETNX', held, rid, estimate) == 1 then redis.call('INCRBY', total, estimate) end
     redis.call('ZADD', expiry, now + ttl, rid)
+    local spent, others, lease, limit, blocks, want = unpack(state[i])
+    if want > lease then
+      local grant = want - lease
+      if blocks then grant = math.min(grant, math.floor((limit - spent - others - lease - estimate) / 4)) end
+      if grant > 0 then
+        redis.call('HINCRBY', held, lease_rid, grant)
+        redis.call('INCRBY', total, grant)
+        lease = lease + grant
+        out[5*i-2], out[5*i-1] = tostring(grant), tostring(lease)
+      end
+    end
+    if lease > 0 then redis.call('ZADD', expiry, now + lease_ttl, lease_rid) end
     for _, key in ipairs({KEYS[4*i-3], held, expiry, total}) do redis.call('PEXPIRE', key, keep) end
   end
 end
@@ -79,32 +117,76 @@ return out
 """
 
 _SETTLE = """
--- Calls that ended, in order. KEYS: per call, per budget: spend, held, expiry, total.
--- ARGV: contributor, keep (ms), then per call: its request id, its number of budgets,
--- and per budget this contributor's spend to set, or '' to leave it.
-local contributor, keep = ARGV[1], ARGV[2]
-local a, k = 3, 0
+-- Calls that ended, and leases given back, in order. KEYS: per entry, per budget:
+-- spend, held, expiry, total. ARGV: contributor, keep (ms), a lease's new expiry, then
+-- per entry: the request id (or lease id), how much to take off it ('' for all of it),
+-- its number of budgets, and per budget this contributor's spend to set, or ''.
+-- Returns per entry, per budget: its spend (all contributors) and all it holds.
+local contributor, keep, lease_until = ARGV[1], ARGV[2], ARGV[3]
+local a, k, out = 4, 0, {}
 while a <= #ARGV do
-  local rid, n = ARGV[a], tonumber(ARGV[a + 1])
+  local rid, take, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   for i = 1, n do
     local spend, held, expiry, total = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-    local amount = redis.call('HGET', held, rid)
-    if amount then redis.call('DECRBY', total, amount); redis.call('HDEL', held, rid) end
-    redis.call('ZREM', expiry, rid)
-    local share = ARGV[a + 1 + i]
+    local amount = tonumber(redis.call('HGET', held, rid) or '0')
+    local taken = amount
+    if take ~= '' then taken = math.min(amount, tonumber(take)) end
+    if taken > 0 then redis.call('DECRBY', total, taken) end
+    if taken == amount then
+      redis.call('HDEL', held, rid)
+      redis.call('ZREM', expiry, rid)
+    else
+      redis.call('HINCRBY', held, rid, -taken)
+      redis.call('ZADD', expiry, lease_until, rid)
+    end
+    local share = ARGV[a + 2 + i]
     if share ~= '' then
       redis.call('HSET', spend, contributor, share)
       redis.call('PEXPIRE', spend, keep)
     end
+    local spent = 0
+    for _, v in ipairs(redis.call('HVALS', spend)) do spent = spent + tonumber(v) end
+    out[#out + 1], out[#out + 2] = tostring(spent), redis.call('GET', total) or '0'
     k = k + 4
   end
-  a = a + 2 + n
+  a = a + 3 + n
 end
-return 1
+return out
 """
 #: Calls that ended are settled together, this long after the first of them: one
 #: script for many calls (each round trip costs this process more CPU than the Lua).
 SETTLE_SECONDS = 0.005
+#: A lease is asked for to cover this many calls like the one that asks...
+LEASE_CALLS = 16
+#: ... but never more than this share of the budget's limit, and none at all if that
+#: would not cover a few such calls.
+LEASE_SHARE = Decimal("0.01")
+LEASE_FEWEST_CALLS = 4
+#: A lease no call has used for this long is given back.
+LEASE_IDLE_SECONDS = 0.25
+#: A lease outlives its last use in Redis by this long (a crashed process's expires).
+LEASE_SECONDS = 60
+
+
+@dataclass(slots=True)
+class Lease:
+    """
+    This process's lease of one budget in one period, in nano-USD.
+
+    @ivar granted: what it may hand out (never more than Redis holds for it).
+    @ivar used: the estimates of the calls under way that it admitted.
+    @ivar spent: the budget's spend, all contributors, at the last answer from Redis.
+    @ivar others: what everything else held then (other processes' reservations and
+        leases, and this one's own calls reserved one by one).
+    @ivar limit: the budget's limit.
+    """
+
+    granted: int = 0
+    used: int = 0
+    spent: int = 0
+    others: int = 0
+    limit: int = 0
+    idle: Any = None
 
 
 _STANDING = """
@@ -157,6 +239,13 @@ class RedisLedger(BudgetLedger):
         self._settling: Any = None
         self._settling_keys: list[str] = []
         self._settling_args: list[str] = []
+        self._settling_bases: list[str] = []  # each budget's, in the order of the keys
+        #: This process's leases, by the budget's and period's key base.
+        self._leases: dict[str, Lease] = {}
+        self._lease_id = f"lease|{contributor}"
+        #: Calls admitted from a lease, and calls reserved in Redis one by one.
+        self.from_lease = 0
+        self.one_by_one = 0
         super().__init__()
 
     def start(self) -> None:
@@ -167,11 +256,50 @@ class RedisLedger(BudgetLedger):
             self._publishing.stop()
         if self._settling is not None:
             self._settling.cancel()
-        return self._settle_now()  # what ended last still settles
+        for base in list(self._leases):
+            self._give_back(base)
+        return self._settle_now()  # what ended last still settles, and the leases go back
+
+    def _base(self, budget: Budget, period: str) -> str:
+        return f"{self._prefix}{budget.scope}|{period}"
 
     def _keys(self, budget: Budget, period: str) -> list[str]:
-        base = f"{self._prefix}{budget.scope}|{period}"
+        base = self._base(budget, period)
         return [f"{base}:spend", f"{base}:held", f"{base}:expiry", f"{base}:total"]
+
+    def _lease_wanted(self, budget: Budget, estimate: int) -> int:
+        most = int((budget.limit * LEASE_SHARE * NANO).to_integral_value(ROUND_FLOOR))
+        return min(LEASE_CALLS * estimate, most) if most >= LEASE_FEWEST_CALLS * estimate else 0
+
+    def _from_lease(self, budgets: list[Budget], estimate: int, day: str, request_id: str) -> Admission | None:
+        """
+        The call admitted from this process's leases, if it fits in every one.
+        """
+        leases = []
+        for budget in budgets:
+            lease = self._leases.get(self._base(budget, budget.period_of(day)))
+            if lease is None or lease.granted - lease.used < estimate:
+                return None
+            leases.append(lease)
+        standings = [(Decimal(lease.spent) / NANO, Decimal(lease.others + lease.used) / NANO) for lease in leases]
+        amount = Decimal(estimate) / NANO
+        admission = decide(budgets, standings, amount, day)
+        if admission.status is BudgetStatus.BLOCKED:
+            return None  # the figures moved on: ask Redis
+        for lease in leases:
+            lease.used += estimate
+            if lease.idle is not None:
+                lease.idle.cancel()
+                lease.idle = None
+        admission.request_id, admission.reserved, admission.leased = request_id, amount, True
+        self._hold_locally(admission, amount)
+        self.from_lease += 1
+        return admission
+
+    def _hold_locally(self, admission: Admission, amount: Decimal) -> None:
+        # This process's own view of what is held, for routing and reports.
+        for held, period in admission.holds:
+            self._reserved[(held, period)] = self._reserved.get((held, period), Decimal(0)) + amount
 
     def _command(self, d: Deferred[Any]) -> Deferred[Any]:
         return d.addTimeout(COMMAND_SECONDS, self._clock)
@@ -181,28 +309,48 @@ class RedisLedger(BudgetLedger):
             return Admission()
         if estimate is None:
             return super().admit(budgets, estimate, day, request_id)  # unpriced: nothing reserved anywhere
-        keys, args = [], []
         estimate_nano = nano_up(estimate)
+        leased = self._from_lease(budgets, estimate_nano, day, request_id) if estimate_nano else None
+        if leased is not None:
+            return leased
+        keys, args = [], []
+        bases = []
         for budget in budgets:
-            keys += self._keys(budget, budget.period_of(day))
+            period = budget.period_of(day)
+            base = self._base(budget, period)
+            bases.append(base)
+            keys += self._keys(budget, period)
             limit = int((budget.limit * NANO).to_integral_value(ROUND_FLOOR))
-            args += [str(limit), "1" if budget.action == "block" else "0"]
+            lease = self._leases.get(base)
+            idle = max(0, lease.granted - lease.used) if lease else 0
+            args += [str(limit), "1" if budget.action == "block" else "0", str(self._lease_wanted(budget, estimate_nano)), str(idle)]
         now_ms = int(self._clock.seconds() * 1000)
-        argv = [request_id, str(estimate_nano), str(now_ms), str(RESERVATION_SECONDS * 1000), str(KEEP_SECONDS * 1000), str(len(budgets))]
+        argv = [
+            request_id, str(estimate_nano), str(now_ms), str(RESERVATION_SECONDS * 1000), str(KEEP_SECONDS * 1000),
+            str(len(budgets)), self._lease_id, str(LEASE_SECONDS * 1000),
+        ]
         d = self._command(self._redis.eval(_RESERVE, keys, argv + args))
 
         def decided(figures: list[Any]) -> Admission:
             self._recovered()
-            standings = [
-                (Decimal(int(figures[2 * i])) / NANO, Decimal(int(figures[2 * i + 1])) / NANO) for i in range(len(budgets))
-            ]
+            rows = [[int(x) for x in figures[5 * i : 5 * i + 5]] for i in range(len(budgets))]
+            for budget, base, (spent, _, grant, held, others) in zip(budgets, bases, rows, strict=True):
+                lease = self._leases.get(base)
+                if lease is None and (grant or held):
+                    lease = self._leases[base] = Lease(limit=int((budget.limit * NANO).to_integral_value(ROUND_FLOOR)))
+                if lease is not None:
+                    # Redis may hold less than counted here only if it lost the lease
+                    # (an emptied Redis): then only what it holds.
+                    lease.granted = min(lease.granted + grant, held)
+                    lease.spent, lease.others = spent, others
+            standings = [(Decimal(spent) / NANO, Decimal(held_else) / NANO) for spent, held_else, *_ in rows]
             # The same rule as in one process, on the shared figures (the estimate as reserved).
             admission = decide(budgets, standings, Decimal(estimate_nano) / NANO, day)
             admission.request_id = request_id
             if admission.status is not BudgetStatus.BLOCKED:
                 admission.reserved = estimate
-                for held, period in admission.holds:  # this process's view, for routing and reports
-                    self._reserved[(held, period)] = self._reserved.get((held, period), Decimal(0)) + estimate
+                self._hold_locally(admission, estimate)
+            self.one_by_one += 1
             return admission
 
         def unreachable(failure: Any) -> Admission:
@@ -223,32 +371,102 @@ class RedisLedger(BudgetLedger):
 
     def settle(self, admission: Admission, who: Who, day: str, cost: Decimal) -> None:
         """
-        One script: the call's reservations released everywhere, and this contributor's
-        new spend set in every budget the call counts toward.
+        One script for the calls that ended: each call's reservation released (or, for
+        a call admitted from a lease, its cost taken off the lease), and this
+        contributor's new spend set in every budget a call counts toward.
         """
-        holds, request_id = admission.holds if admission.reserved else (), admission.request_id
-        super().release(admission)
+        holds, request_id, reserved = admission.holds if admission.reserved else (), admission.request_id, admission.reserved
+        super().release(admission)  # (which zeroes what the admission holds: idempotent)
         charged: list[tuple[Budget, str]] = []
         if cost:
             super().spend(who, day, cost)
             charged = [(budget, budget.period_of(day)) for budget in self.budgets if budget.matches(who)]
+        if admission.leased:
+            admission.leased = False  # settled once
+            self._settle_leased(nano_up(reserved), holds, charged, day, nano_up(cost) if cost else 0)
+            return
         if not charged and not (holds and request_id):
             return
         budgets = list(dict.fromkeys([*holds, *charged]))
+        self._queue(request_id or "-", "", budgets, charged, day)
+
+    def _settle_leased(self, estimate: int, holds: Any, charged: list[tuple[Budget, str]], day: str, cost: int) -> None:
+        for budget, period in holds:
+            base = self._base(budget, period)
+            lease = self._leases.get(base)
+            if lease is None:
+                continue
+            lease.used = max(0, lease.used - estimate)
+            lease.granted = max(0, lease.granted - cost)  # here first, in Redis with the batch
+            if not lease.used and lease.idle is None:
+                lease.idle = self._clock.callLater(LEASE_IDLE_SECONDS, self._give_back, base)
+        if cost:
+            # The cost moves from the lease to the spend, in one script: never counted twice.
+            self._queue(self._lease_id, str(cost), list(dict.fromkeys([*holds, *charged])), charged, day)
+        elif charged:
+            self._queue("-", "", charged, charged, day)
+
+    def _give_back(self, base: str) -> None:
+        """
+        Give back what is left of an idle lease (this process stops counting it at once,
+        Redis with the next batch).
+        """
+        lease = self._leases.get(base)
+        if lease is None:
+            return
+        if lease.idle is not None and lease.idle.active():
+            lease.idle.cancel()
+        lease.idle = None
+        if lease.used:
+            return  # in use again
+        del self._leases[base]  # (a call settled later finds none, and only sets its spend)
+        self._return(base, lease.granted)
+
+    def _return(self, base: str, amount: int) -> None:
+        if amount:
+            self._settling_keys += [f"{base}:spend", f"{base}:held", f"{base}:expiry", f"{base}:total"]
+            self._settling_args += [self._lease_id, str(amount), "1", ""]
+            self._settling_bases.append(base)
+            self._schedule_settle()
+
+    def _queue(self, rid: str, take: str, budgets: list[tuple[Budget, str]], charged: list[tuple[Budget, str]], day: str) -> None:
         self._settling_keys += [key for budget, period in budgets for key in self._keys(budget, period)]
-        self._settling_args += [request_id or "-", str(len(budgets))] + [
+        self._settling_args += [rid, take, str(len(budgets))] + [
             str(nano_up(self.standing(budget, day)[0])) if (budget, period) in charged else "" for budget, period in budgets
         ]
+        self._settling_bases += [self._base(budget, period) for budget, period in budgets]
+        self._schedule_settle()
+
+    def _settled(self, figures: list[Any], bases: list[str]) -> None:
+        """
+        What Redis said after a batch: where the unheld rest of a budget is less than a
+        lease, this process's idle lease goes back now, not when idle, so that no other
+        process is refused for it longer than a batch.
+        """
+        self._recovered()
+        for i, base in enumerate(bases):
+            lease = self._leases.get(base)
+            if lease is None:
+                continue
+            spent, held = int(figures[2 * i]), int(figures[2 * i + 1])
+            lease.spent = spent
+            idle = lease.granted - lease.used
+            if idle > 0 and lease.limit - spent - held < lease.limit * LEASE_SHARE:
+                lease.granted = lease.used
+                self._return(base, idle)
+
+    def _schedule_settle(self) -> None:
         if self._settling is None:
             self._settling = self._clock.callLater(SETTLE_SECONDS, self._settle_now)
 
     def _settle_now(self) -> Deferred[Any]:
-        keys, args = self._settling_keys, self._settling_args
-        self._settling, self._settling_keys, self._settling_args = None, [], []
+        keys, args, bases = self._settling_keys, self._settling_args, self._settling_bases
+        self._settling, self._settling_keys, self._settling_args, self._settling_bases = None, [], [], []
         if not args:
             return succeed(None)
-        argv = [self.contributor, str(KEEP_SECONDS * 1000), *args]
-        return self._command(self._redis.eval(_SETTLE, keys, argv)).addErrback(self._failed)
+        lease_until = int(self._clock.seconds() * 1000) + LEASE_SECONDS * 1000
+        argv = [self.contributor, str(KEEP_SECONDS * 1000), str(lease_until), *args]
+        return self._command(self._redis.eval(_SETTLE, keys, argv)).addCallbacks(self._settled, self._failed, callbackArgs=(bases,))
 
     def replace(self, budgets: list[Budget]) -> None:
         super().replace(budgets)
@@ -291,7 +509,7 @@ class RedisLedger(BudgetLedger):
         return self._publish(self.budgets, day)
 
     def _publish(self, budgets: list[Budget], day: str) -> Deferred[Any]:
-        if not budgets:
+        if not budgets and not self._leases:
             return succeed(None)
         writes = []
         for budget in budgets:
@@ -299,11 +517,22 @@ class RedisLedger(BudgetLedger):
             spend_key = self._keys(budget, period)[0]
             writes.append(self._redis.hset(spend_key, self.contributor, nano_up(self.standing(budget, day)[0])))
             writes.append(self._redis.expire(spend_key, KEEP_SECONDS))
+        # A lease in use (a long stream under it) must not expire while its process lives.
+        lease_until = int(self._clock.seconds() * 1000) + LEASE_SECONDS * 1000
+        for base, lease in self._leases.items():
+            if lease.granted:
+                writes.append(self._redis.zadd(f"{base}:expiry", lease_until, self._lease_id))
         return self._command(gatherResults(writes, consumeErrors=True)).addCallbacks(
             lambda _: self._recovered(), self._failed
         )
 
     def _failed(self, failure: Any) -> None:
+        # Out of reach: no more calls from leases (Redis may have lost them); they
+        # expire there, and are taken again once Redis answers.
+        for lease in self._leases.values():
+            if lease.idle is not None and lease.idle.active():
+                lease.idle.cancel()
+        self._leases.clear()
         if not self._down:
             self._down = True
             log_failure(log, "The shared budget ledger (Redis) cannot be reached", failure)
