@@ -2,7 +2,8 @@
 -- and count the requests sent (printed as "sent N"), so that the harness can check
 -- that every call that reached modeltrack left exactly one event.
 wrk.method = "POST"
-wrk.body = '{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello"}],"max_tokens":50}'
+-- MODELTRACK_BENCH_BODY replaces the body (run.py's BUDGET_BODY, for calls under a budget).
+wrk.body = os.getenv("MODELTRACK_BENCH_BODY") or '{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello"}],"max_tokens":50}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench-not-a-real-key"
 wrk.headers["X-ModelTrack-Team"] = "bench"

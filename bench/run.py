@@ -210,13 +210,14 @@ class Harness:
 
     # -- measurements -------------------------------------------------------
 
-    def wrk(self, port: int, seconds: float, connections: int = 32, script: str = "post.lua") -> dict[str, Any]:
+    def wrk(self, port: int, seconds: float, connections: int = 32, body: str | None = None) -> dict[str, Any]:
         argv = [
             "wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-            "-s", str(BENCH / script), f"http://127.0.0.1:{port}/v1/chat/completions",
+            "-s", str(BENCH / "post.lua"), f"http://127.0.0.1:{port}/v1/chat/completions",
         ]
         started = time.monotonic()
-        popen = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        env = {**os.environ, "MODELTRACK_BENCH_BODY": body} if body else None
+        popen = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
         out, _ = popen.communicate()
         wall = time.monotonic() - started
         requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -247,6 +248,13 @@ class Harness:
         if summary is None:
             raise RuntimeError("the stream load client printed no summary")
         return summary
+
+
+#: A call under a budget: its worst case (1,300 bytes of input, max_tokens 300) covers
+#: what the bench's upstream answers (1,200 input tokens, 300 output), as a real
+#: provider's answer always is. (post.lua's 80-byte call answered with 1,500 tokens
+#: could not happen, and would empty any reservation made for it.)
+BUDGET_BODY = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 1300}], "max_tokens": 300})
 
 
 def _duration_ms(text: str) -> float:

@@ -101,10 +101,10 @@ def main() -> None:
         }
         p50: dict[str, list[float]] = {name: [] for name in latency}
         for process in latency.values():
-            harness.wrk(process.port, 2, 1, "post_budget.lua")
+            harness.wrk(process.port, 2, 1, bench.BUDGET_BODY)
         for _ in range(args.rounds):
             for name, process in latency.items():
-                p50[name].append(harness.wrk(process.port, args.seconds, 1, "post_budget.lua")["p50_ms"])
+                p50[name].append(harness.wrk(process.port, args.seconds, 1, bench.BUDGET_BODY)["p50_ms"])
         print(f"Machine: {bench.machine()['cpu']}, {bench.machine()['cores']} cores; {args.rounds} interleaved rounds of {args.seconds:g} s")
         for name, rows in found.items():
             rps = [r for r, _ in rows]

@@ -363,16 +363,27 @@ async def test_leases_near_the_limit(reactor: Any, tmp_path: Path, upstream: Any
     assert redis.command("HLEN", f"modeltrack:all|{period}:held").strip() == "0"
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_crashed_processs_lease_expires(reactor: Any, redis: Any) -> None:
+#: The budget and day the ledger-level lease tests use.
+ML = Budget("ml", Decimal("1"))
+DAY = "2027-01-15"
+
+
+def two_ledgers(redis: Any, *names: str) -> tuple[Clock, list[RedisLedger]]:
+    """
+    Processes named C{names} sharing C{ML} in C{redis}, on one fake clock.
+    """
     clock = Clock()
     clock.advance(1_800_000_000)
-    budget = Budget("ml", Decimal("1"))
-    day = "2027-01-15"
-    crashed = RedisLedger(connect(redis.url), clock, "crashed")
-    other = RedisLedger(connect(redis.url), clock, "other")
-    for ledger in (crashed, other):
-        ledger.replace([budget])
+    ledgers = [RedisLedger(connect(redis.url), clock, name) for name in names]
+    for ledger in ledgers:
+        ledger.replace([ML])
+    return clock, ledgers
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_crashed_processs_lease_expires(reactor: Any, redis: Any) -> None:
+    budget, day = ML, DAY
+    clock, (crashed, other) = two_ledgers(redis, "crashed", "other")
     try:
         first = await admitted(crashed, [budget], Decimal("0.001"), day, "mt_1")
         assert first.status == "ok" and not first.leased
@@ -396,14 +407,8 @@ async def test_a_lease_goes_back_when_the_budget_is_nearly_spent(reactor: Any, r
     An idle lease stands between another process and the last of a budget only until
     its holder hears, with its next batch, that the rest is less than a lease.
     """
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    budget = Budget("ml", Decimal("1"))
-    day = "2027-01-15"
-    a = RedisLedger(connect(redis.url), clock, "a")
-    b = RedisLedger(connect(redis.url), clock, "b")
-    for ledger in (a, b):
-        ledger.replace([budget])
+    budget, day = ML, DAY
+    _, (a, b) = two_ledgers(redis, "a", "b")
     cost = Decimal("0.001")
 
     async def settled(ledger: RedisLedger) -> None:
