@@ -23,6 +23,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from modeltrack.datadir import create_file
 from modeltrack.journal import live_files, segments
 from modeltrack.usage import MAX_COUNT
@@ -121,6 +123,18 @@ def _refuse_constant(name: str) -> None:
 
 #: json.loads takes NaN and Infinity; an event line never holds them.
 _decode = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
+def _decode_line(line: bytes) -> Any:
+    """
+    One event line's JSON: orjson's (a quarter of the time), else the standard
+    library's, which also reads an escaped lone surrogate (the log writes one as
+    JSON allows) and says what is wrong with a line that is not JSON.
+    """
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _decode(line.decode("utf-8"))
 
 
 def _pico(value: Any) -> int | None:
@@ -243,7 +257,7 @@ def update(
         try:
             for line, offset_after in _whole_lines(path, offset):
                 try:
-                    rows.append(_row(_decode(line.decode("utf-8"))))
+                    rows.append(_row(_decode_line(line)))
                 except (ValueError, RecursionError) as e:  # BadLine, JSON, UTF-8
                     problem = str(e) if isinstance(e, BadLine) else "not a JSON line"
                     warn(f"modeltrack index: skipped a line of {path.name} at offset {offset}: {problem}")
