@@ -85,3 +85,22 @@ async def test_two_processes_claim_each_result_once(tmp_path: Path) -> None:
     got = [await d for d in claims]
     ids = [r.custom_id for claim in got for r in claim[2]]
     assert sorted(ids) == sorted(r.custom_id for r in results)
+
+
+@pytest_twisted.ensureDeferred
+async def test_results_url_names_the_proxy_as_the_client_called_it(proxy: Any) -> None:
+    import json
+
+    import treq
+
+    headers = {"x-api-key": "sk-ant-x", "anthropic-version": "2023-06-01"}
+    plain = json.loads(await (await treq.get(proxy.url + "/v1/messages/batches/msgbatch_9", headers=headers)).content())
+    assert plain["results_url"] == proxy.url + "/v1/messages/batches/msgbatch_9/results"
+    balanced = await treq.get(
+        proxy.url + "/anthropic/v1/messages/batches/msgbatch_9",
+        headers={**headers, "Host": "llm.internal", "X-Forwarded-Proto": "https"},
+    )
+    body = json.loads(await balanced.content())
+    assert body["results_url"] == "https://llm.internal/anthropic/v1/messages/batches/msgbatch_9/results"
+    assert body["processing_status"] == "ended" and body["request_counts"]["succeeded"] == 2  # the rest as it came
+    assert balanced.headers.getRawHeaders(b"content-length") in (None, [str(len(await balanced.content())).encode()])

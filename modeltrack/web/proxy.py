@@ -358,7 +358,10 @@ class Exchange(Protocol):
             return None
         path = request.path.decode("latin-1")
         prefix = path[: len(path) - len(self._upstream_path)] if path.endswith(self._upstream_path) else ""
-        return f"{'https' if request.isSecure() else 'http'}://{host}{prefix}"
+        # Behind a TLS-terminating balancer the client called https: it says so.
+        forwarded = (request.requestHeaders.getRawHeaders(b"x-forwarded-proto") or [b""])[-1].strip().lower()
+        scheme = forwarded.decode() if forwarded in (b"http", b"https") else "https" if request.isSecure() else "http"
+        return f"{scheme}://{host}{prefix}"
 
     def _forward(self, body: bytes | None) -> None:
         resource = self._resource
