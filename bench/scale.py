@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,6 +36,23 @@ def cpu_of(pids: list[int]) -> float:
         except FileNotFoundError:
             pass
     return total
+
+
+def role(pid: int) -> str:
+    """
+    What a process of the tree is: the supervisor, worker N, the index, ...
+    """
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return f"pid {pid}"
+    if b"index" in argv:
+        return "index"
+    worker = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"MODELTRACK_WORKER=")), None)
+    if worker is not None:
+        return f"worker {worker}"
+    return "supervisor" if b"--workers" in argv else "proxy"
 
 
 def events_per_series(data_dir: Path) -> dict[str, int]:
@@ -82,13 +100,20 @@ def main() -> None:
         for process in contenders.values():
             harness.wrk(process.port, 2)  # warm up
         found: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+        #: CPU seconds per second of load, per process of the tree (by its command line).
+        shares: dict[str, dict[str, list[float]]] = {name: {} for name in contenders}
         for _ in range(args.rounds):
             for name, process in contenders.items():
                 pids = tree(process.pid)
-                before = cpu_of(pids)
+                each = {pid: cpu_of([pid]) for pid in pids}
+                started = time.monotonic()
                 result = harness.wrk(process.port, args.seconds, 64)
-                used = cpu_of(pids) - before
+                wall = time.monotonic() - started
+                each = {pid: cpu_of([pid]) - before for pid, before in each.items()}
+                used = sum(each.values())
                 found[name].append((result["rps"], result["requests"] / used if used else 0.0))
+                for pid, seconds in each.items():
+                    shares[name].setdefault(role(pid), []).append(seconds / wall)
         split = events_per_series(workdir / "w2")
         streamed: dict[str, list[tuple[float, float, int]]] = {name: [] for name in contenders}
         for _ in range(args.rounds if args.streams else 0):
@@ -116,6 +141,10 @@ def main() -> None:
                 print(f"{name}: {args.streams} concurrent streams of 40 chunks at 20/s: TTFB p99 {statistics.median(r[0] for r in rows):.1f} ms, "
                       f"chunk delay p99 {statistics.median(r[1] for r in rows):.1f} ms (medians of {len(rows)} rounds), "
                       f"{sum(r[2] for r in rows)} failed or cut")
+        for name, by_role in shares.items():
+            print(f"{name}: CPU per second of load, median of rounds: " + ", ".join(
+                f"{who} {statistics.median(values):.2f}" for who, values in sorted(by_role.items())
+            ))
         total = sum(split.values())
         print("workers=2 events per worker: " + ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(split.items())))
         for name, values in p50.items():
