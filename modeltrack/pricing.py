@@ -154,6 +154,24 @@ class PriceBook:
         cost = rates.cost(usage)
         return Price(cost if factor is None else cost * factor, source)
 
+    def price_parts(
+        self, provider: str, model: str | None, parts: list[tuple[str | None, Usage]], context: dict[str, str], when: datetime
+    ) -> Price:
+        """
+        A call billed in parts (L{modeltrack.usage.Reading.parts}): the sum of each
+        part's price on its own model (the call's, where it names none); unpriced if
+        any part is.
+        """
+        cost, sources = Decimal(0), set()
+        for part_model, usage in parts:
+            named = self.alias(part_model) if part_model else model
+            price = self.price(provider, named, usage, context, when)
+            if price.cost_usd is None:
+                return Price(None, None, price.note or f"no price for {named}, which served part of the call")
+            cost += price.cost_usd
+            sources.add(price.source)
+        return Price(cost, "+".join(sorted(source for source in sources if source)))
+
     def context_window(self, provider: str, model: str) -> int | None:
         """
         The model's context window in tokens, as genai-prices knows it, or L{None}.

@@ -73,6 +73,10 @@ class Reading:
     @ivar error_type: the provider's error type, for an error body or an error event.
     @ivar served: how the provider says it served the call, where it says so
         (C{service_tier}; Anthropic's C{inference_geo} and C{speed}).
+    @ivar parts: where the provider reports a call's usage in parts, each billed on
+        its own (Anthropic's C{usage.iterations}: a server-side tool loop's turns, a
+        compaction, an advisor or fallback on another model), each part's model
+        (L{None}: the call's) and usage; C{usage} is then their sum.
     @ivar usage_error: why the provider's usage could not be read (a count that is not
         an integer from 0 to 10^12): such a call is recorded unpriced, never guessed.
     """
@@ -81,6 +85,7 @@ class Reading:
     model: str | None = None
     price_context: dict[str, str] = field(default_factory=dict)
     served: dict[str, str] = field(default_factory=dict)
+    parts: list[tuple[str | None, Usage]] | None = None
     final: bool = False
     error_type: str | None = None
     usage_error: str | None = None
@@ -91,6 +96,26 @@ class Reading:
         The provider's final usage was read, and every count in it was readable.
         """
         return self.final and self.usage_error is None
+
+
+def total(parts: list[tuple[str | None, Usage]]) -> Usage:
+    """
+    The sum of the parts' usage, field by field.
+    """
+    summed = Usage()
+    extra: dict[str, int] = {}
+    for _, usage in parts:
+        summed.input_tokens += usage.input_tokens
+        summed.cache_read_tokens += usage.cache_read_tokens
+        summed.cache_write_tokens += usage.cache_write_tokens
+        summed.cache_write_1h_tokens += usage.cache_write_1h_tokens
+        summed.output_tokens += usage.output_tokens
+        summed.reasoning_tokens += usage.reasoning_tokens
+        summed.web_searches += usage.web_searches
+        for name, n in (usage.extra or {}).items():
+            extra[name] = extra.get(name, 0) + n
+    summed.extra = extra or None
+    return summed
 
 
 #: The largest count believed: more tokens than any call has, small enough that every

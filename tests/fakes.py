@@ -174,12 +174,31 @@ def anthropic_usage(model: str) -> dict[str, Any]:
     """
     if "-us" in model:
         return {**ANTHROPIC_USAGE, "inference_geo": "us"}
+    if "-iter" in model:
+        return ITERATED_USAGE
     return ANTHROPIC_USAGE
+
+
+#: A call that ran a server-side tool loop: two turns, an advisor on another model and a
+#: compaction, each billed on its own (asked for with "-iter" in the model's name). The
+#: top level leaves the compaction out, as the API documents.
+ITERATIONS = [
+    {"type": "message", "input_tokens": 100, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 5000, "output_tokens": 200},
+    {"type": "advisor_message", "model": "claude-opus-4-1-20250805", "input_tokens": 3000, "cache_creation_input_tokens": 0,
+     "cache_read_input_tokens": 0, "output_tokens": 400},
+    {"type": "compaction", "input_tokens": 8000, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1200},
+    {"type": "message", "input_tokens": 150, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 5300, "output_tokens": 300},
+]
+ITERATED_USAGE = {
+    "input_tokens": 3250, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 10300, "output_tokens": 900,
+    "server_tool_use": {"web_search_requests": 2, "web_fetch_requests": 0}, "service_tier": "standard",
+    "iterations": ITERATIONS,
+}
 
 
 def message_body(model: str) -> dict[str, Any]:
     return {
-        "id": "msg_01", "type": "message", "role": "assistant", "model": model.replace("-us", ""),
+        "id": "msg_01", "type": "message", "role": "assistant", "model": model.replace("-us", "").replace("-iter", ""),
         "content": [{"type": "text", "text": "Hello world"}],
         "stop_reason": "end_turn", "stop_sequence": None, "usage": anthropic_usage(model),
     }

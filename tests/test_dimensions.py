@@ -19,7 +19,7 @@ from google import genai
 
 from tests.conftest import serving, start_proxy
 from tests.fake_google import FakeGoogle
-from tests.fakes import ANTHROPIC_USAGE
+from tests.fakes import ANTHROPIC_USAGE, ITERATED_USAGE, ITERATIONS
 from tests.test_sdk import anthropic_client, in_thread, openai_client
 
 # gpt-audio: text in 2.50, audio in 32, text out 10, audio out 64 (USD per million).
@@ -119,3 +119,42 @@ async def test_gemini_modalities(reactor: Any, tmp_path: Path, google: Any) -> N
         assert _cost(event) == by_hand
         assert event["usage"]["input_audio_tokens"] == 500 and event["usage"]["input_image_tokens"] == 300
         assert event["usage"]["cache_audio_read_tokens"] == 100
+
+
+@pytest_twisted.ensureDeferred
+async def test_iterations_priced_each_on_its_own_model(proxy: Any) -> None:
+    """
+    Anthropic's usage.iterations: each turn, the advisor on its own model, and the
+    compaction (in no top-level field) are billed; streamed or not, the same.
+    """
+    client = anthropic_client(proxy)
+    messages = [{"role": "user", "content": "hi"}]
+
+    def calls() -> None:
+        client.messages.create(model="claude-sonnet-4-5-iter", max_tokens=50, messages=messages)
+        with client.messages.stream(model="claude-sonnet-4-5-iter", max_tokens=50, messages=messages) as stream:
+            stream.get_final_message()
+
+    await in_thread(calls)
+    await proxy.flushed()
+    listed = Decimal(0)
+    for entry in ITERATIONS:
+        usage = PriceUsage(
+            input_tokens=entry["input_tokens"] + entry["cache_read_input_tokens"], cache_read_tokens=entry["cache_read_input_tokens"],
+            output_tokens=entry["output_tokens"],
+        )
+        listed += Decimal(calc_price(usage, entry.get("model", "claude-sonnet-4-5-20250929"), provider_id="anthropic").total_price)
+    listed += 2 * Decimal(10) / 1000  # two web searches at $10 per thousand, on the call's model
+    for event in proxy.events():
+        assert _cost(event) == listed
+        assert event["input_tokens"] == sum(e["input_tokens"] + e["cache_read_input_tokens"] for e in ITERATIONS)
+        assert event["output_tokens"] == sum(e["output_tokens"] for e in ITERATIONS)  # the compaction's too
+        assert event["usage"]["web_searches"] == 2
+    # Priced as the top level alone, the advisor's Opus tokens at Sonnet's rate and the
+    # compaction left out: less than the bill.
+    top = ITERATED_USAGE
+    naive = Decimal(calc_price(PriceUsage(
+        input_tokens=top["input_tokens"] + top["cache_read_input_tokens"], cache_read_tokens=top["cache_read_input_tokens"],
+        output_tokens=top["output_tokens"], web_searches=2,
+    ), "claude-sonnet-4-5-20250929", provider_id="anthropic").total_price)
+    assert naive < listed

@@ -12,7 +12,7 @@ from twisted.web.http_headers import Headers
 
 from modeltrack.providers.dialect import Dialect, Endpoint
 from modeltrack.providers.meter import SSEMeter
-from modeltrack.usage import Reading, Usage, count, dig, text
+from modeltrack.usage import Reading, Usage, count, dig, text, total
 
 NAME = "anthropic"
 
@@ -31,6 +31,40 @@ def usage_from(raw: dict[str, Any]) -> Usage:
         reasoning_tokens=count(dig(raw, "output_tokens_details", "thinking_tokens")),
         web_searches=count(dig(raw, "server_tool_use", "web_search_requests")),
     )
+
+
+#: Iterations another model served: an advisor's sub-inference, a server-side fallback.
+_OTHER_MODEL = frozenset(("advisor_message", "fallback_message"))
+
+
+def parts_from(raw: dict[str, Any]) -> list[tuple[str | None, Usage]] | None:
+    """
+    C{usage.iterations}, where reported: each iteration is billed on its own, on its
+    own model (an advisor's, a fallback's), at its own long-context tier, and a
+    compaction's tokens are in no top-level field. Web searches, counted only at the
+    top level, go with the call's own model.
+    """
+    iterations = raw.get("iterations")
+    if not isinstance(iterations, list) or not iterations:
+        return None
+    parts: list[tuple[str | None, Usage]] = []
+    for entry in iterations:
+        if isinstance(entry, dict):
+            model = text(entry.get("model")) if entry.get("type") in _OTHER_MODEL else None
+            parts.append((model, usage_from({**entry, "server_tool_use": None})))
+    searches = count(dig(raw, "server_tool_use", "web_search_requests"))
+    if searches:
+        own = next((usage for model, usage in parts if model is None), None)
+        if own is None:
+            parts.append((None, own := Usage()))
+        own.web_searches += searches
+    return parts or None
+
+
+def _read_usage(reading: Reading, raw: dict[str, Any]) -> None:
+    parts = parts_from(raw)
+    reading.parts = parts
+    reading.usage = usage_from(raw) if parts is None else total(parts)
 
 
 def price_context(raw: dict[str, Any]) -> dict[str, str]:
@@ -63,7 +97,9 @@ def read_body(obj: dict[str, Any]) -> Reading:
     raw = obj.get("usage")
     if not isinstance(raw, dict):
         return Reading(model=text(obj.get("model")))
-    return Reading(usage_from(raw), text(obj.get("model")), price_context(raw), served(raw), final=True)
+    reading = Reading(model=text(obj.get("model")), price_context=price_context(raw), served=served(raw), final=True)
+    _read_usage(reading, raw)
+    return reading
 
 
 class MessagesStreamMeter(SSEMeter):
@@ -100,7 +136,7 @@ class MessagesStreamMeter(SSEMeter):
             return None
         else:
             return None
-        self.reading.usage = usage_from(self._raw)
+        _read_usage(self.reading, self._raw)
         self.reading.price_context = price_context(self._raw)
         self.reading.served = served(self._raw)
         return None

@@ -808,8 +808,11 @@ class Exchange(Protocol):
     def _price(self, model: str | None, reading: Reading, when: datetime) -> Price:
         if reading.usage is None:
             return UNPRICED
+        prices = self._resource.gate.prices
         try:
-            return self._resource.gate.prices.price(self.endpoint.provider, model, reading.usage, reading.price_context, when)
+            if reading.parts:
+                return prices.price_parts(self.endpoint.provider, model, reading.parts, reading.price_context, when)
+            return prices.price(self.endpoint.provider, model, reading.usage, reading.price_context, when)
         except Exception:
             log_failure(log, "Could not price a call on {route}", route=self.endpoint.path)
             return UNPRICED
