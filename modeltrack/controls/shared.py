@@ -337,8 +337,9 @@ class RedisLedger(BudgetLedger):
             for budget, base, (spent, _, grant, held, others) in zip(budgets, bases, rows, strict=True):
                 lease = self._leases.get(base)
                 if lease is None and (grant or held):
-                    lease = self._leases[base] = Lease(limit=int((budget.limit * NANO).to_integral_value(ROUND_FLOOR)))
+                    lease = self._leases[base] = Lease()
                 if lease is not None:
+                    lease.limit = int((budget.limit * NANO).to_integral_value(ROUND_FLOOR))
                     # Redis may hold less than counted here only if it lost the lease
                     # (an emptied Redis): then only what it holds.
                     lease.granted = min(lease.granted + grant, held)
@@ -470,6 +471,13 @@ class RedisLedger(BudgetLedger):
 
     def replace(self, budgets: list[Budget]) -> None:
         super().replace(budgets)
+        # Leases were sized for the limits before: what is idle goes back, and the next
+        # call that needs one takes it under the new limits.
+        for base, lease in self._leases.items():
+            idle = lease.granted - lease.used
+            if idle > 0:
+                lease.granted = lease.used
+                self._return(base, idle)
         self.publish()
 
     def standings(self, day: str) -> Any:
