@@ -180,7 +180,7 @@ class ResultsMeter:
             return
         try:
             result = _result(self.watching.provider, line)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             log.warn("A batch result line is not JSON; it is relayed, not metered")
             return
         if result is not None:
@@ -219,7 +219,7 @@ class ObjectsMeter:
             return []
         try:
             obj = json.loads(b"".join(self._chunks))
-        except ValueError:
+        except (ValueError, RecursionError):
             return []
         batches = obj.get("data") if isinstance(obj, dict) and obj.get("object") == "list" else [obj]
         found = []
@@ -252,7 +252,7 @@ class ResultsUrlMeter(ObjectsMeter):
             return b""
         try:
             obj = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return body
         data = obj.get("data") if isinstance(obj, dict) else None
         changed = False

@@ -58,11 +58,14 @@ class Reported:
 def _day_of_rfc3339(value: Any) -> str:
     if not isinstance(value, str):
         raise ReportError("a bucket has no starting_at")
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC).date().isoformat()
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC).date().isoformat()
+    except ValueError:
+        raise ReportError(f"a bucket's starting_at is not a time: {value[:40]!r}") from None
 
 
 def _day_of_unix(value: Any) -> str:
-    if type(value) is not int:
+    if type(value) is not int or not 0 <= value < 2**40:
         raise ReportError("a bucket has no start_time")
     return datetime.fromtimestamp(value, UTC).date().isoformat()
 
@@ -95,7 +98,7 @@ def kind_of(page: Any) -> str:
         return "anthropic-usage"
     if "amount" in first and "currency" in first:
         return "anthropic-cost"
-    if not results and page["data"] and "starting_at" in page["data"][0]:
+    if not results and page["data"] and isinstance(page["data"][0], dict) and "starting_at" in page["data"][0]:
         return "anthropic-usage"  # empty buckets: nothing to add either way
     raise ReportError("neither a usage nor a cost report of Anthropic or OpenAI")
 
@@ -106,6 +109,8 @@ def add_page(reported: Reported, page: Any) -> str:
     """
     kind = kind_of(page)
     for bucket in page["data"]:
+        if not isinstance(bucket, dict) or not isinstance(bucket.get("results") or [], list):
+            raise ReportError("a bucket is not an object with a list of results")
         if kind.startswith("anthropic"):
             day = _day_of_rfc3339(bucket.get("starting_at"))
         else:
@@ -113,6 +118,8 @@ def add_page(reported: Reported, page: Any) -> str:
         provider = kind.split("-")[0]
         reported.days[provider].add(day)
         for result in bucket.get("results") or ():
+            if not isinstance(result, dict):
+                raise ReportError("a result is not an object")
             _add_result(reported, kind, day, result)
     return kind
 
@@ -121,7 +128,8 @@ def _add_result(reported: Reported, kind: str, day: str, result: dict[str, Any])
     model = text(result.get("model"), 256)
     key = text(result.get("api_key_id"), 256)
     if kind == "anthropic-usage":
-        creation = result.get("cache_creation") or {}
+        creation = result.get("cache_creation")
+        creation = creation if isinstance(creation, dict) else {}
         write = _n(creation.get("ephemeral_5m_input_tokens")) + _n(creation.get("ephemeral_1h_input_tokens"))
         read = _n(result.get("cache_read_input_tokens"))
         reported.add_tokens(day, "anthropic", model or "", key, {
@@ -142,7 +150,9 @@ def _add_result(reported: Reported, kind: str, day: str, result: dict[str, Any])
             raise ReportError(f"a cost in {result.get('currency')!r}, not USD")
         reported.add_cost(day, "anthropic", model, _decimal(result.get("amount")) / 100)  # cents
     else:
-        amount = result.get("amount") or {}
+        amount = result.get("amount")
+        if not isinstance(amount, dict):
+            raise ReportError("a cost has no amount object")
         if str(amount.get("currency", "")).lower() != "usd":
             raise ReportError(f"a cost in {amount.get('currency')!r}, not USD")
         line_item = text(result.get("line_item"), 256) or ""

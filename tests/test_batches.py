@@ -104,3 +104,21 @@ async def test_results_url_names_the_proxy_as_the_client_called_it(proxy: Any) -
     assert body["results_url"] == "https://llm.internal/anthropic/v1/messages/batches/msgbatch_9/results"
     assert body["processing_status"] == "ended" and body["request_counts"]["succeeded"] == 2  # the rest as it came
     assert balanced.headers.getRawHeaders(b"content-length") in (None, [str(len(await balanced.content())).encode()])
+
+
+def test_hostile_result_lines_are_relayed_and_never_break_the_meter() -> None:
+    from modeltrack.batches import ResultsMeter
+
+    meter = ResultsMeter(Watch("anthropic", "results", batch_id="msgbatch_x"))
+    good = b'{"custom_id":"ok-1","result":{"type":"succeeded","message":{"model":"claude-sonnet-4-5","usage":{"input_tokens":5,"output_tokens":1}}}}'
+    lines = [
+        b'{"usage":' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nested past the parser's depth
+        b'\xff\xfe{"usage": not json',
+        b'{"custom_id": 7, "result": {"message": {"usage": {}}}}',  # an id that is not text
+        b'{"custom_id":"no-usage","result":{"type":"errored","error":{"type":"error"}}}',
+        good,
+    ]
+    data = b"\n".join(lines)
+    relayed = b"".join(meter.feed(data[i : i + 4096]) for i in range(0, len(data), 4096)) + meter.close()
+    assert relayed == data
+    assert [result.custom_id for result in meter.results] == ["ok-1"]

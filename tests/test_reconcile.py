@@ -331,3 +331,18 @@ async def test_the_nightly_unit_reads_its_key_from_a_credential(admin: Any, data
     assert {path for path, _ in admin.seen} == {b"/v1/organizations/usage_report/messages", b"/v1/organizations/cost_report"}
     assert "CANARY" not in done.stdout + done.stderr
     assert (data_dir / "state" / "reconcile.json").exists()
+
+
+@pytest.mark.parametrize("page", [
+    {"data": [7]},
+    {"data": [{"starting_at": "2026-11-20T00:00:00Z", "results": [1]}]},
+    {"data": [{"starting_at": "2026-11-20T00:00:00Z", "results": {"x": 1}}]},
+    {"object": "page", "data": [{"start_time": 1, "results": [{"object": "organization.costs.result", "amount": 5}]}]},
+    {"data": [{"starting_at": "2026-11-20T00:00:00Z", "results": [{"uncached_input_tokens": -1}]}]},
+    [{"data": [{"starting_at": "not a time", "results": [{"uncached_input_tokens": 1}]}]}],
+])
+def test_malformed_pages_are_refused_with_one_line(data_dir: Path, tmp_path: Path, page: Any) -> None:
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(page))
+    done = run(data_dir, "--report", str(report))
+    assert done.returncode == 2 and done.stderr.startswith("modeltrack reconcile: ") and "Traceback" not in done.stderr, done.stderr
