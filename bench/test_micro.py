@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from modeltrack import events
-from modeltrack.pricing import Price, PriceBook
+from modeltrack.accounting import cost_event as events
+from modeltrack.pricing.prices import Price, PriceBook
+from modeltrack.pricing.usage import Reading, Usage
 from modeltrack.providers import anthropic, openai
-from modeltrack.usage import Reading, Usage
 from tests.fakes import chat_stream, messages_stream
 
 WHEN = datetime(2026, 11, 1, tzinfo=UTC)
@@ -78,8 +78,8 @@ def test_counting_one_event_for_metrics(benchmark) -> None:
     from decimal import Decimal
 
     from modeltrack.controls.gate import Gate
-    from modeltrack.journal import Journal
-    from modeltrack.metrics import Metrics
+    from modeltrack.observe.metrics import Metrics
+    from modeltrack.store.journal import Journal
 
     metrics = Metrics(Journal.__new__(Journal), Gate(PriceBook()), None)
     reading = Reading(USAGE, "claude-sonnet-4-5-20250929", {}, True)

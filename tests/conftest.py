@@ -16,8 +16,8 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.web.server import Site
 
-from modeltrack.options import Settings
-from modeltrack.service import ModeltrackService
+from modeltrack.ops.options import Settings
+from modeltrack.ops.service import ModeltrackService
 from tests.fakes import FakeUpstream
 
 

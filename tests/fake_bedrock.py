@@ -15,7 +15,7 @@ from urllib.parse import unquote
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from modeltrack.eventstream import encode_frame
+from modeltrack.providers.aws_eventstream import encode_frame
 from tests.fakes import ANTHROPIC_USAGE, Seen, message_body, messages_stream
 
 #: What Converse reports for a call (inputTokens excludes the cache).

@@ -23,8 +23,8 @@ from modeltrack.controls.cache import ResponseCache
 from modeltrack.controls.gate import Gate
 from modeltrack.controls.keys import Keyring
 from modeltrack.controls.routing import Routing
-from modeltrack.pricing import PriceBook
-from modeltrack.stats import Stats
+from modeltrack.observe.stats import Stats
+from modeltrack.pricing.prices import PriceBook
 from modeltrack.web.proxy import ProxyResource, Timeouts
 from modeltrack.web.site import ProxySite
 from modeltrack.web.status import Readiness

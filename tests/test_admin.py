@@ -21,8 +21,8 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from modeltrack.metrics import Metrics
-from modeltrack.options import ConfigError, Options, settings_from
+from modeltrack.observe.metrics import Metrics
+from modeltrack.ops.options import ConfigError, Options, settings_from
 from tests.conftest import start_proxy
 from tests.test_sdk import GPT4O_CHAT_COST, in_thread
 

@@ -14,7 +14,7 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 from twisted.internet import reactor as global_reactor
 
-from modeltrack.batches import BatchBook, Result, Watch
+from modeltrack.accounting.batches import BatchBook, Result, Watch
 from tests.fakes import ANTHROPIC_USAGE, CHAT_USAGE
 from tests.test_sdk import anthropic_client, in_thread, openai_client
 
@@ -107,7 +107,7 @@ async def test_results_url_names_the_proxy_as_the_client_called_it(proxy: Any) -
 
 
 def test_hostile_result_lines_are_relayed_and_never_break_the_meter() -> None:
-    from modeltrack.batches import ResultsMeter
+    from modeltrack.accounting.batches import ResultsMeter
 
     meter = ResultsMeter(Watch("anthropic", "results", batch_id="msgbatch_x"))
     good = b'{"custom_id":"ok-1","result":{"type":"succeeded","message":{"model":"claude-sonnet-4-5","usage":{"input_tokens":5,"output_tokens":1}}}}'

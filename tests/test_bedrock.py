@@ -259,7 +259,7 @@ def test_sign_mode_stops_start_up_without_credentials(reactor: Any, tmp_path: Pa
 
 
 def test_bedrock_options(capsys: Any) -> None:
-    from modeltrack.options import Options
+    from modeltrack.ops.options import Options
 
     def settings(*argv: str) -> Any:
         options = Options()
@@ -280,7 +280,7 @@ def test_bedrock_options(capsys: Any) -> None:
 def test_sign_mode_without_botocore_says_what_to_install(monkeypatch: Any, capsys: Any) -> None:
     import importlib.util
 
-    from modeltrack.options import Options
+    from modeltrack.ops.options import Options
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "botocore" else real(name, *a))

@@ -21,7 +21,7 @@ import pytest_twisted
 from twisted.internet import ssl
 from twisted.logger import globalLogPublisher
 
-from modeltrack.logs import observer
+from modeltrack.observe.logs import observer
 from tests import rawhttp
 from tests.conftest import QuietSite, start_proxy
 from tests.fake_bedrock import FakeBedrock

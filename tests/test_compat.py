@@ -18,7 +18,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import endpoints
 
-from modeltrack.options import ConfigError, _check_upstreams
+from modeltrack.ops.options import ConfigError, _check_upstreams
 from tests.conftest import QuietSite, start_proxy
 from tests.fakes import FakeUpstream
 from tests.test_sdk import in_thread

@@ -20,8 +20,8 @@ from modeltrack.controls.files import ControlFiles
 from modeltrack.controls.gate import Gate
 from modeltrack.controls.keys import Keyring
 from modeltrack.controls.routing import Routing, Rule, load_routing
-from modeltrack.pricing import PriceBook
-from modeltrack.usage import Usage
+from modeltrack.pricing.prices import PriceBook
+from modeltrack.pricing.usage import Usage
 from tests.fakes import CHAT_USAGE
 from tests.memory import Harness, answer, body_of, head_of, status_of
 

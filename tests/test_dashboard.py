@@ -19,8 +19,8 @@ import pytest
 import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
-from modeltrack.reconcile import Reported, reconcile
-from modeltrack.reconcilecli import _store as store_reconciliation
+from modeltrack.accounting.reconcile import Reported, reconcile
+from modeltrack.accounting.reconcile import save_result as store_reconciliation
 from tests.conftest import start_proxy
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

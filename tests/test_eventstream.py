@@ -10,7 +10,7 @@ from botocore.eventstream import EventStreamBuffer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeltrack.eventstream import EventStreamParser, FrameError, encode_frame
+from modeltrack.providers.aws_eventstream import EventStreamParser, FrameError, encode_frame
 from modeltrack.providers.bedrock import ConverseStreamMeter, InvokeStreamMeter
 from tests.fake_bedrock import converse_stream, invoke_stream
 

@@ -78,7 +78,7 @@ async def test_absurd_usage_is_unreadable_not_priced_and_the_index_survives(prox
     import anthropic
     import openai
 
-    from modeltrack import index
+    from modeltrack.store import index
 
     oai = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-test", max_retries=0)
     ant = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-test", max_retries=0)
@@ -111,7 +111,7 @@ async def test_absurd_usage_is_unreadable_not_priced_and_the_index_survives(prox
 
 
 def test_the_index_skips_a_line_it_cannot_hold_and_says_where(tmp_path: Path) -> None:
-    from modeltrack import index
+    from modeltrack.store import index
 
     good = {
         "request_id": "r1", "timestamp": "2026-11-30T00:00:00.000000Z", "provider": "openai",
@@ -201,7 +201,7 @@ def test_log_lines_carry_no_exception_text_in_either_format() -> None:
     from twisted.logger import Logger, LogPublisher
     from twisted.python.failure import Failure
 
-    from modeltrack.logs import observer
+    from modeltrack.observe.logs import observer
     from modeltrack.web.site import ProxyRequest
 
     secret = SECRET.decode()

@@ -13,9 +13,10 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
-from modeltrack import cli, index
-from modeltrack.indexer import Indexer
-from modeltrack.journal import SegmentFile
+from modeltrack import cli
+from modeltrack.store import index, reports
+from modeltrack.store.index_process import Indexer
+from modeltrack.store.journal import SegmentFile
 
 
 def event(n: int, team: str, cost: str | None, day: str = "2026-11-27") -> bytes:
@@ -49,7 +50,7 @@ def test_incremental_idempotent_rotation_safe(tmp_path: Path) -> None:
     index.update(db, tmp_path)
     index.update(db, tmp_path)
     assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 20
-    rows = {r["team"]: r for r in index.report(db, ["team"])}
+    rows = {r["team"]: r for r in reports.report(db, ["team"])}
     assert rows["ml"]["requests"] == 15 and rows["ml"]["unpriced"] == 1
     assert Decimal(rows["ml"]["cost_usd"]) == 14 * Decimal("0.00472")
     assert Decimal(rows["web"]["cost_usd"]) == 5 * Decimal("0.00472")

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from modeltrack.journal import DAY, Journal, SegmentFile
+from modeltrack.store.journal import DAY, Journal, SegmentFile
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -146,7 +146,7 @@ def test_disk_full_keeps_events_and_recovers(tmp_path: Path) -> None:
 WRITER = """
 import sys, json
 from pathlib import Path
-from modeltrack.journal import Journal
+from modeltrack.store.journal import Journal
 journal = Journal(Path(sys.argv[1]), fsync="never", rotate_bytes=200_000, call_from_thread=lambda f, *a, **k: f(*a, **k))
 journal.start()
 pad = "x" * 300
@@ -181,10 +181,10 @@ def test_sigkill_mid_write_leaves_whole_lines(tmp_path: Path) -> None:
 def test_what_the_proxy_creates_is_private_to_its_user_and_group(tmp_path: Path) -> None:
     import stat
 
-    from modeltrack import index
     from modeltrack.controls.keys import install_secret
-    from modeltrack.datadir import state_dir
-    from modeltrack.options import _check_data_dir
+    from modeltrack.ops.options import _check_data_dir
+    from modeltrack.store import index
+    from modeltrack.store.datadir import state_dir
 
     old = os.umask(0o022)  # a common default: the modes asked for must not rely on it
     try:

@@ -29,7 +29,7 @@ from modeltrack.controls.budgets import ConfigFileError
 from modeltrack.controls.files import ControlFiles
 from modeltrack.controls.gate import Gate
 from modeltrack.controls.keys import Keyring, client, credential, fingerprint, install_secret, load_keys
-from modeltrack.pricing import PriceBook
+from modeltrack.pricing.prices import PriceBook
 from tests.conftest import start_proxy
 from tests.test_sdk import GPT4O_CHAT_COST, in_thread
 

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from modeltrack.pricing.usage import Usage
 from modeltrack.providers import anthropic, openai
 from modeltrack.providers.meter import BodyMeter
-from modeltrack.sse import SSEParser
-from modeltrack.usage import Usage
+from modeltrack.providers.sse import SSEParser
 from tests.fakes import (
     ANTHROPIC_USAGE,
     RESPONSES_USAGE,
@@ -198,8 +198,8 @@ def test_anthropic_counts_and_tiers() -> None:
 
 
 def test_body_meter_decodes_once_when_asked_and_not_a_cut_body() -> None:
+    from modeltrack.pricing.usage import Reading
     from modeltrack.providers.meter import BodyMeter
-    from modeltrack.usage import Reading
 
     calls: list[dict] = []
 

@@ -18,8 +18,8 @@ import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeltrack.pricing import PriceBook, PricingFileError, load_overrides
-from modeltrack.usage import Usage
+from modeltrack.pricing.prices import PriceBook, PricingFileError, load_overrides
+from modeltrack.pricing.usage import Usage
 from tests.conftest import start_proxy
 from tests.test_sdk import in_thread
 
@@ -166,7 +166,7 @@ def test_price_data_is_loaded_at_start_up() -> None:
     import sys
 
     probe = (
-        "import sys; from modeltrack.pricing import PriceBook; PriceBook(); "
+        "import sys; from modeltrack.pricing.prices import PriceBook; PriceBook(); "
         "print(all(m in sys.modules for m in ('genai_prices.data', 'genai_prices.validation', 'genai_prices.decompose')))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -176,8 +176,8 @@ def test_price_data_is_loaded_at_start_up() -> None:
 def test_a_pricing_json_entry_can_hold_for_one_provider(tmp_path: Path) -> None:
     from datetime import datetime
 
-    from modeltrack.pricing import PriceBook, load_overrides
-    from modeltrack.usage import Usage
+    from modeltrack.pricing.prices import PriceBook, load_overrides
+    from modeltrack.pricing.usage import Usage
 
     path = tmp_path / "pricing.json"
     path.write_text(json.dumps({

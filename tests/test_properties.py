@@ -18,7 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from modeltrack.providers import anthropic, openai
-from modeltrack.sse import SSEParser
+from modeltrack.providers.sse import SSEParser
 from modeltrack.web.client import UpstreamConnection
 from tests.fakes import chat_stream, messages_stream, responses_stream
 from tests.test_client import Body, Pool

@@ -406,7 +406,7 @@ def test_a_provider_is_its_dialect_module_and_a_registry_line() -> None:
 
     from modeltrack.providers.dialect import Dialect, Endpoint
     from modeltrack.providers.registry import DIALECTS
-    from modeltrack.routes import RouteTable
+    from modeltrack.providers.routes import RouteTable
 
     def errors(error_type: str, message: str) -> dict:
         return {"problem": {"kind": error_type, "text": message}}
@@ -434,7 +434,7 @@ def test_a_provider_is_its_dialect_module_and_a_registry_line() -> None:
 def test_every_finished_call_reaches_each_sink_as_one_read_only_record() -> None:
     import pytest
 
-    from modeltrack.accounting import CallRecord
+    from modeltrack.accounting.records import CallRecord
     from tests.memory import answer
 
     h = Harness()
@@ -450,7 +450,7 @@ def test_every_finished_call_reaches_each_sink_as_one_read_only_record() -> None
 
 
 def test_relayed_routes_counted_are_bounded() -> None:
-    from modeltrack.stats import MAX_RELAYED_ROUTES, Stats
+    from modeltrack.observe.stats import MAX_RELAYED_ROUTES, Stats
 
     stats = Stats()
     for n in range(MAX_RELAYED_ROUTES + 50):

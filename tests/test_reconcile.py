@@ -22,11 +22,11 @@ import pytest_twisted
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from modeltrack import events
+from modeltrack.accounting import cost_event as events
 from modeltrack.controls.keys import Caller, KeyEntry
-from modeltrack.pricing import PriceBook
+from modeltrack.pricing.prices import PriceBook
+from modeltrack.pricing.usage import Reading
 from modeltrack.providers import anthropic, openai
-from modeltrack.usage import Reading
 from tests.conftest import serving
 from tests.test_sdk import in_thread
 

@@ -12,8 +12,8 @@ import openai
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from modeltrack.options import Settings
-from modeltrack.service import ModeltrackService
+from modeltrack.ops.options import Settings
+from modeltrack.ops.service import ModeltrackService
 from tests.conftest import start_proxy
 
 
@@ -81,7 +81,7 @@ def test_a_twisted_without_the_fast_path_s_internals_gets_the_public_api(
 
 
 def test_no_fast_path_is_an_option() -> None:
-    from modeltrack.options import Options
+    from modeltrack.ops.options import Options
 
     options = Options()
     options.parseOptions(["--no-fast-path", "--admin-listen", "none"])
@@ -94,7 +94,7 @@ def test_no_fast_path_is_an_option() -> None:
 def test_parts_stop_in_reverse_order_one_after_another_and_a_failure_stops_none_of_the_rest() -> None:
     from twisted.internet.defer import Deferred, fail
 
-    from modeltrack.service import InOrder, Step
+    from modeltrack.ops.service import InOrder, Step
 
     stopped: list[str] = []
     slow: Deferred[None] = Deferred()

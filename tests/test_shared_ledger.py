@@ -23,7 +23,8 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 
 from modeltrack.controls.budgets import Budget, Who
-from modeltrack.controls.shared import (
+from modeltrack.controls.redis_client import connect
+from modeltrack.controls.redis_ledger import (
     LEASE_CALLS,
     LEASE_SECONDS,
     LEASE_SHARE,
@@ -31,7 +32,6 @@ from modeltrack.controls.shared import (
     RESERVATION_SECONDS,
     SETTLE_SECONDS,
     RedisLedger,
-    connect,
 )
 from tests.conftest import start_proxy
 from tests.processes import Running
@@ -309,7 +309,7 @@ async def test_a_password_from_a_file(reactor: Any, tmp_path: Path, upstream: An
 
 
 def test_the_redis_options(tmp_path: Path, capsys: Any) -> None:
-    from modeltrack.options import Options
+    from modeltrack.ops.options import Options
 
     (tmp_path / "pass").write_text("from-a-file\n")
     options = Options()

@@ -1,6 +1,6 @@
 """
 The admin JSON API: C{/api/summary}, C{/api/spend}, C{/api/sessions}, C{/api/budgets},
-C{/api/keys}, C{/api/events}, C{/api/reconciliation}. Spend figures come from L{modeltrack.index}, the same queries as the
+C{/api/keys}, C{/api/events}, C{/api/reconciliation}. Spend figures come from L{modeltrack.store.index}, the same queries as the
 C{modeltrack} command, run on the index thread.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from modeltrack import index
-from modeltrack.reconcilecli import RESULT_FILE
+from modeltrack.accounting.reconcile import RESULT_FILE
+from modeltrack.store import reports
 
 #: Most events C{/api/events} returns.
 MOST_EVENTS = 1000
@@ -27,7 +27,7 @@ class BadQuery(ValueError):
 
 class AdminAPI:
     """
-    @param indexer: L{modeltrack.indexer.Indexer}.
+    @param indexer: L{modeltrack.store.index_process.Indexer}.
     @param gate: the controls, for the budgets' ledger.
     @param keys: the keys file in force (L{modeltrack.controls.keys.Keyring}).
     """
@@ -58,21 +58,21 @@ class AdminAPI:
     def _summary(self, query: dict[str, str]) -> Deferred[Any]:
         today = self._today()
         since, until = _day(query, "since"), _day(query, "until")
-        return self._indexer.query(lambda db: index.summary(db, today, since, until))
+        return self._indexer.query(lambda db: reports.summary(db, today, since, until))
 
     def _spend(self, query: dict[str, str]) -> Deferred[Any]:
         by = [key for key in query.get("by", "team").split(",") if key]
         try:
-            index.check_keys(by)
+            reports.check_keys(by)
         except ValueError as e:
             raise BadQuery(f"by: {e}") from None
         since, until = _day(query, "since"), _day(query, "until")
-        return self._indexer.query(lambda db: index.report(db, by, since, until))
+        return self._indexer.query(lambda db: reports.report(db, by, since, until))
 
     def _sessions(self, query: dict[str, str]) -> Deferred[Any]:
         top = _whole(query, "top", 20, 1000)
         since, until = _day(query, "since"), _day(query, "until")
-        return self._indexer.query(lambda db: index.sessions(db, top, since, until))
+        return self._indexer.query(lambda db: reports.sessions(db, top, since, until))
 
     def _budgets(self, query: dict[str, str]) -> Deferred[Any]:
         result: Deferred[Any] = self._gate.ledger.standings(self._today().isoformat())
@@ -92,7 +92,7 @@ class AdminAPI:
             for entry in entries:
                 row = rows.setdefault(entry.name, {
                     "key": entry.name, "key_name": entry.name, "key_ids": [], "last_call": None,
-                    **index.empty_totals(),
+                    **reports.empty_totals(),
                 })
                 row.update(team=entry.team, app=entry.app, listed_key_ids=sorted(
                     {e.key_id for e in entries if e.name == entry.name}
@@ -101,12 +101,12 @@ class AdminAPI:
                 row["budgets"] = [standing for standing in standings if standing["scope"] == f"key={row['key']}"]
             return list(rows.values())
 
-        return self._indexer.query(lambda db: index.key_usage(db, since, until)).addCallback(merged)
+        return self._indexer.query(lambda db: reports.key_usage(db, since, until)).addCallback(merged)
 
     def _events(self, query: dict[str, str]) -> Deferred[Any]:
         limit = _whole(query, "limit", 100, MOST_EVENTS)
         data_dir = self._data_dir
-        return self._indexer.query(lambda db: index.recent(data_dir, limit))
+        return self._indexer.query(lambda db: reports.recent(data_dir, limit))
 
 
     def _reconciliation(self, query: dict[str, str]) -> Deferred[Any]:

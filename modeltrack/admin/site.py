@@ -6,7 +6,7 @@ With a token configured (C{--admin-token-file}) everything but C{/healthz} needs
 either as C{Authorization: Bearer TOKEN} (scripts, Prometheus) or, for a browser, as the
 cookie the dashboard's sign-in form sets: an HMAC of the token, so the token itself is
 never stored by the browser. Both are compared in constant time. Without a token the
-listener must be loopback-only (checked at start-up, L{modeltrack.options}).
+listener must be loopback-only (checked at start-up, L{modeltrack.ops.options}).
 """
 
 from __future__ import annotations

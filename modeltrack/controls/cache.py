@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,8 +23,6 @@ from typing import Any
 import msgpack
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
-
-from modeltrack.datadir import STATE_DIR_MODE
 
 log = Logger()
 
@@ -172,17 +169,6 @@ class ResponseCache:
             if now - stored_at <= self.ttl:
                 self.put(key, Entry(code, phrase, [(n, list(v)) for n, v in headers], body, stored_at, cost, model))
         return len(self._entries)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
 
 
 def load_snapshot(cache: ResponseCache, path: Path) -> None:

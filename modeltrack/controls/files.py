@@ -18,7 +18,7 @@ from modeltrack.controls.budgets import ConfigFileError, load_budgets
 from modeltrack.controls.gate import Gate
 from modeltrack.controls.keys import KEYS_FILE, Keyring, load_keys
 from modeltrack.controls.routing import load_routing
-from modeltrack.pricing import PricingFileError, load_overrides
+from modeltrack.pricing.prices import PricingFileError, load_overrides
 
 log = Logger()
 

@@ -19,9 +19,8 @@ from modeltrack.controls.alerts import BudgetAlerts
 from modeltrack.controls.budgets import Admission, BudgetLedger, BudgetStatus, Who, day_of
 from modeltrack.controls.cache import Entry, ResponseCache
 from modeltrack.controls.routing import RouteAction, Routing, RoutingStats, Rule
-from modeltrack.events import NO_CONTROLS
-from modeltrack.pricing import Price, PriceBook
-from modeltrack.usage import Usage, limit_from
+from modeltrack.pricing.prices import Price, PriceBook
+from modeltrack.pricing.usage import Usage, limit_from
 
 #: Output tokens reserved for a call that names no maximum.
 DEFAULT_RESERVED_OUTPUT_TOKENS = 4096
@@ -65,6 +64,19 @@ def refers_to_content(body: Any) -> bool:
         elif isinstance(node, list):
             stack.extend(item for item in node if isinstance(item, (dict, list)))
     return False
+
+
+#: The controls' fields of an event no control acted on; set by the controls otherwise
+#: (L{Ticket.event_fields}).
+NO_CONTROLS: dict[str, Any] = {
+    "budget_scope": None,
+    "budget_status": None,
+    "routed": False,
+    "routed_from": None,
+    "routing_rule": None,
+    "cache_hit": False,
+    "saved_usd": None,
+}
 
 
 @dataclass(slots=True)

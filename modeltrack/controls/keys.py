@@ -25,7 +25,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.web.http_headers import Headers
 
 from modeltrack.controls.budgets import ConfigFileError
-from modeltrack.datadir import FILE_MODE, STATE_DIR_MODE
+from modeltrack.store.datadir import FILE_MODE, STATE_DIR_MODE, write_atomically
 
 KEYS_FILE = "keys.json"
 SECRET_FILE = "cache.secret"
@@ -237,16 +237,9 @@ def keys_from(document: Any, where: str = KEYS_FILE) -> KeyBook:
 
 def save_keys(path: Path, book: KeyBook) -> None:
     """
-    Write keys.json whole (a temporary file renamed over it), mode 0640.
+    Write keys.json whole (see L{write_atomically}), mode 0640.
     """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(book.as_json(), f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, (json.dumps(book.as_json(), indent=2) + "\n").encode(), FILE_MODE)
 
 
 class Caller(NamedTuple):

@@ -9,7 +9,6 @@ scans only the live file and segments it has not seen.
 from __future__ import annotations
 
 import json
-import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import msgpack
 from twisted.logger import Logger
 
 from modeltrack.controls.budgets import BudgetLedger, Daily
-from modeltrack.datadir import STATE_DIR_MODE
-from modeltrack.journal import live_files, segment_month, segments
+from modeltrack.store.datadir import write_atomically
+from modeltrack.store.journal import live_files, segment_month, segments
 
 log = Logger()
 
@@ -90,7 +89,4 @@ def _load(path: Path) -> dict[str, list[list[str]]]:
 
 
 def _save(path: Path, data: dict[str, list[list[str]]]) -> None:
-    path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_bytes(msgpack.packb(data))
-    os.replace(temporary, path)
+    write_atomically(path, msgpack.packb(data))

@@ -1,4 +1,7 @@
 """
-One module per wire dialect: where a request names its model and stream flag, how the
-provider reports usage in a body or a stream, and what its errors look like.
+The providers' APIs: one module per dialect (where a request names its model and stream
+flag, how the answer reports usage, what errors look like), the registry of every
+dialect, the route table, the meters and the wire parsers (SSE, AWS event stream).
+
+May import: L{modeltrack.pricing}, L{modeltrack.failures}.
 """

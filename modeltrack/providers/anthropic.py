@@ -10,9 +10,9 @@ from typing import Any
 
 from twisted.web.http_headers import Headers
 
+from modeltrack.pricing.usage import Reading, Usage, count, dig, text, total
 from modeltrack.providers.dialect import Dialect, Endpoint
 from modeltrack.providers.meter import SSEMeter
-from modeltrack.usage import Reading, Usage, count, dig, text, total
 
 NAME = "anthropic"
 

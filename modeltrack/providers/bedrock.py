@@ -7,7 +7,7 @@ price, and the answer names the model without it.
 Usage: InvokeModel answers from Claude carry Anthropic's C{usage}; other models report
 C{amazon-bedrock-invocationMetrics}. Converse reports C{usage.inputTokens} without the
 cache reads and writes, which are added here (input includes cache, as everywhere).
-Streams are AWS event-stream frames (L{modeltrack.eventstream}); InvokeModel's hold
+Streams are AWS event-stream frames (L{modeltrack.providers.aws_eventstream}); InvokeModel's hold
 Anthropic events, base64-encoded, in C{chunk} events; ConverseStream's usage comes in
 its C{metadata} event. Errors are C{{"message": ...}} with the type in a header.
 """
@@ -23,10 +23,10 @@ from urllib.parse import unquote
 
 from twisted.web.http_headers import Headers
 
+from modeltrack.pricing.usage import Reading, UnreadableUsage, Usage, count, text
 from modeltrack.providers import anthropic
 from modeltrack.providers.dialect import Dialect, Endpoint
 from modeltrack.providers.meter import FrameMeter
-from modeltrack.usage import Reading, UnreadableUsage, Usage, count, text
 
 NAME = "bedrock"
 EVENT_STREAM = b"application/vnd.amazon.eventstream"

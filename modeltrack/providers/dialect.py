@@ -1,7 +1,7 @@
 """
 What a provider module declares: its L{Dialect} (how callers name it, the error shape,
 which headers carry a caller's key) and its L{Endpoint}s (the routes it serves and how
-each is metered). The route table (L{modeltrack.routes}) and the pipeline
+each is metered). The route table (L{modeltrack.providers.routes}) and the pipeline
 (L{modeltrack.web.proxy}) read only these, so a new provider is its own module, one line
 in L{modeltrack.providers.registry}, and its tests.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 from twisted.web.http_headers import Headers
 
+from modeltrack.pricing.usage import Reading, text
 from modeltrack.providers.meter import FrameMeter, SSEMeter
-from modeltrack.usage import Reading, text
 
 
 def model_and_stream(body: dict[str, Any]) -> tuple[str | None, bool]:

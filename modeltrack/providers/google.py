@@ -16,10 +16,10 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from modeltrack.pricing.usage import Reading, Usage, count, dig, text
 from modeltrack.providers import anthropic
 from modeltrack.providers.dialect import Dialect, Endpoint, relayable, relayed_endpoint
 from modeltrack.providers.meter import SSEMeter
-from modeltrack.usage import Reading, Usage, count, dig, text
 
 GEMINI = "google"
 VERTEX = "vertex"

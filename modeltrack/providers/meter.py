@@ -15,10 +15,10 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from modeltrack.eventstream import EventStreamParser, Frame, FrameError
 from modeltrack.failures import log_failure
-from modeltrack.sse import SSEParser
-from modeltrack.usage import Reading, UnreadableUsage, text
+from modeltrack.pricing.usage import Reading, UnreadableUsage, text
+from modeltrack.providers.aws_eventstream import EventStreamParser, Frame, FrameError
+from modeltrack.providers.sse import SSEParser
 
 log = Logger()
 
@@ -151,7 +151,7 @@ class SSEMeter:
 
 class FrameMeter:
     """
-    Meters an AWS event stream (L{modeltrack.eventstream}): every chunk is relayed as
+    Meters an AWS event stream (L{modeltrack.providers.aws_eventstream}): every chunk is relayed as
     it came while its frames are read beside it. Subclasses implement L{on_event} for
     event frames; exception and error frames after a 200 set the reading's
     C{error_type}. A frame that fails its checks ends the reading (C{error_type}

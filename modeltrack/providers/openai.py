@@ -9,9 +9,9 @@ import json
 import re
 from typing import Any
 
+from modeltrack.pricing.usage import Reading, Usage, count, dig, extras, text
 from modeltrack.providers.dialect import Dialect, Endpoint
 from modeltrack.providers.meter import DROP, SSEMeter
-from modeltrack.usage import Reading, Usage, count, dig, extras, text
 
 NAME = "openai"
 

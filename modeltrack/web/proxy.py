@@ -32,19 +32,21 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from modeltrack import batches, events, routes
-from modeltrack.accounting import Answer, CallRecord, sinks
+from modeltrack.accounting import batches
+from modeltrack.accounting import cost_event as events
+from modeltrack.accounting.cost_event import Outcome
+from modeltrack.accounting.records import Answer, CallRecord, sinks
 from modeltrack.controls.budgets import NO_ONE, Who
 from modeltrack.controls.cache import Entry
 from modeltrack.controls.gate import NO_TICKET, Gate, Ticket
 from modeltrack.controls.keys import NO_CALLER, Keyring, UnknownKeys
-from modeltrack.events import Outcome
 from modeltrack.failures import log_failure, safe_method, upstream_reason
-from modeltrack.journal import Journal
-from modeltrack.pricing import UNPRICED, Price
+from modeltrack.observe.stats import Stats
+from modeltrack.pricing.prices import UNPRICED, Price
+from modeltrack.pricing.usage import Reading
+from modeltrack.providers import routes
 from modeltrack.providers.meter import BodyMeter, RelayOnly
-from modeltrack.stats import Stats
-from modeltrack.usage import Reading
+from modeltrack.store.journal import Journal
 from modeltrack.web.status import Readiness, StatusPaths, json_response
 from modeltrack.web.upstream import Upstream, for_client, for_upstream
 from modeltrack.web.writethrough import after_sending
@@ -134,9 +136,9 @@ class ProxyResource(Resource):
         self.keys = keys
         #: Where batch results fetched through the proxy are claimed (once each).
         self.batches = batch_book
-        #: L{modeltrack.metrics.Metrics}, when an admin listener serves them.
+        #: L{modeltrack.observe.metrics.Metrics}, when an admin listener serves them.
         self.metrics = metrics
-        #: Where every finished metered call goes (L{modeltrack.accounting}).
+        #: Where every finished metered call goes (L{modeltrack.accounting.records}).
         self.sinks = sinks(journal, stats, gate, metrics, export)
         self.in_flight: set[Exchange] = set()
         #: Every request from its first line to its end, so a drain also waits for

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.web.http import datetimeToString
 from twisted.web.server import NOT_DONE_YET, Request
 
-from modeltrack.peers import add_counts
+from modeltrack.observe.peers import add_counts
 
 _PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
@@ -73,7 +73,7 @@ class StatusPaths:
         self._readiness = readiness
         self._gate = gate
         self._clock = clock
-        #: The other workers' totals (L{modeltrack.peers.Peers}), with --workers.
+        #: The other workers' totals (L{modeltrack.observe.peers.Peers}), with --workers.
         self.peers: Any = None
 
     def render(self, path: bytes, request: Request) -> bytes | int | None:

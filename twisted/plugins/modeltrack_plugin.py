@@ -2,7 +2,7 @@ from twisted.application.service import ServiceMaker
 
 modeltrack = ServiceMaker(
     "modeltrack",
-    "modeltrack.tap",
+    "modeltrack.ops.tap",
     "A streaming LLM API proxy that records the exact cost of every call.",
     "modeltrack",
 )

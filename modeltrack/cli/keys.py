@@ -12,13 +12,37 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from modeltrack.cli.arguments import add_data_dir, add_format
+from modeltrack.cli.output import render
 from modeltrack.controls.budgets import ConfigFileError
 from modeltrack.controls.keys import KEYS_FILE, NO_KEYS, KeyEntry, fingerprint, install_secret, load_keys, save_keys
-from modeltrack.datadir import make_data_dir, state_dir
+from modeltrack.store.datadir import make_data_dir, state_dir
 
 
-def keys_command(args: argparse.Namespace) -> int:
+def add_command(commands: Any) -> None:
+    keys = commands.add_parser("keys", help="name keys in keys.json by their fingerprints").add_subparsers(
+        dest="keys_command", required=True
+    )
+    for name, helptext in (
+        ("add", "add the key on stdin to keys.json, and print its entry"),
+        ("list", "the keys in keys.json"),
+        ("fingerprint", "print the key_id of the key on stdin"),
+    ):
+        command = keys.add_parser(name, help=helptext)
+        add_data_dir(command)
+        # keys add and fingerprint make a new data dir: the secret must exist first.
+        command.set_defaults(run=run, needs_data_dir=False)
+    add = keys.choices["add"]
+    add.add_argument("--name", required=True, help="what reports and budgets call the key (a rotated key keeps it)")
+    add.add_argument("--team", help="the team its calls are attributed to, whatever their headers say")
+    add.add_argument("--app", help="the app its calls are attributed to")
+    add.add_argument("--provider-key-id", help="the provider's own id of the key (for reconciliation)")
+    add_format(keys.choices["list"])
+
+
+def run(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     if args.keys_command == "list":
         return _list(data_dir, args.format)
@@ -69,8 +93,6 @@ def _add(data_dir: Path, key_id: str, args: argparse.Namespace) -> int:
 
 
 def _list(data_dir: Path, form: str) -> int:
-    from modeltrack.cli import render
-
     try:
         book = load_keys(data_dir / KEYS_FILE) or NO_KEYS
     except ConfigFileError as e:

@@ -17,8 +17,8 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from modeltrack.controls.cache import write_atomically
 from modeltrack.failures import log_failure
+from modeltrack.store.datadir import write_atomically
 
 log = Logger()
 

@@ -36,8 +36,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from modeltrack.failures import log_failure
+from modeltrack.pricing.usage import Reading, UnreadableUsage, text
 from modeltrack.providers import anthropic, openai
-from modeltrack.usage import Reading, UnreadableUsage, text
 
 log = Logger()
 

@@ -1,6 +1,6 @@
 """
 C{modeltrack reconcile}: the providers' usage and cost reports, from files or fetched
-from their admin APIs, held against the event log (L{modeltrack.reconcile}).
+from their admin APIs, held against the event log (L{modeltrack.accounting.reconcile}).
 
 An admin key is read from the environment only (C{ANTHROPIC_ADMIN_KEY},
 C{OPENAI_ADMIN_KEY}), sent to its provider's origin and nowhere else, and never
@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from modeltrack import index
-from modeltrack.datadir import state_dir
-from modeltrack.reconcile import (
+from modeltrack.accounting.reconcile import (
     PROVIDERS,
     TOKEN_KINDS,
     Reported,
@@ -31,16 +29,21 @@ from modeltrack.reconcile import (
     logged,
     pages_of,
     reconcile,
+    save_result,
 )
+from modeltrack.cli.output import render, update_with_progress
+from modeltrack.controls.keys import KEYS_FILE, load_keys
+from modeltrack.store import index
 
-RESULT_FILE = "reconcile.json"
 ADMIN_KEYS = {"anthropic": "ANTHROPIC_ADMIN_KEY", "openai": "OPENAI_ADMIN_KEY"}
 DEFAULT_URLS = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com"}
 #: Paging ends here whatever the API says (a page that names itself as the next).
 MOST_PAGES = 1000
 
 
-def add_arguments(command: argparse.ArgumentParser) -> None:
+def add_command(commands: Any) -> None:
+    command = commands.add_parser("reconcile", help="the log against the providers' usage and cost reports")
+    command.add_argument("--data-dir", type=Path, default=None, help="the proxy's data dir [env MODELTRACK_DATA_DIR]")
     command.add_argument("--report", action="append", type=Path, default=[], metavar="FILE",
                          help="a report page (or a JSON list of pages) from a provider's admin API; repeatable")
     command.add_argument("--fetch", action="append", choices=PROVIDERS, default=[],
@@ -52,12 +55,10 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--format", choices=("table", "csv", "json"), default="table")
     command.add_argument("--tolerance", type=float, default=0.5, help="percent a token count may differ by (default 0.5)")
     command.add_argument("--fail-on-bypass", action="store_true", help="exit 1 when the provider reports traffic the log never saw")
+    command.set_defaults(run=run)
 
 
-def reconcile_command(args: argparse.Namespace) -> int:
-    from modeltrack.cli import render, update_with_progress
-    from modeltrack.controls.keys import KEYS_FILE, load_keys
-
+def run(args: argparse.Namespace) -> int:
     if not args.report and not args.fetch:
         print("modeltrack reconcile: give --report FILE or --fetch PROVIDER", file=sys.stderr)
         return 2
@@ -94,7 +95,7 @@ def reconcile_command(args: argparse.Namespace) -> int:
     result = reconcile(reported, log, key_names)
     result["tolerance_pct"] = args.tolerance
     result["ran_at"] = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    _store(args.data_dir, result)
+    save_result(args.data_dir, result)
     if args.format == "json":
         sys.stdout.write(json.dumps(result, indent=1) + "\n")
     else:
@@ -121,16 +122,6 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
         flat[f"{kind}_logged"] = compared.get("logged")
         flat[f"{kind}_diff_pct"] = compared.get("diff_pct")
     return flat
-
-
-def _store(data_dir: Path, result: dict[str, Any]) -> None:
-    """
-    The last run's result, for the dashboard: written whole, then renamed into place.
-    """
-    directory = state_dir(data_dir)
-    temporary = directory / (RESULT_FILE + ".tmp")
-    temporary.write_text(json.dumps(result), encoding="utf-8")
-    os.replace(temporary, directory / RESULT_FILE)
 
 
 def _day(value: str | None, default: date) -> date:

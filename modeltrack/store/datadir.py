@@ -39,3 +39,18 @@ def create_file(path: Path) -> None:
     would create it with its own mode opens it).
     """
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """
+    Replace C{path} with C{data} whole: written to a file of this process's own,
+    fsynced, then renamed over it, so that a reader (or a crash) never sees half of it.
+    """
+    path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)

@@ -9,7 +9,7 @@ processes accepting on one socket). It serves nothing itself; it supervises:
   C{--drain-seconds}, and this process ends once they have;
 - systemd hears C{READY=1} once every worker is listening.
 
-Each worker is the ordinary proxy (L{modeltrack.service}) started as
+Each worker is the ordinary proxy (L{modeltrack.ops.service}) started as
 C{twistd -n modeltrack ARGS} with the same arguments, told its number and its
 sockets in its environment. Worker 0 also serves the admin listener and runs the index.
 """
@@ -28,9 +28,9 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from modeltrack.options import Settings
-from modeltrack.process import Signals
-from modeltrack.sdnotify import notify
+from modeltrack.ops.options import Settings
+from modeltrack.ops.process import Signals
+from modeltrack.ops.sdnotify import notify
 
 log = Logger()
 

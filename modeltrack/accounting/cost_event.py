@@ -15,9 +15,10 @@ from typing import Any
 import orjson
 from twisted.web.http_headers import Headers
 
+from modeltrack.controls.gate import NO_CONTROLS
 from modeltrack.controls.keys import NO_CALLER, Caller, KeyEntry
-from modeltrack.pricing import Price
-from modeltrack.usage import Reading, Usage
+from modeltrack.pricing.prices import Price
+from modeltrack.pricing.usage import Reading, Usage
 
 
 class Outcome(StrEnum):
@@ -53,19 +54,6 @@ NO_LABELS: dict[str, str | None] = {field: None for _, field in ATTRIBUTION_HEAD
 #: U+0085 among them) and its line and paragraph separators (Zl, Zp), which many
 #: readers take for line breaks.
 _CONTROL = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029], None)
-
-#: The controls' fields of an event no control acted on; set by the controls otherwise
-#: (modeltrack.controls.gate.Ticket.event_fields).
-NO_CONTROLS: dict[str, Any] = {
-    "budget_scope": None,
-    "budget_status": None,
-    "routed": False,
-    "routed_from": None,
-    "routing_rule": None,
-    "cache_hit": False,
-    "saved_usd": None,
-}
-
 
 def attribution(headers: Headers, key: KeyEntry | None = None) -> dict[str, str | None]:
     """

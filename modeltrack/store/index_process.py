@@ -30,8 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from modeltrack import index
 from modeltrack.failures import log_failure
+from modeltrack.store import index
 
 log = Logger()
 T = TypeVar("T")

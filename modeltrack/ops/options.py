@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from twisted.python import usage
 
-from modeltrack.datadir import make_data_dir
-from modeltrack.journal import FSYNC_POLICIES
+from modeltrack.store.datadir import make_data_dir
+from modeltrack.store.journal import FSYNC_POLICIES
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_OPENAI_URL = "https://api.openai.com"

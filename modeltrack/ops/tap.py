@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from modeltrack.options import Options
-from modeltrack.service import ModeltrackService
+from modeltrack.ops.options import Options
+from modeltrack.ops.service import ModeltrackService
 
 __all__ = ["Options", "makeService"]
 
@@ -18,7 +18,7 @@ def makeService(options: Options, reactor: object = None) -> Any:
     settings = options.settings
     if settings.workers > 1 and not settings.inherited:
         # Several workers, and this is not one: bind, start and supervise them.
-        from modeltrack.workers import Supervisor
+        from modeltrack.ops.workers import Supervisor
 
         return Supervisor(settings, reactor)
     return ModeltrackService(settings, reactor)

@@ -4,7 +4,7 @@ holds them as children in a declared order, starts them in that order and stops 
 in the reverse one, each after the last, so that nothing is lost: stop accepting and
 let in-flight calls finish (bounded), stop polling, stop the index, close upstream
 connections, save the cache, flush and fsync the event log. What belongs to the
-process (signals, the collector, the open-files limit) is in L{modeltrack.process}.
+process (signals, the collector, the open-files limit) is in L{modeltrack.ops.process}.
 """
 
 from __future__ import annotations
@@ -27,32 +27,34 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from modeltrack.accounting.batches import BatchBook
 from modeltrack.admin.api import AdminAPI
 from modeltrack.admin.site import admin_site
-from modeltrack.batches import BatchBook
 from modeltrack.controls.alerts import BudgetAlerts
 from modeltrack.controls.budgets import BudgetLedger
-from modeltrack.controls.cache import ResponseCache, load_snapshot, write_atomically
+from modeltrack.controls.cache import ResponseCache, load_snapshot
 from modeltrack.controls.files import ControlFiles
 from modeltrack.controls.gate import Gate
 from modeltrack.controls.keys import Keyring, install_secret
-from modeltrack.controls.shared import RedisCache, RedisLedger, connect, install_id
+from modeltrack.controls.redis_cache import RedisCache
+from modeltrack.controls.redis_client import connect
+from modeltrack.controls.redis_ledger import RedisLedger, install_id
 from modeltrack.controls.spendlog import rebuild
-from modeltrack.datadir import state_dir
 from modeltrack.failures import log_failure
-from modeltrack.indexer import Indexer
-from modeltrack.journal import Journal, series_of
-from modeltrack.logs import observer
-from modeltrack.metrics import Metrics
-from modeltrack.options import ConfigError, Settings, read_token
-from modeltrack.peers import Peers
-from modeltrack.pricing import PriceBook
-from modeltrack.process import Signals, pace_the_collector, raise_open_files_limit
+from modeltrack.observe.logs import observer
+from modeltrack.observe.metrics import Metrics
+from modeltrack.observe.peers import Peers
+from modeltrack.observe.stats import Stats
+from modeltrack.ops.options import ConfigError, Settings, read_token
+from modeltrack.ops.process import Signals, pace_the_collector, raise_open_files_limit
+from modeltrack.ops.sdnotify import notify
+from modeltrack.pricing.prices import PriceBook
 from modeltrack.providers import anthropic, azure, bedrock, compat, google, openai
 from modeltrack.providers.registry import DIALECTS
-from modeltrack.routes import RouteTable
-from modeltrack.sdnotify import notify
-from modeltrack.stats import Stats
+from modeltrack.providers.routes import RouteTable
+from modeltrack.store.datadir import state_dir, write_atomically
+from modeltrack.store.index_process import Indexer
+from modeltrack.store.journal import Journal, series_of
 from modeltrack.web import fastpath
 from modeltrack.web.proxy import ProxyResource, Timeouts
 from modeltrack.web.site import ProxySite
@@ -230,7 +232,7 @@ class ModeltrackService(InOrder):
             self.admin = admin_site(api, self.metrics, settings.admin_token)
         self.export: Any = None
         if settings.otlp_endpoint is not None:
-            from modeltrack.otel import OtlpExport
+            from modeltrack.observe.otel import OtlpExport
 
             self.export = OtlpExport(settings.otlp_endpoint)
         self.resource = ProxyResource(

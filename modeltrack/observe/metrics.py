@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from modeltrack.stats import TOKEN_FIELDS
+from modeltrack.observe.stats import TOKEN_FIELDS
 
 #: Distinct values kept per caller-chosen label.
 LABEL_VALUES = 200
@@ -79,7 +79,7 @@ class Metrics:
             registry=self.registry,
         )
         self._histograms: dict[str, tuple[Any, Any]] = {}
-        #: The other workers' counters (L{modeltrack.peers.Peers}), with --workers.
+        #: The other workers' counters (L{modeltrack.observe.peers.Peers}), with --workers.
         self.peers: Any = None
         self.registry.register(self)
 

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from modeltrack.accounting import CallRecord
+from modeltrack.accounting.records import CallRecord
 
 #: The conventions' provider names, where they differ from the events'.
 PROVIDER_NAMES = {"azure": "azure.ai.openai", "bedrock": "aws.bedrock", "google": "gcp.gemini", "vertex": "gcp.vertex_ai"}
@@ -51,7 +51,7 @@ def operation(endpoint: str) -> str:
 
 class OtlpExport:
     """
-    A sink of L{modeltrack.accounting}: each call's span and token counts, exported in
+    A sink of L{modeltrack.accounting.records}: each call's span and token counts, exported in
     batches by the SDK's threads to C{endpoint} (C{/v1/traces}, C{/v1/metrics}).
     """
 

@@ -17,14 +17,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-from modeltrack.index import PICO
-from modeltrack.usage import text
+from modeltrack.pricing.usage import text
+from modeltrack.store.datadir import state_dir, write_atomically
+from modeltrack.store.index import PICO
 
 TOKEN_KINDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
 #: The providers whose reports this reads, by their name in events.
 PROVIDERS = ("anthropic", "openai")
+#: The last run's result, in the state dir, for the dashboard.
+RESULT_FILE = "reconcile.json"
 
 
 class ReportError(ValueError):
@@ -303,3 +307,10 @@ def load_json(text_: str, name: str) -> Any:
         return json.loads(text_)
     except ValueError as e:
         raise ReportError(f"{name}: not JSON: {e}") from None
+
+
+def save_result(data_dir: Path, result: dict[str, Any]) -> None:
+    """
+    The last run's result, for the dashboard (see L{write_atomically}).
+    """
+    write_atomically(state_dir(data_dir) / RESULT_FILE, json.dumps(result).encode(), 0o640)

@@ -24,7 +24,7 @@ from pathlib import Path
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from modeltrack.datadir import FILE_MODE, make_data_dir
+from modeltrack.store.datadir import FILE_MODE, make_data_dir
 
 log = Logger()
 

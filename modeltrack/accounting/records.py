@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from twisted.web.http_headers import Headers
 
 from modeltrack.controls.gate import Gate, Ticket
-from modeltrack.pricing import Price
+from modeltrack.pricing.prices import Price
 
 
 class Answer(NamedTuple):

@@ -21,7 +21,7 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import data_snapshot
 from genai_prices.types import ModelPrice, TieredPrices
 
-from modeltrack.usage import Usage
+from modeltrack.pricing.usage import Usage
 
 #: The dimensions kept in L{Usage.extra}, by genai-prices' usage name, and the name of
 #: their rate in its prices (and pricing.json).
@@ -158,7 +158,7 @@ class PriceBook:
         self, provider: str, model: str | None, parts: list[tuple[str | None, Usage]], context: dict[str, str], when: datetime
     ) -> Price:
         """
-        A call billed in parts (L{modeltrack.usage.Reading.parts}): the sum of each
+        A call billed in parts (L{modeltrack.pricing.usage.Reading.parts}): the sum of each
         part's price on its own model (the call's, where it names none); unpriced if
         any part is.
         """

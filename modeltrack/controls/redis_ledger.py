@@ -42,15 +42,14 @@ from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-import msgpack
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from modeltrack.controls import redis_scripts
 from modeltrack.controls.budgets import Admission, Budget, BudgetLedger, BudgetStatus, Who, decide, report_row
-from modeltrack.controls.cache import Entry, ResponseCache
+from modeltrack.controls.redis_client import COMMAND_SECONDS
 from modeltrack.failures import log_failure
 
 log = Logger()
@@ -59,100 +58,11 @@ NANO = Decimal(10) ** 9
 #: How long an unsettled reservation holds (longer than any call: the idle and
 #: headers timeouts end a call well before).
 RESERVATION_SECONDS = 3600
-#: How long a command may take before Redis counts as out of reach.
-COMMAND_SECONDS = 2.0
 #: How often each contributor's spend is written again (heals lost writes).
 PUBLISH_SECONDS = 10.0
 #: Keys outlive their period by this long (a month's keys live about 40 days).
 KEEP_SECONDS = 40 * 86400
 
-_RESERVE = """
--- ARGV: request id, estimate, now, ttl, keep (ms), n, lease id, lease ttl; then per
--- budget: limit, '1' if it blocks, the lease wanted, the part of the lease not in use.
--- Returns per budget: spend, what else is held (for the decision), the lease granted
--- now, the lease Redis holds, and what others hold (reservations and leases).
-local rid, estimate, now, ttl, keep, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local lease_rid, lease_ttl = ARGV[7], tonumber(ARGV[8])
-local out, blocked, state = {}, false, {}
-for i = 1, n do
-  local spend, held, expiry, total = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
-  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do
-    local amount = redis.call('HGET', held, gone)
-    if amount then redis.call('DECRBY', total, amount); redis.call('HDEL', held, gone) end
-    redis.call('ZREM', expiry, gone)
-  end
-  local spent = 0
-  for _, v in ipairs(redis.call('HVALS', spend)) do spent = spent + tonumber(v) end
-  local mine = tonumber(redis.call('HGET', held, rid) or '0')
-  local lease = tonumber(redis.call('HGET', held, lease_rid) or '0')
-  local others = tonumber(redis.call('GET', total) or '0') - mine - lease
-  local limit, blocks = tonumber(ARGV[5 + 4*i]), ARGV[6 + 4*i] == '1'
-  -- The lease's idle part is this call's to use: only what is in use counts against it.
-  local held_else = others + lease - math.min(tonumber(ARGV[8 + 4*i]), lease)
-  if mine == 0 and blocks and spent + held_else + estimate > limit then blocked = true end
-  state[i] = {spent, others, lease, limit, blocks, tonumber(ARGV[7 + 4*i])}
-  out[5*i-4], out[5*i-3], out[5*i-2], out[5*i-1], out[5*i] = tostring(spent), tostring(held_else), '0', tostring(lease), tostring(others)
-end
-if not blocked and estimate > 0 then
-  for i = 1, n do
-    local held, expiry, total = KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
-    if redis.call('HSETNX', held, rid, estimate) == 1 then redis.call('INCRBY', total, estimate) end
-    redis.call('ZADD', expiry, now + ttl, rid)
-    local spent, others, lease, limit, blocks, want = unpack(state[i])
-    if want > lease then
-      local grant = want - lease
-      if blocks then grant = math.min(grant, math.floor((limit - spent - others - lease - estimate) / 4)) end
-      if grant > 0 then
-        redis.call('HINCRBY', held, lease_rid, grant)
-        redis.call('INCRBY', total, grant)
-        lease = lease + grant
-        out[5*i-2], out[5*i-1] = tostring(grant), tostring(lease)
-      end
-    end
-    if lease > 0 then redis.call('ZADD', expiry, now + lease_ttl, lease_rid) end
-    for _, key in ipairs({KEYS[4*i-3], held, expiry, total}) do redis.call('PEXPIRE', key, keep) end
-  end
-end
-return out
-"""
-
-_SETTLE = """
--- Calls that ended, and leases given back, in order. KEYS: per entry, per budget:
--- spend, held, expiry, total. ARGV: contributor, keep (ms), a lease's new expiry, then
--- per entry: the request id (or lease id), how much to take off it ('' for all of it),
--- its number of budgets, and per budget this contributor's spend to set, or ''.
--- Returns per entry, per budget: its spend (all contributors) and all it holds.
-local contributor, keep, lease_until = ARGV[1], ARGV[2], ARGV[3]
-local a, k, out = 4, 0, {}
-while a <= #ARGV do
-  local rid, take, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  for i = 1, n do
-    local spend, held, expiry, total = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-    local amount = tonumber(redis.call('HGET', held, rid) or '0')
-    local taken = amount
-    if take ~= '' then taken = math.min(amount, tonumber(take)) end
-    if taken > 0 then redis.call('DECRBY', total, taken) end
-    if taken == amount then
-      redis.call('HDEL', held, rid)
-      redis.call('ZREM', expiry, rid)
-    else
-      redis.call('HINCRBY', held, rid, -taken)
-      redis.call('ZADD', expiry, lease_until, rid)
-    end
-    local share = ARGV[a + 2 + i]
-    if share ~= '' then
-      redis.call('HSET', spend, contributor, share)
-      redis.call('PEXPIRE', spend, keep)
-    end
-    local spent = 0
-    for _, v in ipairs(redis.call('HVALS', spend)) do spent = spent + tonumber(v) end
-    out[#out + 1], out[#out + 2] = tostring(spent), redis.call('GET', total) or '0'
-    k = k + 4
-  end
-  a = a + 3 + n
-end
-return out
-"""
 #: Calls that ended are settled together, this long after the first of them: one
 #: script for many calls (each round trip costs this process more CPU than the Lua).
 SETTLE_SECONDS = 0.005
@@ -189,16 +99,6 @@ class Lease:
     idle: Any = None
 
 
-_STANDING = """
--- KEYS: per budget: spend, total. Returns each one's spend (all contributors) and open reservations.
-local out = {}
-for i = 1, #KEYS / 2 do
-  local spent = 0
-  for _, v in ipairs(redis.call('HVALS', KEYS[2*i-1])) do spent = spent + tonumber(v) end
-  out[2*i-1], out[2*i] = tostring(spent), redis.call('GET', KEYS[2*i]) or '0'
-end
-return out
-"""
 
 
 def nano_up(amount: Decimal) -> int:
@@ -329,7 +229,7 @@ class RedisLedger(BudgetLedger):
             request_id, str(estimate_nano), str(now_ms), str(RESERVATION_SECONDS * 1000), str(KEEP_SECONDS * 1000),
             str(len(budgets)), self._lease_id, str(LEASE_SECONDS * 1000),
         ]
-        d = self._command(self._redis.eval(_RESERVE, keys, argv + args))
+        d = self._command(self._redis.eval(redis_scripts.RESERVE, keys, argv + args))
 
         def decided(figures: list[Any]) -> Admission:
             self._recovered()
@@ -467,7 +367,7 @@ class RedisLedger(BudgetLedger):
             return succeed(None)
         lease_until = int(self._clock.seconds() * 1000) + LEASE_SECONDS * 1000
         argv = [self.contributor, str(KEEP_SECONDS * 1000), str(lease_until), *args]
-        return self._command(self._redis.eval(_SETTLE, keys, argv)).addCallbacks(self._settled, self._failed, callbackArgs=(bases,))
+        return self._command(self._redis.eval(redis_scripts.SETTLE, keys, argv)).addCallbacks(self._settled, self._failed, callbackArgs=(bases,))
 
     def replace(self, budgets: list[Budget]) -> None:
         super().replace(budgets)
@@ -505,7 +405,7 @@ class RedisLedger(BudgetLedger):
 
         if not budgets:
             return succeed({"budgets": [], "open_reservations_usd": "0", "shared": True})
-        return self._command(self._redis.eval(_STANDING, keys, [])).addCallbacks(shared, local)
+        return self._command(self._redis.eval(redis_scripts.STANDING, keys, [])).addCallbacks(shared, local)
 
     def publish(self, day: str | None = None) -> Deferred[Any]:
         """
@@ -549,74 +449,3 @@ class RedisLedger(BudgetLedger):
         if self._down:
             self._down = False
             log.info("The shared budget ledger (Redis) is reachable again")
-
-
-def connect(url: str, password: str | None = None, trust_root: Any = None) -> Any:
-    """
-    A lazy, self-reconnecting txredisapi connection for C{redis://} or C{rediss://}
-    (TLS, the server's certificate and name verified against C{trust_root}, the
-    system's CAs if L{None}) URLs: C{redis://[:PASSWORD@]HOST:PORT/DB}.
-    """
-    import txredisapi
-    from twisted.internet import ssl
-
-    parts = urlsplit(url)
-    tls: Any = False
-    if parts.scheme == "rediss":
-        tls = ssl.optionsForClientTLS(parts.hostname or "", trustRoot=trust_root)
-    db = int(parts.path.strip("/") or 0)
-    return txredisapi.lazyConnection(
-        host=parts.hostname or "localhost",
-        port=parts.port or 6379,
-        dbid=db,
-        password=password or (unquote(parts.password) if parts.password else None),
-        ssl_context_factory=tls,
-        connectTimeout=COMMAND_SECONDS,
-        replyTimeout=COMMAND_SECONDS,
-        convertNumbers=False,
-        charset=None,  # replies as bytes: cached answers are binary
-    )
-
-
-class RedisCache(ResponseCache):
-    """
-    The response cache held in Redis (C{--cache-backend redis}), so that instances
-    share hits: keyed and scoped as the in-memory one (L{ResponseCache.key}), each entry
-    one msgpack value with the cache's TTL. Its size is Redis's to bound (its
-    C{maxmemory} and eviction policy); a look-up Redis cannot answer in time is a miss.
-    """
-
-    def __init__(self, redis: Any, secret: bytes, clock: Any, *, ttl: float, sampled: bool, prefix: str = "modeltrack:") -> None:
-        super().__init__(secret, clock, ttl=ttl, sampled=sampled)
-        self._redis = redis
-        self._prefix = prefix + "cache:"
-
-    def get(self, key: bytes) -> Any:
-        def found(value: Any) -> Entry | None:
-            if value is None:
-                self.misses += 1
-                return None
-            code, phrase, headers, body, stored_at, cost, model = msgpack.unpackb(value)
-            self.hits += 1
-            if cost is not None:
-                self.saved += Decimal(cost)
-            return Entry(code, phrase, [(name, list(values)) for name, values in headers], body, stored_at, cost, model)
-
-        def unreachable(failure: Any) -> None:
-            self.misses += 1
-            log_failure(log, "The shared response cache (Redis) did not answer; a miss", failure)
-            return None
-
-        return self._redis.get(self._prefix + key.hex()).addTimeout(COMMAND_SECONDS, self._clock).addCallbacks(
-            found, unreachable
-        )
-
-    def put(self, key: bytes, entry: Entry) -> None:
-        value = msgpack.packb(
-            [entry.code, entry.phrase, entry.headers, entry.body, entry.stored_at, entry.cost_usd, entry.model]
-        )
-        d = self._redis.set(self._prefix + key.hex(), value, expire=max(1, int(self.ttl)))
-        d.addErrback(lambda failure: log_failure(log, "Could not store an answer in the shared cache", failure))
-
-    def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "backend": "redis", "entries": None, "bytes": None}

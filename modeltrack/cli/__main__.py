@@ -1,0 +1,5 @@
+import sys
+
+from modeltrack.cli import main
+
+sys.exit(main())

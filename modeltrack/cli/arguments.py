@@ -1,0 +1,71 @@
+"""
+The arguments several commands share: the data dir, a period, a format, progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from pathlib import Path
+
+DATA_DIR_HELP = "the proxy's data dir [env MODELTRACK_DATA_DIR, default ./data]"
+
+
+def day(value: str) -> str:
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def month(value: str) -> tuple[str, str]:
+    try:
+        first = date.fromisoformat(value + "-01")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a month (YYYY-MM)") from None
+    following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+    return first.isoformat(), following.isoformat()
+
+
+def count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return int(value)
+
+
+def seconds(value: str) -> float:
+    try:
+        found = float(value)
+    except ValueError:
+        found = 0.0
+    if not 0 < found < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return found
+
+
+def add_data_dir(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
+
+
+def add_progress(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="show a progress bar while indexing (default: on a terminal, when over 4 MiB are new)",
+    )
+
+
+def add_period(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--since", type=day, help="first day, inclusive (YYYY-MM-DD)")
+    command.add_argument("--until", type=day, help="last day, exclusive (YYYY-MM-DD)")
+    command.add_argument("--month", type=month, help="a calendar month (YYYY-MM)")
+
+
+def period(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """
+    The days C{--since}, C{--until} and C{--month} name: C{--month} wins.
+    """
+    return args.month if args.month else (args.since, args.until)
+
+
+def add_format(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--format", choices=("table", "csv", "json"), default="table")

@@ -1,0 +1,38 @@
+"""
+C{modeltrack index}: bring the SQLite index up to date, once or (C{--follow}) for as
+long as the proxy that runs it asks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from modeltrack.cli.arguments import add_data_dir, add_progress, seconds
+from modeltrack.cli.output import update_with_progress
+from modeltrack.store import index
+
+
+def add_command(commands: Any) -> None:
+    command = commands.add_parser("index", help="bring the SQLite index up to date")
+    add_data_dir(command)
+    add_progress(command)
+    command.add_argument(
+        "--follow", type=seconds, metavar="SECONDS",
+        help="keep going: update every SECONDS, and at once for each line on stdin (answered "
+        "with a line on stdout once done) until stdin ends; the proxy runs its index this way",
+    )
+    command.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    db = index.connect(args.data_dir)
+    if args.follow:
+        os.nice(10)  # background work: whatever else runs here (the proxy) comes first
+        index.follow(db, args.data_dir, args.follow, sys.stdin.fileno(), sys.stdout.buffer)
+        return 0
+    read = update_with_progress(db, args.data_dir, args.progress)
+    print(f"indexed {read} event lines")
+    return 0

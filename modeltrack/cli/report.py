@@ -1,0 +1,37 @@
+"""
+C{modeltrack report}: spend per group (team, app, feature, model, provider, day, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from modeltrack.cli.arguments import add_data_dir, add_format, add_period, add_progress, period
+from modeltrack.cli.output import TOTAL_COLUMNS, render, update_with_progress
+from modeltrack.store import index, reports
+
+
+def add_command(commands: Any) -> None:
+    command = commands.add_parser("report", help="spend per group")
+    add_data_dir(command)
+    add_progress(command)
+    add_period(command)
+    add_format(command)
+    command.add_argument("--by", default="team", help="group keys, comma-separated: " + ",".join(reports.GROUP_KEYS))
+    command.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    by = [key for key in args.by.split(",") if key]
+    try:
+        reports.check_keys(by)
+    except ValueError as e:
+        print(f"modeltrack: --by: {e}", file=sys.stderr)
+        return 2
+    db = index.connect(args.data_dir)
+    update_with_progress(db, args.data_dir, args.progress)
+    rows = reports.report(db, by, *period(args))
+    sys.stdout.write(render(rows, by + TOTAL_COLUMNS, args.format))
+    return 0

@@ -1,0 +1,37 @@
+"""
+C{modeltrack sessions}: the most expensive sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from modeltrack.cli.arguments import add_data_dir, add_format, add_period, add_progress, count, period
+from modeltrack.cli.output import TOTAL_COLUMNS, render, update_with_progress
+from modeltrack.store import index, reports
+
+COLUMNS = ["session_id", "teams", "models", "first_call", "duration_seconds", *TOTAL_COLUMNS]
+
+
+def add_command(commands: Any) -> None:
+    command = commands.add_parser("sessions", help="the most expensive sessions")
+    add_data_dir(command)
+    add_progress(command)
+    add_period(command)
+    add_format(command)
+    command.add_argument("--top", type=count, default=20, help="how many sessions (default 20)")
+    command.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    db = index.connect(args.data_dir)
+    update_with_progress(db, args.data_dir, args.progress)
+    rows = reports.sessions(db, args.top, *period(args))
+    if args.format != "json":
+        for row in rows:
+            row["models"] = " ".join(row["models"])
+            row["teams"] = " ".join(row["teams"])
+    sys.stdout.write(render(rows, COLUMNS, args.format))
+    return 0

@@ -1,0 +1,226 @@
+"""
+The queries every reader of the index makes (the C{modeltrack} command, the admin API,
+the dashboard): spend per group, the costliest sessions, the month's summary, each
+key's use, the latest events. Sums are exact: picodollars in, decimal strings out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from modeltrack.store.index import PICO
+from modeltrack.store.journal import live_files, segments
+
+#: --by name -> the column (or expression) rows are grouped by. A key is named by its
+#: name in keys.json, or by its fingerprint when it has none.
+GROUP_KEYS = {
+    "team": "team", "app": "app", "feature": "feature", "model": "model", "provider": "provider", "day": "day",
+    "key": "COALESCE(key_name, key_id)", "client": "client",
+}
+
+
+_TOTALS = "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_pico), SUM(saved_pico), SUM(1 - priced)"
+
+
+def _usd(pico: int | None) -> str:
+    return str(Decimal(pico or 0) / PICO)
+
+
+def _totals(record: tuple[Any, ...]) -> dict[str, Any]:
+    requests, tokens_in, tokens_out, cost, saved, unpriced = record
+    return {
+        "requests": requests,
+        "input_tokens": tokens_in or 0,
+        "output_tokens": tokens_out or 0,
+        "cost_usd": _usd(cost),
+        "saved_usd": _usd(saved),
+        "unpriced": unpriced or 0,
+    }
+
+
+def empty_totals() -> dict[str, Any]:
+    return _totals((0, 0, 0, 0, 0, 0))
+
+
+def _between(since: str | None, until: str | None) -> tuple[str, list[str]]:
+    where, params = [], []
+    if since:
+        where.append("day >= ?")
+        params.append(since)
+    if until:
+        where.append("day < ?")
+        params.append(until)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
+def check_keys(by: list[str]) -> None:
+    for key in by:
+        if key not in GROUP_KEYS:
+            raise ValueError(f"unknown --by key {key!r}: use {', '.join(GROUP_KEYS)}")
+
+
+def report(
+    db: sqlite3.Connection, by: list[str], since: str | None = None, until: str | None = None
+) -> list[dict[str, Any]]:
+    """
+    Spend per group between C{since} (inclusive) and C{until} (exclusive), both
+    YYYY-MM-DD; each row has its group keys and requests, tokens, cost_usd, saved_usd,
+    unpriced. The CLI, the admin API and the dashboard all read through here.
+    """
+    check_keys(by)
+    columns = [GROUP_KEYS[key] for key in by]
+    where, params = _between(since, until)
+    query = f"SELECT {', '.join(columns + [_TOTALS])} FROM events{where}"
+    if columns:
+        query += f" GROUP BY {', '.join(columns)} ORDER BY SUM(cost_pico) DESC, {', '.join(columns)}"
+    rows = []
+    for record in db.execute(query, params):
+        totals = _totals(record[len(by):])
+        if totals["requests"]:
+            rows.append({**dict(zip(by, record[: len(by)], strict=True)), **totals})
+    return rows
+
+
+def sessions(
+    db: sqlite3.Connection, top: int, since: str | None = None, until: str | None = None
+) -> list[dict[str, Any]]:
+    """
+    The C{top} most expensive sessions: their calls, models, first and last call and
+    duration in seconds, with the same totals as L{report}.
+    """
+    where, params = _between(since, until)
+    where = (where + " AND" if where else " WHERE") + " session_id IS NOT NULL"
+    query = (
+        f"SELECT session_id, GROUP_CONCAT(DISTINCT model), GROUP_CONCAT(DISTINCT team), "
+        f"MIN(timestamp), MAX(timestamp), {_TOTALS} FROM events{where} "
+        f"GROUP BY session_id ORDER BY SUM(cost_pico) DESC, session_id LIMIT ?"
+    )
+    rows = []
+    for session, models, teams, first, last, *totals in db.execute(query, [*params, top]):
+        started, ended = _instant(first), _instant(last)
+        rows.append({
+            "session_id": session,
+            "models": sorted((models or "").split(",")) if models else [],
+            "teams": sorted(teams.split(",")) if teams else [],
+            "first_call": first,
+            "last_call": last,
+            "duration_seconds": round((ended - started).total_seconds(), 3),
+            **_totals(tuple(totals)),
+        })
+    return rows
+
+
+def _instant(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+
+
+def month_bounds(day: date) -> tuple[str, str]:
+    """
+    The first day of C{day}'s month and of the next, as YYYY-MM-DD.
+    """
+    first = day.replace(day=1)
+    following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+    return first.isoformat(), following.isoformat()
+
+
+def summary(db: sqlite3.Connection, today: date, since: str | None = None, until: str | None = None) -> dict[str, Any]:
+    """
+    Spend today and in a period (UTC days C{since} inclusive to C{until} exclusive;
+    this month if not given), per day of the period, and a projection to its end at
+    its daily average so far (a past period's projection is its total). Read through
+    L{report} like every other figure. (C{month} and C{month_totals} name the period.)
+    """
+    first, following = month_bounds(today)
+    if since is not None or until is not None:
+        first = since or first
+        following = until or following
+    days = report(db, ["day"], first, following)
+    days.sort(key=lambda row: row["day"])
+    period = report(db, [], first, following)
+    empty = empty_totals()
+    period_totals = period[0] if period else empty
+    today_totals = report(db, [], today.isoformat(), (today + timedelta(days=1)).isoformat())
+    start, end = date.fromisoformat(first), date.fromisoformat(following)
+    length = max((end - start).days, 1)
+    elapsed = min(max((today - start).days + 1, 1), length)
+    projection = Decimal(period_totals["cost_usd"]) / elapsed * length
+    return {
+        "today": today.isoformat(),
+        "month": first[:7],
+        "since": first,
+        "until": following,
+        "today_totals": today_totals[0] if today_totals else empty,
+        "month_totals": period_totals,
+        "projected_month_usd": str(projection.quantize(Decimal("0.000001"))),
+        "by_day": days,
+    }
+
+
+def key_usage(db: sqlite3.Connection, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+    """
+    Spend per key (named by its keys.json name, else its fingerprint) between C{since}
+    and C{until}, with its fingerprints and its last call, most expensive first.
+    """
+    where, params = _between(since, until)
+    query = (
+        f"SELECT COALESCE(key_name, key_id) AS k, key_name, GROUP_CONCAT(DISTINCT key_id), MAX(timestamp), "
+        f"{_TOTALS} FROM events{where}{' AND' if where else ' WHERE'} k IS NOT NULL "
+        f"GROUP BY k ORDER BY SUM(cost_pico) DESC, k"
+    )
+    rows = []
+    for key, name, key_ids, last, *totals in db.execute(query, params):
+        rows.append({
+            "key": key,
+            "key_name": name,
+            "key_ids": sorted(key_ids.split(",")),
+            "last_call": last,
+            **_totals(tuple(totals)),
+        })
+    return rows
+
+
+def recent(data_dir: Path, limit: int) -> list[dict[str, Any]]:
+    """
+    The last C{limit} events of the log, newest first, read from the end of the live
+    file and then of the newest segments.
+    """
+    found: list[dict[str, Any]] = []
+    for path in live_files(data_dir) + segments(data_dir)[::-1]:
+        for line in _last_lines(path, limit - len(found)):
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+        if len(found) >= limit:
+            break
+    return found
+
+
+def _last_lines(path: Path, count: int, block: int = 1 << 16) -> list[bytes]:
+    """
+    Up to C{count} whole lines from the end of C{path}, last first.
+    """
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return []
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        position, tail = end, b""
+        while position > 0:
+            position = max(0, position - block)
+            f.seek(position)
+            tail = f.read(end - position)
+            if tail.count(b"\n") > count:
+                break
+    lines = tail.split(b"\n")
+    lines.pop()  # after the last newline: empty, or a line still being written
+    if position > 0:
+        lines.pop(0)  # may have started before the block read
+    return [line for line in reversed(lines) if line][:count]
