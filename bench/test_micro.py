@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from modeltrack.accounting import cost_event as events
+from modeltrack.controls.keys import NO_LABELS
 from modeltrack.pricing.prices import Price, PriceBook
 from modeltrack.pricing.usage import Reading, Usage
 from modeltrack.providers import anthropic, openai
@@ -60,7 +61,7 @@ def test_pricing_one_request(benchmark) -> None:
 
 def test_serialising_one_event(benchmark) -> None:
     reading = Reading(USAGE, "claude-sonnet-4-5-20250929", {}, True)
-    labels = {**events.NO_LABELS, "team": "ml", "app": "bot"}
+    labels = {**NO_LABELS, "team": "ml", "app": "bot"}
 
     def build() -> bytes:
         event = events.cost_event(
@@ -87,6 +88,6 @@ def test_counting_one_event_for_metrics(benchmark) -> None:
         timestamp=WHEN, request_id="mt_0123456789abcdef01234567", provider="anthropic",
         endpoint="/v1/messages", requested_model="claude-sonnet-4-5", streaming=True,
         status_code=200, outcome="ok", reading=reading, price=PRICE,
-        latency_ms=812.5, ttfb_ms=210.25, labels={**events.NO_LABELS, "team": "ml"},
+        latency_ms=812.5, ttfb_ms=210.25, labels={**NO_LABELS, "team": "ml"},
     )
     benchmark(metrics.observe, event, Decimal("0.0123"), None, 0.0002)

@@ -1,5 +1,6 @@
 """
-The one place that turns a failure into words for a log line or an error body.
+The one place that turns a failure into words for a log line or an error body, and
+the texts the proxy answers a refused call with.
 
 Exception messages are never used: a request target, a header value, a query string or
 a body can end up inside one (Twisted's URI checks quote the whole target, a parser
@@ -9,7 +10,7 @@ texts, the exception's class name and where it was raised (file, line, function)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError
@@ -34,6 +35,70 @@ _UPSTREAM_REASONS = {
     "ParseError": "the response was not valid HTTP/1.1",
     "ResponseFailed": "the response failed",
 }
+
+
+#: What the proxy answers a call it refuses with: fixed texts, no byte of the request.
+INVALID_TARGET = "the request target holds bytes other than visible ASCII"
+NOT_AN_OPEN_PROXY = "this is not an open proxy"
+UNKNOWN_KEY = "this API key is not listed in modeltrack's keys file, which admits listed keys only"
+NO_TEAM = "modeltrack needs a team for every call: send X-ModelTrack-Team, or use a key whose entry names one"
+NOT_A_JSON_OBJECT = "the request body must be a JSON object"
+LOG_NOT_WRITABLE = "the event log is not writable; no call is made that cannot be recorded"
+
+
+def too_large(max_body: int) -> str:
+    return f"request body is larger than {max_body} bytes"
+
+
+def no_route(method: bytes) -> str:
+    return f"modeltrack has no route for this path and method ({safe_method(method)})"
+
+
+def no_response_headers(seconds: float) -> str:
+    return f"the upstream sent no response headers within {seconds:g} seconds"
+
+
+class UpstreamFailure(NamedTuple):
+    """
+    How a call whose request could not be made is answered and recorded.
+
+    @ivar outcome: the cost event's C{outcome}.
+    @ivar logged: the log line's start, or L{None} when it is not logged.
+    """
+
+    status: int
+    error_type: str
+    message: str
+    outcome: str
+    logged: str | None
+
+
+def upstream_failure(failure: Failure, origin: str, connect_seconds: float) -> UpstreamFailure:
+    """
+    A request to C{origin} failed before any response: in words for the client.
+    """
+    if failure.check(neterror.TimeoutError):
+        message = f"could not connect to {origin} within {connect_seconds:g} seconds"
+        return UpstreamFailure(504, "timeout_error", message, "upstream_timeout", None)
+    if _tls_failure(failure):
+        message = f"the TLS certificate of {origin} could not be verified"
+        return UpstreamFailure(502, "api_error", message, "upstream_tls_error", "Upstream TLS error")
+    message = f"could not reach {origin}: {upstream_reason(failure)}"
+    return UpstreamFailure(502, "api_error", message, "upstream_unreachable", "Upstream unreachable")
+
+
+def _tls_failure(failure: Failure) -> bool:
+    """
+    Did the connection fail because the upstream's certificate was refused (untrusted,
+    expired, or for another hostname)?
+    """
+    from OpenSSL.SSL import Error as SSLError
+    from service_identity import VerificationError
+
+    for reason in getattr(failure.value, "reasons", None) or [failure]:
+        if reason.check(SSLError, VerificationError):
+            return True
+    return False
 
 
 def _innermost(failure: Failure) -> Failure:

@@ -25,7 +25,8 @@ from modeltrack.controls.keys import Keyring
 from modeltrack.controls.routing import Routing
 from modeltrack.observe.stats import Stats
 from modeltrack.pricing.prices import PriceBook
-from modeltrack.web.proxy import ProxyResource, Timeouts
+from modeltrack.web.resource import ProxyResource
+from modeltrack.web.serving import Timeouts
 from modeltrack.web.site import ProxySite
 from modeltrack.web.status import Readiness
 from modeltrack.web.upstream import Upstream

@@ -109,7 +109,7 @@ async def test_results_url_names_the_proxy_as_the_client_called_it(proxy: Any) -
 def test_hostile_result_lines_are_relayed_and_never_break_the_meter() -> None:
     from modeltrack.accounting.batches import ResultsMeter
 
-    meter = ResultsMeter(Watch("anthropic", "results", batch_id="msgbatch_x"))
+    meter = ResultsMeter(Watch("anthropic", "results", batch_id="msgbatch_x"), book=None)  # type: ignore[arg-type]
     good = b'{"custom_id":"ok-1","result":{"type":"succeeded","message":{"model":"claude-sonnet-4-5","usage":{"input_tokens":5,"output_tokens":1}}}}'
     lines = [
         b'{"usage":' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nested past the parser's depth

@@ -20,7 +20,7 @@ def exchange_timers(h: Harness) -> list[object]:
     """
     Timers the pipeline left behind (the Site's own clock-tick call is not one).
     """
-    return [c for c in h.clock.getDelayedCalls() if type(getattr(c.func, "__self__", None)).__name__ == "Exchange"]
+    return [c for c in h.clock.getDelayedCalls() if type(getattr(c.func, "__self__", None)).__name__ in ("Exchange", "Relay")]
 
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -282,13 +282,13 @@ def test_drain_waits_then_aborts() -> None:
 
 
 def test_a_pipeline_bug_still_ends_the_request_with_an_event(monkeypatch) -> None:
-    import modeltrack.web.proxy as proxy_module
+    import modeltrack.web.relay as relay_module
 
     def broken(*args: object) -> None:
         raise RuntimeError("bug")
 
     h = Harness()
-    monkeypatch.setattr(proxy_module, "for_client", broken)
+    monkeypatch.setattr(relay_module, "for_client", broken)  # the response head's headers
     _, transport = h.send("POST", "/v1/chat/completions", CHAT)
     h.agent.calls[0].deferred.callback(FakeResponse(200, JSON))
     assert transport.disconnected

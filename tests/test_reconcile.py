@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from modeltrack.accounting import cost_event as events
-from modeltrack.controls.keys import Caller, KeyEntry
+from modeltrack.controls.keys import NO_LABELS, Caller, KeyEntry
 from modeltrack.pricing.prices import PriceBook
 from modeltrack.pricing.usage import Reading
 from modeltrack.providers import anthropic, openai
@@ -55,7 +55,7 @@ def write_events(data_dir: Path, calls: list[tuple[str, str, Reading, KeyEntry |
             event = events.cost_event(
                 timestamp=when, request_id=f"mt_{i:024x}", provider=provider, endpoint="/v1/x", requested_model=None,
                 model=reading.model, streaming=False, status_code=200, outcome=events.Outcome.OK, reading=reading,
-                price=price, latency_ms=1.0, ttfb_ms=1.0, labels=events.NO_LABELS,
+                price=price, latency_ms=1.0, ttfb_ms=1.0, labels=NO_LABELS,
                 caller=Caller(key.key_id if key else None, key, "other"),
             )
             event["cache_hit"] = hit

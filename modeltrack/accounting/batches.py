@@ -31,13 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from modeltrack.failures import log_failure
 from modeltrack.pricing.usage import Reading, UnreadableUsage, text
 from modeltrack.providers import anthropic, openai
+from modeltrack.providers.meter import IMeter
 
 log = Logger()
 
@@ -134,16 +136,25 @@ def _result(provider: str, line: bytes) -> Result | None:
     return Result(custom_id, status if type(status) is int else 200, slim)
 
 
+#: What a claim of results gives: the batch, the endpoint it ran, the results never
+#: recorded before.
+Claimed = tuple[str, str, list[Result]]
+
+
+@implementer(IMeter)
 class ResultsMeter:
     """
     Relays a results file unchanged and keeps each whole line that reports usage.
     """
 
-    strips = False
+    rewrites = False
     ended = False
+    one_body = False
+    body = None
 
-    def __init__(self, watching: Watch) -> None:
+    def __init__(self, watching: Watch, book: BatchBook) -> None:
         self.watching = watching
+        self._book = book
         self.reading = Reading()
         self.results: list[Result] = []
         self._partial: list[bytes] = []
@@ -186,18 +197,28 @@ class ResultsMeter:
         if result is not None:
             self.results.append(result)
 
+    def told(self) -> Deferred[Claimed | None]:
+        """
+        The results read, claimed in the book: those never recorded before.
+        """
+        return self._book.claim(self.watching, self.results) if self.results else succeed(None)
 
+
+@implementer(IMeter)
 class ObjectsMeter:
     """
     Relays OpenAI batch objects unchanged and keeps the body, to learn which output
     file holds which batch's results.
     """
 
-    strips = False
+    rewrites = False
     ended = False
+    one_body = False
+    body = None
 
-    def __init__(self, watching: Watch) -> None:
+    def __init__(self, watching: Watch, book: BatchBook) -> None:
         self.watching = watching
+        self._book = book
         self.reading = Reading()
         self._chunks: list[bytes] = []
         self._size = 0
@@ -210,6 +231,13 @@ class ObjectsMeter:
 
     def close(self) -> bytes:
         return b""
+
+    def told(self) -> Deferred[Claimed | None]:
+        """
+        Which output file holds which batch's results, learned in the book; no results.
+        """
+        outputs = self.outputs()
+        return self._book.learn(outputs).addCallback(lambda _: None) if outputs else succeed(None)
 
     def outputs(self) -> list[tuple[str, str, str]]:
         """
@@ -240,7 +268,7 @@ class ResultsUrlMeter(ObjectsMeter):
     path instead; the rest of the body is relayed as it came.
     """
 
-    strips = True  # the body changes: it is sent at its end, with its new length
+    rewrites = True  # the body changes: it is sent at its end, with its new length
 
     def feed(self, chunk: bytes) -> bytes:
         super().feed(chunk)
@@ -263,10 +291,16 @@ class ResultsUrlMeter(ObjectsMeter):
         return json.dumps(obj).encode() if changed else body
 
 
-def meter_for(watching: Watch) -> ResultsMeter | ObjectsMeter:
+BatchMeter = ResultsMeter | ObjectsMeter
+
+
+def meter_for(watching: Watch, book: BatchBook) -> BatchMeter:
+    """
+    The meter for an answer about a batch, which tells C{book} what it read.
+    """
     if watching.kind == "results":
-        return ResultsMeter(watching)
-    return ResultsUrlMeter(watching) if watching.kind == "urls" else ObjectsMeter(watching)
+        return ResultsMeter(watching, book)
+    return ResultsUrlMeter(watching, book) if watching.kind == "urls" else ObjectsMeter(watching, book)
 
 
 def reading_of(endpoint: str, result: Result) -> Reading:
@@ -320,7 +354,7 @@ class BatchBook:
     def learn(self, outputs: list[tuple[str, str, str]]) -> Deferred[Any]:
         return self._in_thread(self._learn, outputs)
 
-    def claim(self, watching: Watch, results: list[Result]) -> Deferred[tuple[str, str, list[Result]] | None]:
+    def claim(self, watching: Watch, results: list[Result]) -> Deferred[Claimed | None]:
         """
         The batch, its endpoint and the results never recorded before (now marked as
         recorded); L{None} if the file is no batch's output this install knows of.
@@ -357,7 +391,7 @@ class BatchBook:
                     return batch_id, endpoint
         return None
 
-    def _claim(self, watching: Watch, results: list[Result]) -> tuple[str, str, list[Result]] | None:
+    def _claim(self, watching: Watch, results: list[Result]) -> Claimed | None:
         if watching.batch_id is not None:
             batch_id, endpoint = watching.batch_id, "/v1/messages"
         else:

@@ -13,10 +13,9 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from twisted.web.http_headers import Headers
 
 from modeltrack.controls.gate import NO_CONTROLS
-from modeltrack.controls.keys import NO_CALLER, Caller, KeyEntry
+from modeltrack.controls.keys import NO_CALLER, Caller
 from modeltrack.pricing.prices import Price
 from modeltrack.pricing.usage import Reading, Usage
 
@@ -36,45 +35,6 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     SHUTDOWN = "shutdown"
     PROXY_ERROR = "proxy_error"
-
-
-#: Request header → event field. Values are labels chosen by the caller.
-ATTRIBUTION_HEADERS = (
-    (b"x-modeltrack-team", "team"),
-    (b"x-modeltrack-app", "app"),
-    (b"x-modeltrack-feature", "feature"),
-    (b"x-modeltrack-session-id", "session_id"),
-    (b"x-modeltrack-trace-id", "trace_id"),
-    (b"x-modeltrack-customer-tier", "customer_tier"),
-    (b"x-modeltrack-prompt-template", "prompt_template"),
-)
-LABEL_LIMIT = 128
-NO_LABELS: dict[str, str | None] = {field: None for _, field in ATTRIBUTION_HEADERS}
-#: Removed from labels: Unicode's control characters (category Cc: C0, DEL and C1,
-#: U+0085 among them) and its line and paragraph separators (Zl, Zp), which many
-#: readers take for line breaks.
-_CONTROL = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029], None)
-
-def attribution(headers: Headers, key: KeyEntry | None = None) -> dict[str, str | None]:
-    """
-    The C{X-ModelTrack-*} labels of a request: control characters removed, length
-    bounded, L{None} when absent or empty. A named key's team and app (keys.json) are
-    the call's, whatever its headers say: headers fill only what the entry leaves out.
-    """
-    labels: dict[str, str | None] = {}
-    for header, field in ATTRIBUTION_HEADERS:
-        values = headers.getRawHeaders(header)
-        value = None
-        if values:
-            cleaned = values[-1].decode("utf-8", "replace").translate(_CONTROL).strip()
-            value = cleaned[:LABEL_LIMIT] or None
-        labels[field] = value
-    if key is not None:
-        if key.team is not None:
-            labels["team"] = key.team
-        if key.app is not None:
-            labels["app"] = key.app
-    return labels
 
 
 def cost_event(

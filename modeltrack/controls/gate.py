@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,9 +18,11 @@ from twisted.web.http_headers import Headers
 from modeltrack.controls.alerts import BudgetAlerts
 from modeltrack.controls.budgets import Admission, BudgetLedger, BudgetStatus, Who, day_of
 from modeltrack.controls.cache import Entry, ResponseCache
+from modeltrack.controls.keys import Caller
 from modeltrack.controls.routing import RouteAction, Routing, RoutingStats, Rule
 from modeltrack.pricing.prices import Price, PriceBook
 from modeltrack.pricing.usage import Usage, limit_from
+from modeltrack.providers.dialect import Endpoint
 
 #: Output tokens reserved for a call that names no maximum.
 DEFAULT_RESERVED_OUTPUT_TOKENS = 4096
@@ -118,6 +120,13 @@ NO_TICKET = Ticket()
 
 
 class Gate:
+    """
+    Where the controls meet a call: L{admit} before it is forwarded (routing, the
+    cache, budget reservations), L{settle} and L{store} at its end. The prices are
+    here too, since budgets reserve a call's worst case and routing counts what a
+    downgrade saved.
+    """
+
     def __init__(
         self,
         prices: PriceBook,
@@ -139,29 +148,31 @@ class Gate:
         self.cache = cache
 
     @property
-    def idle(self) -> bool:
+    def has_controls(self) -> bool:
         """
-        No control is configured: calls need no admission.
+        A budget, routing or the cache is configured: each metered call is admitted
+        (otherwise it is forwarded with no admission at all).
         """
-        return not self.ledger.budgets and self.routing is None and self.cache is None
+        return bool(self.ledger.budgets) or self.routing is not None or self.cache is not None
 
     def admit(
         self,
-        provider: str,
-        path: str,
+        endpoint: Endpoint,
         body: dict[str, Any],
         raw_body: bytes,
         headers: Headers,
-        who: Who,
-        now: datetime,
-        request_id: str = "",
-        tenant: str | None = None,
+        caller: Caller,
+        request_id: str,
+        seconds: float,
     ) -> Ticket | Deferred[Ticket]:
         """
-        Decide a metered call before it is forwarded. May rewrite C{body}'s model (a
-        downgrade), in which case C{ticket.body} holds the bytes to send instead. A
-        shared ledger answers later: then a L{Deferred} of the ticket.
+        Decide a metered call to C{endpoint} before it is forwarded, at C{seconds}
+        since the epoch. May rewrite C{body}'s model (a downgrade), in which case
+        C{ticket.body} holds the bytes to send instead. A shared ledger answers later:
+        then a L{Deferred} of the ticket.
         """
+        provider, path, who, tenant = endpoint.provider, endpoint.path, caller.who, caller.key_id
+        now = datetime.fromtimestamp(seconds, UTC)
         ticket = Ticket()
         day = day_of(now)
         budgets = self.ledger.matching(who)

@@ -24,7 +24,8 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.web.http_headers import Headers
 
-from modeltrack.controls.budgets import ConfigFileError
+from modeltrack.controls.budgets import NO_ONE, ConfigFileError, Who
+from modeltrack.failures import NO_TEAM, UNKNOWN_KEY
 from modeltrack.store.datadir import FILE_MODE, STATE_DIR_MODE, write_atomically
 
 KEYS_FILE = "keys.json"
@@ -242,15 +243,58 @@ def save_keys(path: Path, book: KeyBook) -> None:
     write_atomically(path, (json.dumps(book.as_json(), indent=2) + "\n").encode(), FILE_MODE)
 
 
+#: Request header → event field. Values are labels chosen by the caller.
+ATTRIBUTION_HEADERS = (
+    (b"x-modeltrack-team", "team"),
+    (b"x-modeltrack-app", "app"),
+    (b"x-modeltrack-feature", "feature"),
+    (b"x-modeltrack-session-id", "session_id"),
+    (b"x-modeltrack-trace-id", "trace_id"),
+    (b"x-modeltrack-customer-tier", "customer_tier"),
+    (b"x-modeltrack-prompt-template", "prompt_template"),
+)
+LABEL_LIMIT = 128
+NO_LABELS: dict[str, str | None] = {name: None for _, name in ATTRIBUTION_HEADERS}
+#: Removed from labels: Unicode's control characters (category Cc: C0, DEL and C1,
+#: U+0085 among them) and its line and paragraph separators (Zl, Zp), which many
+#: readers take for line breaks.
+_CONTROL = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029], None)
+
+
+def attribution(headers: Headers, key: KeyEntry | None = None) -> dict[str, str | None]:
+    """
+    The C{X-ModelTrack-*} labels of a request: control characters removed, length
+    bounded, L{None} when absent or empty. A named key's team and app (keys.json) are
+    the call's, whatever its headers say: headers fill only what the entry leaves out.
+    """
+    labels: dict[str, str | None] = {}
+    for header, name in ATTRIBUTION_HEADERS:
+        values = headers.getRawHeaders(header)
+        value = None
+        if values:
+            cleaned = values[-1].decode("utf-8", "replace").translate(_CONTROL).strip()
+            value = cleaned[:LABEL_LIMIT] or None
+        labels[name] = value
+    if key is not None:
+        if key.team is not None:
+            labels["team"] = key.team
+        if key.app is not None:
+            labels["app"] = key.app
+    return labels
+
+
 class Caller(NamedTuple):
     """
     Who made one call: the key's fingerprint (L{None} without a key), its entry in
-    the keys file if named there, and the calling program. (A tuple: one per call.)
+    the keys file if named there, the calling program, and, for a call that is
+    accounted, its labels and whose budgets it counts under. (A tuple: one per call.)
     """
 
     key_id: str | None
     entry: KeyEntry | None
     client: str
+    labels: dict[str, str | None] = NO_LABELS
+    who: Who = NO_ONE
 
     @property
     def key_name(self) -> str | None:
@@ -280,15 +324,53 @@ class Keyring:
         mac.update(key)
         return "k_" + mac.digest()[:8].hex()
 
-    def identify(self, headers: Headers, names: tuple[bytes, ...], query: bytes = b"", param: bytes | None = None) -> Caller:
+    def caller(
+        self, headers: Headers, target: bytes, credentials: Credentials, *, metered: bool, attributed: bool, signs: bool
+    ) -> tuple[Caller, Refusal | None]:
         """
-        The caller of one request, its key fingerprinted once (the key is not kept).
+        Who is calling with a request (its C{headers} and C{target}; C{credentials}:
+        where its dialect carries a key), and why the keys file refuses the call, if
+        it does (status, error type, message): an unknown key where only named ones may
+        call (the file says so, or the proxy C{signs} with its own credentials), or a
+        C{metered} call with no team where every call needs one. A call that is neither
+        metered nor C{attributed} (a batch's results) is identified only to be refused.
+        """
+        named_only = self.book.unknown_keys is UnknownKeys.DENY or signs
+        found = NO_CALLER
+        if metered or attributed or named_only:
+            names, param = credentials
+            query = target.partition(b"?")[2] if param is not None else b""
+            found = self.identify(headers, names, query, param, metered or attributed)
+        if named_only and found.entry is None:
+            return found, (401, "unknown_key", UNKNOWN_KEY)
+        if metered and self.book.require_team and not found.who.team:
+            return found, (400, "attribution_required", NO_TEAM)
+        return found, None
+
+    def identify(
+        self, headers: Headers, names: tuple[bytes, ...], query: bytes = b"", param: bytes | None = None,
+        attributed: bool = False,
+    ) -> Caller:
+        """
+        Who is calling, from one request: its key fingerprinted once (the key is not
+        kept; C{names} and C{param} are where its dialect carries it), its entry in the
+        keys file, its program, and, if the call is C{attributed} (metered, or a batch
+        result), its labels and whose budgets it counts under.
         """
         key = credential(headers, names, query, param)
         key_id = None if key is None else self.fingerprint(key)
         entry = None if key_id is None else self.book.entries.get(key_id)
         agents = headers.getRawHeaders(b"user-agent")
-        return Caller(key_id, entry, client(agents[-1] if agents else None))
+        program = client(agents[-1] if agents else None)
+        if not attributed:
+            return Caller(key_id, entry, program)
+        labels = attribution(headers, entry)
+        who = Who(labels["team"] or "", labels["app"] or "", labels["feature"] or "", entry.name if entry else "")
+        return Caller(key_id, entry, program, labels, who)
 
 
 NO_CALLER = Caller(None, None, "other")
+#: Where a dialect carries a caller's key: request headers, and a query parameter.
+Credentials = tuple[tuple[bytes, ...], bytes | None]
+#: Why a call is refused: its status, error type and message.
+Refusal = tuple[int, str, str]

@@ -56,7 +56,8 @@ from modeltrack.store.datadir import state_dir, write_atomically
 from modeltrack.store.index_process import Indexer
 from modeltrack.store.journal import Journal, series_of
 from modeltrack.web import fastpath
-from modeltrack.web.proxy import ProxyResource, Timeouts
+from modeltrack.web.resource import ProxyResource
+from modeltrack.web.serving import Timeouts
 from modeltrack.web.site import ProxySite
 from modeltrack.web.status import Readiness
 from modeltrack.web.tls import ReloadableServerTLS

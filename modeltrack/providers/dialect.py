@@ -8,15 +8,16 @@ in L{modeltrack.providers.registry}, and its tests.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.web.http_headers import Headers
 
 from modeltrack.pricing.usage import Reading, text
-from modeltrack.providers.meter import FrameMeter, SSEMeter
+from modeltrack.providers.meter import BodyMeter, FrameMeter, IMeter, RelayOnly, SSEMeter
 
 
 def model_and_stream(body: dict[str, Any]) -> tuple[str | None, bool]:
@@ -49,6 +50,26 @@ def relayed_endpoint(dialect: Dialect, method: bytes, path: str, segments: int) 
     """
     route = "/".join(path.split("/")[: segments + 1])
     return Endpoint(dialect.name, route, dialect.error_body, method=method, metered=False)
+
+
+class CallRequest(NamedTuple):
+    """
+    A metered request, read once.
+
+    @ivar body: its JSON object.
+    @ivar data: the bytes to forward: the client's, or the body rewritten to ask for
+        usage the client did not ask for.
+    @ivar model: the model it asks for (the path's, where the path names one).
+    @ivar streaming: it asks for a stream.
+    @ivar asked_for_usage: the proxy asked for the usage: the provider's usage report
+        is read, and kept from the client.
+    """
+
+    body: dict[str, Any]
+    data: bytes
+    model: str | None
+    streaming: bool
+    asked_for_usage: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +120,37 @@ class Endpoint:
 
     def error_body(self, error_type: str, message: str) -> dict[str, Any]:
         return self.errors(error_type, message)
+
+    def meter_for(self, content_type: bytes, strip: bool) -> IMeter:
+        """
+        The meter for an answer of C{content_type} (C{strip}: the proxy asked for the
+        usage, which is kept from the client).
+        """
+        if not self.metered:
+            return RelayOnly()
+        if self.stream_meter is not None and content_type.startswith(self.stream_type):
+            return self.stream_meter(strip=strip)
+        if self.read_body is not None:
+            return BodyMeter(self.read_body)
+        return RelayOnly()
+
+    def read_call(self, data: bytes) -> CallRequest | None:
+        """
+        The model and stream flag of a request body; for a stream, the body asks for
+        its usage if the client did not. L{None} if the body is not a JSON object.
+        """
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict):
+            return None
+        model, streaming = self.read_request(obj)
+        streaming = streaming or self.streams
+        asked = streaming and self.ask_for_usage is not None and self.ask_for_usage(obj)
+        if asked:
+            data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        return CallRequest(obj, data, self.model if self.model is not None else model, streaming, asked)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """
 Usage meters: fed every response chunk on its way to the client, they return the bytes
-to relay and keep a L{Reading} of what the provider reported.
+to relay and keep a L{Reading} of what the provider reported. Every meter provides
+L{IMeter}; the relay asks it what it needs to know, never what class it is.
 
 Meters never raise into the relay: a provider sending malformed JSON where usage should
 be is logged and leaves the reading incomplete, while the bytes still flow.
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
 
 from modeltrack.failures import log_failure
 from modeltrack.pricing.usage import Reading, UnreadableUsage, text
@@ -33,6 +35,42 @@ BODY_KEEP_LIMIT = 64 << 20
 DROP = object()
 
 
+class IMeter(Interface):
+    """
+    Reads usage out of one response body as it is relayed.
+    """
+
+    reading = Attribute("The L{Reading} of what the provider reported so far.")
+    ended = Attribute(
+        "True once the stream's own end marker has been read (and so relayed): the answer is "
+        "complete whoever closes first."
+    )
+    rewrites = Attribute(
+        "True if the bytes relayed may differ from the bytes received (events kept from the "
+        "client, a body rewritten): the provider's Content-Length does not hold, and close() "
+        "may return bytes held back."
+    )
+    one_body = Attribute(
+        "True for an answer that is one JSON body, complete only at its last byte: under "
+        "--fsync always its last chunk is held back until its event is on disk."
+    )
+    body = Attribute(
+        "For a one_body meter, once closed: the whole body (what a response cache may keep). "
+        "None for any other."
+    )
+
+    def feed(chunk: bytes) -> bytes:
+        """
+        The bytes to relay for C{chunk} (itself, or less: never raises).
+        """
+
+    def close() -> bytes:
+        """
+        The body has ended: the bytes still to relay (a tail held back), if any.
+        """
+
+
+@implementer(IMeter)
 class BodyMeter:
     """
     Meters a non-streaming JSON response: the body is kept, and decoded once, when
@@ -40,8 +78,9 @@ class BodyMeter:
     a long completion takes a while, and the client need not wait for it).
     """
 
-    strips = False
+    rewrites = False
     ended = False
+    one_body = True
 
     def __init__(self, read_body: Callable[[dict[str, Any]], Reading]) -> None:
         self._read_body = read_body
@@ -89,6 +128,7 @@ class BodyMeter:
         return Reading()
 
 
+@implementer(IMeter)
 class SSEMeter:
     """
     Meters an event stream. Subclasses implement L{on_event}, called only for events
@@ -99,9 +139,11 @@ class SSEMeter:
     """
 
     ended = False
+    one_body = False
+    body = None
 
     def __init__(self, strip: bool = False) -> None:
-        self.strips = strip
+        self.rewrites = strip
         self._parser = SSEParser(keep_raw=strip)
         self.reading = Reading()
 
@@ -125,7 +167,7 @@ class SSEMeter:
             # Whole events, none of which carries usage: relay them without parsing.
             return chunk
         events = self._parser.feed(chunk)
-        if not self.strips:
+        if not self.rewrites:
             for event in events:
                 self._handle(event.name, event.data)
             return chunk
@@ -134,7 +176,7 @@ class SSEMeter:
 
     def close(self) -> bytes:
         tail = self._parser.close()
-        return tail if self.strips else b""
+        return tail if self.rewrites else b""
 
     def _handle(self, name: bytes, data: bytes) -> object:
         if not data:
@@ -149,6 +191,7 @@ class SSEMeter:
             return None
 
 
+@implementer(IMeter)
 class FrameMeter:
     """
     Meters an AWS event stream (L{modeltrack.providers.aws_eventstream}): every chunk is relayed as
@@ -158,8 +201,10 @@ class FrameMeter:
     C{invalid_event_stream}: the call is a C{stream_error}), never the relay.
     """
 
-    strips = False
+    rewrites = False
     ended = False
+    one_body = False
+    body = None
 
     def __init__(self, strip: bool = False) -> None:
         self._parser = EventStreamParser()
@@ -201,13 +246,16 @@ class FrameMeter:
             log_failure(log, "Could not read usage from an event-stream frame")
 
 
+@implementer(IMeter)
 class RelayOnly:
     """
     The meter for unmetered routes: relays bytes, reads nothing.
     """
 
-    strips = False
+    rewrites = False
     ended = False
+    one_body = False
+    body = None
 
     def __init__(self) -> None:
         self.reading = Reading()

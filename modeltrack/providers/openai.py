@@ -150,7 +150,7 @@ class ChatStreamMeter(SSEMeter):
             reading.usage = chat_usage(raw)
             served(reading, obj)
             reading.final = True
-            if self.strips and obj.get("choices") == []:
+            if self.rewrites and obj.get("choices") == []:
                 return DROP
         return None
 

@@ -5,6 +5,7 @@ whose access log never holds a query string, a header or a body.
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Callable
 from io import BytesIO
@@ -23,6 +24,10 @@ from modeltrack.web.status import STATUS_PATHS
 from modeltrack.web.writethrough import _WriteThroughServer, write_through
 
 DEFAULT_MAX_BODY = 32 << 20
+#: Methods whose requests carry a body (any other may come with one).
+_WITH_BODY = frozenset((b"POST", b"PUT", b"PATCH"))
+#: A Host header that may go into a URL given back to its client.
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 #: Module level: a Logger that is a class attribute takes its class's name as namespace.
 access_logger = Logger(namespace="modeltrack.access")
 
@@ -52,6 +57,28 @@ class ProxyRequest(server.Request):
         track = channel.site.track
         if track is not None:
             track(self)
+
+    @property
+    def has_body(self) -> bool:
+        """
+        Its method carries a body to forward (any other does if it came with one).
+        """
+        return self.method in _WITH_BODY or self.content.tell() > 0
+
+    def base_url(self, api_path: str) -> str | None:
+        """
+        The proxy's URL as this client called it, up to C{api_path} (where the path
+        ends with it); L{None} if its Host header is not a plain host.
+        """
+        host = (self.requestHeaders.getRawHeaders(b"host") or [b""])[0].decode("latin-1")
+        if _HOST.fullmatch(host) is None:
+            return None
+        path = self.path.decode("latin-1")
+        prefix = path[: len(path) - len(api_path)] if path.endswith(api_path) else ""
+        # Behind a TLS-terminating balancer the client called https: it says so.
+        forwarded = (self.requestHeaders.getRawHeaders(b"x-forwarded-proto") or [b""])[-1].strip().lower()
+        scheme = forwarded.decode() if forwarded in (b"http", b"https") else "https" if self.isSecure() else "http"
+        return f"{scheme}://{host}{prefix}"
 
     def gotLength(self, length: int | None) -> None:
         site: ProxySite = self.channel.site
