@@ -16,8 +16,8 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.web.server import Site
 
-from modeltrack.ops.options import Settings
 from modeltrack.ops.service import ModeltrackService
+from modeltrack.ops.settings import Settings
 from tests.fakes import FakeUpstream
 
 
@@ -99,13 +99,32 @@ def upstream(reactor: Any) -> Any:
     pytest_twisted.blockon(port.stopListening())
 
 
-def start_proxy(reactor: Any, data_dir: Path, upstream_url: str, **overrides: Any) -> Proxy:
+#: A provider's origin as start_proxy takes it (a keyword per option), and its name.
+PROVIDER_URLS = {
+    "openai_url": "openai", "anthropic_url": "anthropic", "azure_url": "azure", "bedrock_url": "bedrock",
+    "gemini_url": "google", "vertex_url": "vertex",
+}
+
+
+def start_proxy(reactor: Any, data_dir: Path, upstream_url: str, dialects: Any = None, **overrides: Any) -> Proxy:
+    """
+    The proxy on a port of its own, OpenAI and Anthropic at C{upstream_url}; each
+    C{<option>_url} keyword is that provider's origin, C{bedrock_region} and
+    C{bedrock_sign} Bedrock's region and signing, the rest L{Settings} fields.
+    """
+    urls = {"openai": upstream_url, "anthropic": upstream_url}
+    urls.update({PROVIDER_URLS[key]: overrides.pop(key) for key in list(overrides) if key in PROVIDER_URLS})
+    regions = {"bedrock": overrides.pop("bedrock_region")} if "bedrock_region" in overrides else {}
+    signing = frozenset({"bedrock"} if overrides.pop("bedrock_sign", False) else ())
     settings = Settings(
         listen=("tcp:0:interface=127.0.0.1",),
         data_dir=data_dir,
-        **{"openai_url": upstream_url, "anthropic_url": upstream_url, "access_log": True, **overrides},
+        urls=urls,
+        regions=regions,
+        signing=signing,
+        **{"access_log": True, **overrides},
     )
-    service = ModeltrackService(settings, reactor)
+    service = ModeltrackService(settings, reactor) if dialects is None else ModeltrackService(settings, reactor, dialects)
     service.startService()
     port = service.ports[0].getHost().port
     return Proxy(service, f"http://127.0.0.1:{port}", data_dir)

@@ -273,8 +273,8 @@ def test_bedrock_options(capsys: Any) -> None:
         with pytest.raises(SystemExit):
             settings(*argv)
         assert capsys.readouterr().err.startswith("modeltrack: " + problem)
-    assert settings("--bedrock-region", "eu-west-1").bedrock_url == "https://bedrock-runtime.eu-west-1.amazonaws.com"
-    assert settings().bedrock_url is None  # no Bedrock routes unless asked
+    assert settings("--bedrock-region", "eu-west-1").urls["bedrock"] == "https://bedrock-runtime.eu-west-1.amazonaws.com"
+    assert "bedrock" not in settings().urls  # no Bedrock routes unless asked
 
 
 def test_sign_mode_without_botocore_says_what_to_install(monkeypatch: Any, capsys: Any) -> None:

@@ -70,7 +70,9 @@ def test_a_twisted_without_the_fast_path_s_internals_gets_the_public_api(
     observe = lambda event: logged.append(formatEvent(event) or "")  # noqa: E731
     globalLogPublisher.addObserver(observe)
     try:
-        settings = Settings(listen=("tcp:0:interface=127.0.0.1",), data_dir=tmp_path, openai_url="http://127.0.0.1:9", anthropic_url="http://127.0.0.1:9")
+        settings = Settings(
+            listen=("tcp:0:interface=127.0.0.1",), data_dir=tmp_path, urls={"openai": "http://127.0.0.1:9", "anthropic": "http://127.0.0.1:9"}
+        )
         service = ModeltrackService(settings, reactor)
     finally:
         globalLogPublisher.removeObserver(observe)

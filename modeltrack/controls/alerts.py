@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from modeltrack.controls.budgets import Budget
+from modeltrack.controls.budgets import Budget, BudgetAction
 from modeltrack.failures import upstream_reason
 
 log = Logger()
@@ -79,7 +79,7 @@ class BudgetAlerts:
             self._sent.add((budget.scope, period, lower))
         percent = spend * 100 / budget.limit if budget.limit else Decimal(100)
         what = "reached its limit" if level == "limit" else f"passed {budget.warn_at_percent}% of its limit"
-        if level == "limit" and budget.action == "block":
+        if level == "limit" and budget.action is BudgetAction.BLOCK:
             what += "; calls that would exceed it are refused"
         payload = {
             "text": (

@@ -25,9 +25,25 @@ from typing import Any, NamedTuple
 
 from twisted.internet.defer import succeed
 
-PERIODS = ("monthly", "daily")
-ACTIONS = ("block", "warn")
 HUNDRED = Decimal(100)
+
+
+class BudgetAction(StrEnum):
+    """
+    What a budget does at its limit.
+    """
+
+    BLOCK = "block"  # refuse a call that would pass it (429)
+    WARN = "warn"  # let it through, with a warning header and an alert
+
+
+class BudgetPeriod(StrEnum):
+    """
+    The period a budget's limit is per (UTC).
+    """
+
+    MONTHLY = "monthly"
+    DAILY = "daily"
 
 
 class ConfigFileError(ValueError):
@@ -63,11 +79,17 @@ class Budget:
     limit: Decimal
     app: str = ""
     feature: str = ""
-    action: str = "block"
-    period: str = "monthly"
+    action: BudgetAction = BudgetAction.BLOCK
+    period: BudgetPeriod = BudgetPeriod.MONTHLY
     warn_at_percent: Decimal = Decimal(80)
     key: str = ""
     everything: bool = False
+
+    def __post_init__(self) -> None:
+        # Given as the text of budgets.json or as members: held as members, so that
+        # every test of them is an identity.
+        object.__setattr__(self, "action", BudgetAction(self.action))
+        object.__setattr__(self, "period", BudgetPeriod(self.period))
 
     @property
     def scope(self) -> str:
@@ -105,7 +127,7 @@ class Budget:
         """
         The period a UTC day (YYYY-MM-DD) falls in, for this budget.
         """
-        return day if self.period == "daily" else day[:7]
+        return day if self.period is BudgetPeriod.DAILY else day[:7]
 
 
 def day_of(when: datetime) -> str:
@@ -195,9 +217,9 @@ def decide(
         percent = (spend + reserved) * HUNDRED / budget.limit if budget.limit else HUNDRED
         if estimate is None:
             status = BudgetStatus.UNPRICED
-        elif budget.action == "block" and spend + reserved + estimate > budget.limit:
+        elif budget.action is BudgetAction.BLOCK and spend + reserved + estimate > budget.limit:
             status = BudgetStatus.BLOCKED
-        elif spend + reserved >= budget.limit and budget.action == "warn":
+        elif spend + reserved >= budget.limit and budget.action is BudgetAction.WARN:
             status = BudgetStatus.OVER
         elif percent >= budget.warn_at_percent:
             status = BudgetStatus.WARNING
@@ -393,12 +415,11 @@ def load_budgets(path: Path) -> list[Budget] | None:
             raise ConfigFileError(f"{where}: app and feature narrow a team's budget; give its team")
         where = f"{where} ({'all' if scope else f'key {key}' if key else f'team {team}'})"
         limit = _decimal(entry.get("monthly_limit", entry.get("limit")), f"{where}: monthly_limit")
-        action = entry.get("action", "block")
-        if action not in ACTIONS:
-            raise ConfigFileError(f"{where}: action must be one of {', '.join(ACTIONS)}")
-        period = entry.get("period", "monthly")
-        if period not in PERIODS:
-            raise ConfigFileError(f"{where}: period must be one of {', '.join(PERIODS)}")
+        action, period = entry.get("action", "block"), entry.get("period", "monthly")
+        if action not in set(BudgetAction):
+            raise ConfigFileError(f"{where}: action must be one of {', '.join(BudgetAction)}")
+        if period not in set(BudgetPeriod):
+            raise ConfigFileError(f"{where}: period must be one of {', '.join(BudgetPeriod)}")
         warn_at = _decimal(entry.get("warn_at_percent", 80), f"{where}: warn_at_percent")
         budgets.append(
             Budget(

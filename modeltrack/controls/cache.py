@@ -17,6 +17,7 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,16 @@ from twisted.web.http_headers import Headers
 log = Logger()
 
 NO_CACHE_HEADER = b"x-modeltrack-no-cache"
+
+
+class CacheBackend(StrEnum):
+    """
+    Where C{--cache} keeps answers (C{--cache-backend}).
+    """
+
+    MEMORY = "memory"  # this process's (snapshotted to disk at stop)
+    REDIS = "redis"  # shared by every process and instance
+
 SNAPSHOT_VERSION = 1
 
 

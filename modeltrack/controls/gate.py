@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 
 from modeltrack.controls.alerts import BudgetAlerts
-from modeltrack.controls.budgets import Admission, BudgetLedger, BudgetStatus, Who, day_of
+from modeltrack.controls.budgets import Admission, BudgetLedger, BudgetPeriod, BudgetStatus, Who, day_of
 from modeltrack.controls.cache import Entry, ResponseCache
 from modeltrack.controls.keys import Caller
 from modeltrack.controls.routing import RouteAction, Routing, RoutingStats, Rule
@@ -244,7 +244,7 @@ class Gate:
             ticket.refusal = (
                 "budget_exceeded",
                 f"budget for {refused_by.scope} would be exceeded: limit {refused_by.limit} USD "
-                f"per {refused_by.period[:-2] if refused_by.period == 'monthly' else 'day'}, "
+                f"per {'month' if refused_by.period is BudgetPeriod.MONTHLY else 'day'}, "
                 f"spent {spend.quantize(Decimal('0.000001'))} USD",
             )
         warning = admission.warning

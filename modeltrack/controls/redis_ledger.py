@@ -40,6 +40,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,29 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from modeltrack.controls import redis_scripts
-from modeltrack.controls.budgets import Admission, Budget, BudgetLedger, BudgetStatus, Who, decide, report_row
+from modeltrack.controls.budgets import (
+    Admission,
+    Budget,
+    BudgetAction,
+    BudgetLedger,
+    BudgetStatus,
+    Who,
+    decide,
+    report_row,
+)
 from modeltrack.controls.redis_client import COMMAND_SECONDS
 from modeltrack.failures import log_failure
 
 log = Logger()
+
+class RedisFailure(StrEnum):
+    """
+    What a call under a budget meets while Redis is out of reach (C{--redis-failure}).
+    """
+
+    CLOSED = "closed"  # refused (503): no budget can be overrun
+    OPEN = "open"  # decided by this process's own ledger
+
 
 NANO = Decimal(10) ** 9
 #: How long an unsettled reservation holds (longer than any call: the idle and
@@ -127,11 +146,13 @@ class RedisLedger(BudgetLedger):
     routing and C{--redis-failure open} use.
     """
 
-    def __init__(self, redis: Any, clock: Any, contributor: str, failure: str = "closed", prefix: str = "modeltrack:") -> None:
+    def __init__(
+        self, redis: Any, clock: Any, contributor: str, failure: RedisFailure = RedisFailure.CLOSED, prefix: str = "modeltrack:"
+    ) -> None:
         self._redis = redis
         self._clock = clock
         self.contributor = contributor
-        self._failure = failure
+        self._failure = RedisFailure(failure)
         self._prefix = prefix
         self._down = False
         self._publishing = LoopingCall(self.publish)
@@ -223,7 +244,8 @@ class RedisLedger(BudgetLedger):
             limit = int((budget.limit * NANO).to_integral_value(ROUND_FLOOR))
             lease = self._leases.get(base)
             idle = max(0, lease.granted - lease.used) if lease else 0
-            args += [str(limit), "1" if budget.action == "block" else "0", str(self._lease_wanted(budget, estimate_nano)), str(idle)]
+            blocks = "1" if budget.action is BudgetAction.BLOCK else "0"
+            args += [str(limit), blocks, str(self._lease_wanted(budget, estimate_nano)), str(idle)]
         now_ms = int(self._clock.seconds() * 1000)
         argv = [
             request_id, str(estimate_nano), str(now_ms), str(RESERVATION_SECONDS * 1000), str(KEEP_SECONDS * 1000),
@@ -256,7 +278,7 @@ class RedisLedger(BudgetLedger):
 
         def unreachable(failure: Any) -> Admission:
             self._failed(failure)
-            if self._failure == "open":
+            if self._failure is RedisFailure.OPEN:
                 return super(RedisLedger, self).admit(budgets, estimate, day, request_id)
             admission = Admission()
             admission.unavailable = (

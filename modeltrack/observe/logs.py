@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import IO, Any
 
 from twisted.logger import FileLogObserver, ILogObserver, formatEvent
@@ -67,8 +68,17 @@ def _text_line(event: dict[str, Any]) -> str:
     return f"{_time(event)} [{namespace}#{level.name if level else 'info'}] {_message(event)}\n"
 
 
-def observer(log_format: str, out: IO[str]) -> ILogObserver:
+class LogFormat(StrEnum):
     """
-    The process's log observer for C{--log-format} (C{text} or C{json}).
+    How each log event is written (C{--log-format}).
     """
-    return FileLogObserver(out, _json_line if log_format == "json" else _text_line)
+
+    TEXT = "text"  # one line: time, namespace, level, message
+    JSON = "json"  # one flat JSON object per line, for log shippers
+
+
+def observer(log_format: LogFormat, out: IO[str]) -> ILogObserver:
+    """
+    The process's log observer: each event as C{log_format}, to C{out}.
+    """
+    return FileLogObserver(out, _json_line if LogFormat(log_format) is LogFormat.JSON else _text_line)

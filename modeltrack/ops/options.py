@@ -12,96 +12,70 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 from twisted.python import usage
 
+from modeltrack.controls.budgets import BudgetAction
+from modeltrack.controls.cache import CacheBackend
+from modeltrack.controls.redis_ledger import RedisFailure
+from modeltrack.observe.logs import LogFormat
+from modeltrack.ops.settings import ConfigError, Settings
+from modeltrack.providers import compat, registry
+from modeltrack.providers.dialect import Dialect
 from modeltrack.store.datadir import make_data_dir
-from modeltrack.store.journal import FSYNC_POLICIES
+from modeltrack.store.journal import FsyncPolicy
+
+__all__ = ["ConfigError", "Options", "ProxyOptions", "Settings", "options_for", "settings_from"]
+
+StrEnumT = TypeVar("StrEnumT", bound=StrEnum)
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
-DEFAULT_OPENAI_URL = "https://api.openai.com"
-DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_ADMIN_LISTEN = "tcp:8081:interface=127.0.0.1"
 
 
-@dataclass(frozen=True)
-class Settings:
-    listen: tuple[str, ...]
-    data_dir: Path
-    openai_url: str
-    anthropic_url: str
-    #: Azure OpenAI's resource origin; L{None}: no Azure routes.
-    azure_url: str | None = None
-    #: Bedrock's runtime origin (from --bedrock-region or --bedrock-url); L{None}: no Bedrock routes.
-    bedrock_url: str | None = None
-    bedrock_region: str | None = None
-    #: Sign Bedrock calls with the proxy's own AWS credentials (SigV4).
-    bedrock_sign: bool = False
-    #: The shared ledger's Redis (redis:// or rediss://); L{None}: budgets in this process.
-    redis_url: str | None = None
-    redis_password: str | None = None
-    redis_failure: str = "closed"
-    #: Where the response cache lives: this process's memory, or Redis (shared).
-    cache_backend: str = "memory"
-    #: An OTLP/HTTP collector's base URL for spans and token metrics; L{None}: no export.
-    otlp_endpoint: str | None = None
-    gemini_url: str = "https://generativelanguage.googleapis.com"
-    vertex_url: str = "https://aiplatform.googleapis.com"
-    fsync: str = "interval"
-    rotate_bytes: int = 64 << 20
-    max_body: int = 32 << 20
-    connect_timeout: float = 10.0
-    headers_timeout: float = 600.0
-    idle_timeout: float = 300.0
-    head_timeout: float = 10.0
-    drain_seconds: float = 30.0
-    pool_size: int = 64
-    access_log: bool = False
-    ca_bundle: Path | None = None
-    tls_cert: Path | None = None
-    listen_tls: tuple[str, ...] = ()
-    tls_key: Path | None = None
-    cache: bool = False
-    cache_sampled: bool = False
-    cache_entries: int = 10_000
-    cache_bytes: int = 256 << 20
-    cache_ttl: float = 3600.0
-    config_poll_seconds: float = 2.0
-    log_format: str = "text"
-    #: None: no admin listener (tests and embedders build one only when asked).
-    admin_listen: str | None = None
-    admin_token: bytes | None = None
-    admin_token_file: Path | None = None
-    alert_webhook: str | None = None
-    index_seconds: float = 10.0
-    reserve_output_tokens: int = 4096
-    reserve_context_tokens: int = 200_000
-    fast_path: bool = True
-    #: Worker processes serving the listeners (1: this process serves them itself).
-    workers: int = 1
-    #: Which worker this process is, and the listeners it was handed by the process that
-    #: bound them: (option, file descriptor) pairs. Set only in a worker.
-    worker: int = 0
-    inherited: tuple[tuple[str, int], ...] = ()
-    #: The plugin's own arguments, as given: what a worker is started with.
-    argv: tuple[str, ...] = ()
-    #: OpenAI-compatible upstreams: (name, origin) pairs.
-    upstreams: tuple[tuple[str, str], ...] = ()
+def _choices(kind: type[StrEnum]) -> str:
+    return ", ".join(kind)
 
 
-class ConfigError(Exception):
+def environment_name(option: str) -> str:
     """
-    A setting that cannot work; the message starts with the option's name.
+    The environment variable an option falls back to: C{openai-url}, C{MODELTRACK_OPENAI_URL}.
+    """
+    return "MODELTRACK_" + option.upper().replace("-", "_")
+
+
+def provider_options(dialects: Iterable[Dialect]) -> tuple[list[list[Any]], list[list[Any]]]:
+    """
+    The parameters and flags each dialect declares (its origin, region, signing).
+    """
+    parameters: list[list[Any]] = []
+    flags: list[list[Any]] = []
+    for dialect in dialects:
+        if dialect.origin is not None:
+            origin = dialect.origin
+            default = f", default {origin.default}" if origin.default else ""
+            parameters.append([origin.option, None, None, f"{origin.about} [env {environment_name(origin.option)}{default}]."])
+        if dialect.region is not None:
+            region = dialect.region
+            parameters.append([region.option, None, None, f"{region.about} [env {environment_name(region.option)}]."])
+        if dialect.signing is not None:
+            flags.append([dialect.signing.option, None, dialect.signing.about])
+    return parameters, flags
+
+
+class ProxyOptions(usage.Options):
+    """
+    C{twistd modeltrack}'s own options; those of the providers are added by
+    L{options_for} (L{Options}: the registry's).
     """
 
-
-class Options(usage.Options):
     synopsis = "[options]"
+    dialects: tuple[Dialect, ...] = ()
     longdesc = (
         "Run the modeltrack proxy: point an OpenAI SDK's base_url at http://HOST:PORT/v1 "
         "and an Anthropic SDK's at http://HOST:PORT; every call is forwarded unchanged and "
@@ -112,24 +86,16 @@ class Options(usage.Options):
         ["cache", None, "Answer identical non-streaming calls of the same caller from a response cache."],
         ["no-fast-path", None, "Use only Twisted's public API (Agent, plain transports): slower; for a Twisted whose internals the fast path does not know."],
         ["cache-sampled", None, "Also cache calls sampled at a temperature above 0 (or with none: the providers default to 1)."],
-        ["bedrock-sign", None, "Sign Bedrock calls with the proxy's own AWS credentials (botocore's chain: environment, profile, instance role); callers must be keys in keys.json. Needs modeltrack[aws]."],
     ]
     optParameters = [
         ["data-dir", None, None, "Where events and config live [env MODELTRACK_DATA_DIR, default ./data]."],
-        ["openai-url", None, None, f"OpenAI API origin [env MODELTRACK_OPENAI_URL, default {DEFAULT_OPENAI_URL}]."],
-        ["azure-url", None, None, "Azure OpenAI resource origin, e.g. https://myres.openai.azure.com, served under /azure [env MODELTRACK_AZURE_URL]."],
-        ["anthropic-url", None, None, f"Anthropic API origin [env MODELTRACK_ANTHROPIC_URL, default {DEFAULT_ANTHROPIC_URL}]."],
-        ["bedrock-region", None, None, "Serve Bedrock under /bedrock, at https://bedrock-runtime.REGION.amazonaws.com [env MODELTRACK_BEDROCK_REGION]."],
-        ["bedrock-url", None, None, "Bedrock runtime origin instead (a VPC endpoint, tests) [env MODELTRACK_BEDROCK_URL]."],
         ["workers", None, "1", "Worker processes accepting on the listeners (auto: one per CPU); the process that binds them supervises them."],
         ["redis-url", None, None, "Hold budgets in Redis, shared by every process and instance: redis://HOST:PORT/DB or rediss:// (TLS) [env MODELTRACK_REDIS_URL]."],
         ["redis-password-file", None, None, "A file holding the Redis password (else the URL's)."],
-        ["cache-backend", None, "memory", "Where --cache keeps answers: memory (this process) or redis (shared by every process and instance; needs --redis-url)."],
+        ["cache-backend", None, "memory", f"Where --cache keeps answers: {_choices(CacheBackend)} (redis: shared by every process and instance; needs --redis-url)."],
         ["otlp-endpoint", None, None, "Export a span per call and token metrics over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 (needs modeltrack[otel]) [env MODELTRACK_OTLP_ENDPOINT]."],
-        ["redis-failure", None, "closed", "With Redis out of reach: closed refuses calls under a budget (503); open decides in this process."],
-        ["gemini-url", None, None, "Gemini API origin, served under /gemini [env MODELTRACK_GEMINI_URL, default https://generativelanguage.googleapis.com]."],
-        ["vertex-url", None, None, "Vertex AI origin (a regional one for regional endpoints), served under /vertex [env MODELTRACK_VERTEX_URL, default https://aiplatform.googleapis.com]."],
-        ["fsync", None, "interval", "When the event log is fsynced: always (every batch), interval (once a second) or never."],
+        ["redis-failure", None, "closed", f"With Redis out of reach ({_choices(RedisFailure)}): closed refuses calls under a budget (503); open decides in this process."],
+        ["fsync", None, "interval", f"When the event log is fsynced: {_choices(FsyncPolicy)} (always: every batch; interval: once a second)."],
         ["rotate-mb", None, "64", "Seal events.jsonl into a segment when it reaches this many MiB (also at UTC midnight)."],
         ["max-body-mb", None, "32", "Largest request body accepted, in MiB; larger ones get 413."],
         ["connect-timeout", None, "10", "Seconds to connect to a provider."],
@@ -144,7 +110,7 @@ class Options(usage.Options):
         ["cache-entries", None, "10000", "Most answers the response cache keeps."],
         ["cache-mb", None, "256", "Most MiB the response cache keeps."],
         ["cache-ttl", None, "3600", "Seconds a cached answer is served."],
-        ["log-format", None, "text", "text (one line per event: time, namespace, level, message) or json (one JSON object per line, for log shippers)."],
+        ["log-format", None, "text", f"{_choices(LogFormat)}: text (one line per event: time, namespace, level, message) or json (one JSON object per line, for log shippers)."],
         ["config-poll-seconds", None, "2", "How often budgets.json, routing.json and pricing.json are checked for changes."],
         ["admin-listen", None, None, f"Twisted endpoint for the admin API, /metrics and the dashboard, or 'none' [env MODELTRACK_ADMIN_LISTEN, default {DEFAULT_ADMIN_LISTEN}]. Anything but loopback needs --admin-token-file."],
         ["admin-token-file", None, None, "File holding the admin bearer token (re-read on SIGHUP) [env MODELTRACK_ADMIN_TOKEN_FILE]."],
@@ -203,21 +169,13 @@ def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Setting
         raise ConfigError("--listen-tls: needs --tls-cert and --tls-key")
     data_dir = Path(options["data-dir"] or environ.get("MODELTRACK_DATA_DIR") or "data")
     _check_data_dir(data_dir)
-    fsync = options["fsync"]
-    if fsync not in FSYNC_POLICIES:
-        raise ConfigError(f"--fsync: {fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
+    dialects: tuple[Dialect, ...] = getattr(options, "dialects", registry.DIALECTS)
     return Settings(
         listen=listen,
         listen_tls=listen_tls,
         data_dir=data_dir.resolve(),
-        openai_url=_check_url(
-            "--openai-url", options["openai-url"] or environ.get("MODELTRACK_OPENAI_URL") or DEFAULT_OPENAI_URL
-        ),
-        anthropic_url=_check_url(
-            "--anthropic-url",
-            options["anthropic-url"] or environ.get("MODELTRACK_ANTHROPIC_URL") or DEFAULT_ANTHROPIC_URL,
-        ),
-        fsync=fsync,
+        **_check_providers(options, environ, dialects),
+        fsync=_choice(options, "fsync", FsyncPolicy),
         rotate_bytes=int(_positive(options, "rotate-mb") * (1 << 20)),
         max_body=int(_positive(options, "max-body-mb") * (1 << 20)),
         connect_timeout=_positive(options, "connect-timeout"),
@@ -235,7 +193,7 @@ def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Setting
         cache_bytes=int(_positive(options, "cache-mb") * (1 << 20)),
         cache_ttl=_positive(options, "cache-ttl"),
         config_poll_seconds=_positive(options, "config-poll-seconds"),
-        log_format=_check_log_format(options["log-format"]),
+        log_format=_choice(options, "log-format", LogFormat),
         **_check_admin(options, environ, listen + listen_tls),
         alert_webhook=_check_webhook(options["alert-webhook"] or environ.get("MODELTRACK_ALERT_WEBHOOK") or None),
         index_seconds=_positive(options, "index-seconds"),
@@ -243,18 +201,63 @@ def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Setting
         reserve_context_tokens=int(_positive(options, "reserve-context-tokens")),
         fast_path=not options["no-fast-path"],
         **_check_workers(options, environ, data_dir),
-        azure_url=_optional_url("--azure-url", options["azure-url"] or environ.get("MODELTRACK_AZURE_URL")),
-        **_check_bedrock(options, environ),
         **_check_redis(options, environ),
         otlp_endpoint=_check_otlp(options, environ),
-        gemini_url=_check_url(
-            "--gemini-url", options["gemini-url"] or environ.get("MODELTRACK_GEMINI_URL") or Settings.gemini_url
+        upstreams=_check_upstreams(
+            tuple(options["upstream"]) or tuple(environ.get("MODELTRACK_UPSTREAMS", "").split()), dialects
         ),
-        vertex_url=_check_url(
-            "--vertex-url", options["vertex-url"] or environ.get("MODELTRACK_VERTEX_URL") or Settings.vertex_url
-        ),
-        upstreams=_check_upstreams(tuple(options["upstream"]) or tuple(environ.get("MODELTRACK_UPSTREAMS", "").split())),
     )
+
+
+def _choice(options: usage.Options, name: str, kind: type[StrEnumT]) -> StrEnumT:
+    value = options[name]
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"--{name}: {value!r} is not one of {_choices(kind)}") from None
+
+
+def _given(options: usage.Options, environ: Mapping[str, str], option: str) -> str | None:
+    """
+    An option's value, else its C{MODELTRACK_*} variable's; L{None} for neither.
+    """
+    return options[option] or environ.get(environment_name(option)) or None
+
+
+class _ProviderSettings(TypedDict):
+    urls: dict[str, str]
+    regions: dict[str, str]
+    signing: frozenset[str]
+
+
+def _check_providers(options: usage.Options, environ: Mapping[str, str], dialects: Iterable[Dialect]) -> _ProviderSettings:
+    """
+    Each provider's origin, region and signing, as its dialect declares them.
+    """
+    urls: dict[str, str] = {}
+    regions: dict[str, str] = {}
+    signing: set[str] = set()
+    for dialect in dialects:
+        origin, region, signs = dialect.origin, dialect.region, dialect.signing
+        url = None if origin is None else _given(options, environ, origin.option)
+        named = None if region is None else _given(options, environ, region.option)
+        if region is not None and named is not None:
+            if not region.pattern.fullmatch(named):
+                raise ConfigError(f"--{region.option}: {named!r} is not {region.kind}")
+            regions[dialect.name] = named
+            url = url or region.origin.format(region=named)
+        if signs is not None and options[signs.option]:
+            if region is None or named is None:
+                also = f" (or --{origin.option} and --{region.option})" if origin is not None and region is not None else ""
+                need = f"--{region.option}" if region is not None else "a region"
+                raise ConfigError(f"--{signs.option}: needs {need}{also if url is None else ': a signature names its region'}")
+            if importlib.util.find_spec("botocore") is None:
+                raise ConfigError(f"--{signs.option}: needs botocore: pip install 'modeltrack[aws]'")
+            signing.add(dialect.name)
+        if url is not None:
+            assert origin is not None  # a URL comes from an origin option, or a region's
+            urls[dialect.name] = _check_url(f"--{origin.option}", url)
+    return {"urls": urls, "regions": regions, "signing": frozenset(signing)}
 
 
 def _positive(options: usage.Options, name: str, allow_zero: bool = False) -> float:
@@ -327,12 +330,6 @@ def _check_tls(cert: str | None, key: str | None) -> _TLSFiles:
     except Exception as e:
         raise ConfigError(f"--tls-cert: {cert!r} and {key!r} do not make a usable certificate and key: {e}") from None
     return {"tls_cert": Path(cert).resolve(), "tls_key": Path(key).resolve()}
-
-
-def _check_log_format(value: str) -> str:
-    if value not in ("text", "json"):
-        raise ConfigError(f"--log-format: {value!r} is not one of text, json")
-    return value
 
 
 class _AdminSettings(TypedDict, total=False):
@@ -417,7 +414,7 @@ def _check_workers(options: usage.Options, environ: Mapping[str, str], data_dir:
             budgets = load_budgets(data_dir / "budgets.json") or []
         except ConfigFileError:
             budgets = []
-        if any(budget.action == "block" for budget in budgets):
+        if any(budget.action is BudgetAction.BLOCK for budget in budgets):
             raise ConfigError("--workers: more than one worker under a block budget needs a shared ledger: give --redis-url")
     # Internal, set by the process that started this one as a worker.
     inherited = tuple(
@@ -452,8 +449,8 @@ def _check_otlp(options: usage.Options, environ: Mapping[str, str]) -> str | Non
 class _RedisSettings(TypedDict):
     redis_url: str | None
     redis_password: str | None
-    redis_failure: str
-    cache_backend: str
+    redis_failure: RedisFailure
+    cache_backend: CacheBackend
 
 
 def _check_redis(options: usage.Options, environ: Mapping[str, str]) -> _RedisSettings:
@@ -462,63 +459,27 @@ def _check_redis(options: usage.Options, environ: Mapping[str, str]) -> _RedisSe
         raise ConfigError(f"--redis-url: {url.split('@')[-1]!r} is not a redis:// or rediss:// URL")
     if url is not None and importlib.util.find_spec("txredisapi") is None:
         raise ConfigError("--redis-url: needs txredisapi: pip install 'modeltrack[redis]'")
-    failure = options["redis-failure"]
-    if failure not in ("closed", "open"):
-        raise ConfigError(f"--redis-failure: {failure!r} is not one of closed, open")
+    failure = _choice(options, "redis-failure", RedisFailure)
     password = None
     if options["redis-password-file"]:
         try:
             password = Path(options["redis-password-file"]).read_text().strip()
         except OSError as e:
             raise ConfigError(f"--redis-password-file: cannot be read: {e.strerror or e}") from None
-    backend = options["cache-backend"]
-    if backend not in ("memory", "redis"):
-        raise ConfigError(f"--cache-backend: {backend!r} is not one of memory, redis")
-    if backend == "redis" and url is None:
+    backend = _choice(options, "cache-backend", CacheBackend)
+    if backend is CacheBackend.REDIS and url is None:
         raise ConfigError("--cache-backend: redis needs --redis-url")
     return {"redis_url": url, "redis_password": password, "redis_failure": failure, "cache_backend": backend}
 
 
-class _BedrockSettings(TypedDict):
-    bedrock_url: str | None
-    bedrock_region: str | None
-    bedrock_sign: bool
-
-
-_REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-\d")
-
-
-def _check_bedrock(options: usage.Options, environ: Mapping[str, str]) -> _BedrockSettings:
-    region = options["bedrock-region"] or environ.get("MODELTRACK_BEDROCK_REGION") or None
-    url = options["bedrock-url"] or environ.get("MODELTRACK_BEDROCK_URL") or None
-    if region is not None and not _REGION.fullmatch(region):
-        raise ConfigError(f"--bedrock-region: {region!r} is not an AWS region (e.g. us-east-1)")
-    if url is None and region is not None:
-        url = f"https://bedrock-runtime.{region}.amazonaws.com"
-    sign = bool(options["bedrock-sign"])
-    if sign:
-        if url is None:
-            raise ConfigError("--bedrock-sign: needs --bedrock-region (or --bedrock-url and --bedrock-region)")
-        if region is None:
-            raise ConfigError("--bedrock-sign: needs --bedrock-region: a signature names its region")
-        if importlib.util.find_spec("botocore") is None:
-            raise ConfigError("--bedrock-sign: needs botocore: pip install 'modeltrack[aws]'")
-    return {"bedrock_url": _optional_url("--bedrock-url", url), "bedrock_region": region, "bedrock_sign": sign}
-
-
-def _optional_url(option: str, url: str | None) -> str | None:
-    return None if not url else _check_url(option, url)
-
-
-def _check_upstreams(specs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    from modeltrack.providers import compat
-
+def _check_upstreams(specs: tuple[str, ...], dialects: Iterable[Dialect] = registry.DIALECTS) -> tuple[tuple[str, str], ...]:
+    reserved = compat.RESERVED | {d.name for d in dialects} | {d.prefix.strip("/") for d in dialects}
     found: dict[str, str] = {}
     for spec in specs:
         name, equals, url = spec.partition("=")
-        if not equals or not compat.NAME.fullmatch(name):
+        if not equals or not compat.UPSTREAM_NAME.fullmatch(name):
             raise ConfigError(f"--upstream: {spec!r} is not NAME=URL with a name of lower-case letters, digits and dashes")
-        if name in compat.RESERVED:
+        if name in reserved:
             raise ConfigError(f"--upstream: {name!r} is a built-in provider's prefix; choose another name")
         if name in found:
             raise ConfigError(f"--upstream: {name!r} is named twice")
@@ -528,3 +489,15 @@ def _check_upstreams(specs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 def _check_webhook(url: str | None) -> str | None:
     return None if url is None else _check_url("--alert-webhook", url, keep_query=True)
+
+
+def options_for(dialects: tuple[Dialect, ...]) -> type[ProxyOptions]:
+    """
+    C{twistd modeltrack}'s options with those C{dialects} declare.
+    """
+    parameters, flags = provider_options(dialects)
+    return type("Options", (ProxyOptions,), {"optParameters": parameters, "optFlags": flags, "dialects": dialects})
+
+
+#: The options of C{twistd modeltrack}: the proxy's, and every registered provider's.
+Options = options_for(registry.DIALECTS)

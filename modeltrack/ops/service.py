@@ -32,7 +32,7 @@ from modeltrack.admin.api import AdminAPI
 from modeltrack.admin.site import admin_site
 from modeltrack.controls.alerts import BudgetAlerts
 from modeltrack.controls.budgets import BudgetLedger
-from modeltrack.controls.cache import ResponseCache, load_snapshot
+from modeltrack.controls.cache import CacheBackend, ResponseCache, load_snapshot
 from modeltrack.controls.files import ControlFiles
 from modeltrack.controls.gate import Gate
 from modeltrack.controls.keys import Keyring, install_secret
@@ -45,12 +45,13 @@ from modeltrack.observe.logs import observer
 from modeltrack.observe.metrics import Metrics
 from modeltrack.observe.peers import Peers
 from modeltrack.observe.stats import Stats
-from modeltrack.ops.options import ConfigError, Settings, read_token
+from modeltrack.ops.options import read_token
 from modeltrack.ops.process import Signals, pace_the_collector, raise_open_files_limit
 from modeltrack.ops.sdnotify import notify
+from modeltrack.ops.settings import ConfigError, Settings
 from modeltrack.pricing.prices import PriceBook
-from modeltrack.providers import anthropic, azure, bedrock, compat, google, openai
-from modeltrack.providers.registry import DIALECTS
+from modeltrack.providers import registry
+from modeltrack.providers.dialect import Dialect
 from modeltrack.providers.routes import RouteTable
 from modeltrack.store.datadir import state_dir, write_atomically
 from modeltrack.store.index_process import Indexer
@@ -120,7 +121,14 @@ class InOrder(MultiService):
 
 
 class ModeltrackService(InOrder):
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    """
+    The running proxy: builds every part from L{Settings} (upstreams from the
+    provider registry, the event log, the controls, the index, the admin side, the
+    listeners) and holds them as L{Step}s, started in the order declared at the end of
+    L{__init__} and stopped in the reverse one.
+    """
+
+    def __init__(self, settings: Settings, reactor: Any, dialects: tuple[Dialect, ...] = registry.DIALECTS) -> None:
         super().__init__()
         self.setName("modeltrack")
         self.settings = settings
@@ -145,41 +153,11 @@ class ModeltrackService(InOrder):
                     version=twisted_version.short(), gaps=", ".join(gaps),
                 )
                 self.fast_path = False
-        self._pools = []
-        upstreams = {}
-        signer = None
         trust_root = None if settings.ca_bundle is None else load_trust_root(settings.ca_bundle)
-        urls = {openai.NAME: settings.openai_url, anthropic.NAME: settings.anthropic_url, **dict(settings.upstreams)}
-        # Served only under their prefixes: the upstreams an operator configured.
-        configured = tuple(compat.dialect(name) for name, _ in settings.upstreams)
-        if settings.azure_url is not None:
-            urls[azure.NAME] = settings.azure_url
-            configured += (azure.DIALECT,)
-        if settings.bedrock_url is not None:
-            urls[bedrock.NAME] = settings.bedrock_url
-            configured += (bedrock.DIALECT,)
-        urls[google.GEMINI], urls[google.VERTEX] = settings.gemini_url, settings.vertex_url
-        configured += (google.GEMINI_DIALECT, google.VERTEX_DIALECT)
-        for dialect in (*configured, *DIALECTS):
-            provider, url = dialect.name, urls[dialect.name]
-            pool = make_pool(reactor, settings.pool_size, self.fast_path)
-            self._pools.append(pool)
-            if self.fast_path:
-                agent: Any = OriginAgent(reactor, pool, url, settings.connect_timeout, trust_root)
-            else:
-                agent = plain_agent(reactor, pool, settings.connect_timeout, trust_root)
-            signs = dialect is bedrock.DIALECT and settings.bedrock_sign
-            if signs:
-                from modeltrack.web.signing import BedrockSigner, NoCredentials
-
-                try:
-                    signer = BedrockSigner(settings.bedrock_region or "", reactor)
-                except NoCredentials as e:
-                    sys.stderr.write(f"modeltrack: {e}\n")
-                    raise SystemExit(1) from None
-            upstreams[provider] = Upstream(url, agent, signer if signs else None)
+        served = registry.served(settings.urls, settings.upstreams, dialects)
+        upstreams, self._pools, signers = _upstreams(served, settings, reactor, self.fast_path, trust_root)
         prices = PriceBook()
-        prices.price_providers = {d.name: d.price_provider for d in (*configured, *DIALECTS) if d.price_provider}
+        prices.price_providers = {d.name: d.price_provider for d, _ in served if d.price_provider}
         try:
             secret = install_secret(state_dir(settings.data_dir))
         except ValueError as e:  # a damaged secret: fingerprints depend on it, so no guessing
@@ -191,7 +169,7 @@ class ModeltrackService(InOrder):
             # A rediss:// server's certificate chains to --ca-bundle when one is given.
             redis = connect(settings.redis_url, settings.redis_password, trust_root)
         cache: ResponseCache | None = None
-        if settings.cache and redis is not None and settings.cache_backend == "redis":
+        if settings.cache and redis is not None and settings.cache_backend is CacheBackend.REDIS:
             cache = RedisCache(redis, secret, reactor, ttl=settings.cache_ttl, sampled=settings.cache_sampled)
         elif settings.cache:
             cache = ResponseCache(
@@ -249,7 +227,7 @@ class ModeltrackService(InOrder):
             max_body=settings.max_body,
             keys=self.keys,
             metrics=self.metrics,
-            route_table=RouteTable((*configured, *DIALECTS)),
+            route_table=RouteTable(dialect for dialect, _ in served),
             batch_book=BatchBook(state_dir(settings.data_dir) / "batches", reactor, reactor.getThreadPool()),
             export=self.export,
         )
@@ -294,7 +272,7 @@ class ModeltrackService(InOrder):
             Step("response cache", start=self._start_cache, stop=self._stop_cache) if type(cache) is ResponseCache else None,
             Step("upstream pools", stop=self._close_pools),
             Step("shared ledger", start=self.shared_ledger.start, stop=self.shared_ledger.stop) if self.shared_ledger else None,
-            Step("AWS credentials", start=signer.start, stop=signer.stop) if signer is not None else None,
+            *(Step(f"{name} credentials", start=signer.start, stop=signer.stop) for name, signer in signers.items()),
             Step("index", stop=self.indexer.stop),  # started once listening
             Step("OpenTelemetry export", stop=lambda: deferToThread(self.export.shutdown)) if self.export is not None else None,
             Step("worker totals", start=self.peers.start, stop=self.peers.stop) if self.peers is not None else None,
@@ -491,3 +469,35 @@ class ModeltrackService(InOrder):
         d = super().stopService()
         d.addCallback(lambda _: log.info("modeltrack stopped: {events} events written", events=self.journal.written))
         return d
+
+
+def _upstreams(
+    served: list[tuple[Dialect, str]], settings: Settings, reactor: Any, fast: bool, trust_root: Any
+) -> tuple[dict[str, Upstream], list[Any], dict[str, Any]]:
+    """
+    Each served provider's L{Upstream}: its agent over a pool of its own (the fast
+    path's L{OriginAgent}, or Twisted's C{Agent}), and its signer where the proxy signs
+    its calls. Also the pools (closed at stop) and the signers (started and stopped).
+    """
+    upstreams: dict[str, Upstream] = {}
+    pools: list[Any] = []
+    signers: dict[str, Any] = {}
+    for dialect, url in served:
+        pool = make_pool(reactor, settings.pool_size, fast)
+        pools.append(pool)
+        if fast:
+            agent: Any = OriginAgent(reactor, pool, url, settings.connect_timeout, trust_root)
+        else:
+            agent = plain_agent(reactor, pool, settings.connect_timeout, trust_root)
+        signer = None
+        if dialect.signing is not None and dialect.name in settings.signing:
+            from modeltrack.web.signing import NoCredentials, SigV4Signer
+
+            try:
+                signer = SigV4Signer(dialect.signing, settings.regions[dialect.name], reactor)
+            except NoCredentials as e:
+                sys.stderr.write(f"modeltrack: {e}\n")
+                raise SystemExit(1) from None
+            signers[dialect.name] = signer
+        upstreams[dialect.name] = Upstream(url, agent, signer)
+    return upstreams, pools, signers

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from modeltrack.ops.options import Options
+from modeltrack.ops.options import Options, ProxyOptions
 from modeltrack.ops.service import ModeltrackService
 
 __all__ = ["Options", "makeService"]
 
 
-def makeService(options: Options, reactor: object = None) -> Any:
+def makeService(options: ProxyOptions, reactor: object = None) -> Any:
     if reactor is None:
         from twisted.internet import reactor
     settings = options.settings

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.web.http_headers import Headers
 
 from modeltrack.pricing.usage import Reading, Usage, count, dig, text, total
-from modeltrack.providers.dialect import Dialect, Endpoint
+from modeltrack.providers.dialect import Dialect, Endpoint, Origin
 from modeltrack.providers.meter import SSEMeter
 
 NAME = "anthropic"
@@ -165,4 +165,5 @@ DIALECT = Dialect(
     credential_headers=(b"x-api-key", b"authorization"),
     claims=claims,
     relayed=("/v1/",),
+    origin=Origin("anthropic-url", "https://api.anthropic.com", "Anthropic API origin"),
 )

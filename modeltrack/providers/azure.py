@@ -13,7 +13,7 @@ import re
 from dataclasses import replace
 
 from modeltrack.providers import openai
-from modeltrack.providers.dialect import Dialect, Endpoint, relayable, relayed_endpoint
+from modeltrack.providers.dialect import Dialect, Endpoint, Origin, relayable, relayed_endpoint
 
 NAME = "azure"
 
@@ -71,4 +71,5 @@ DIALECT = Dialect(
     credential_headers=(b"api-key", b"authorization"),
     by_prefix_only=True,
     route=route,
+    origin=Origin("azure-url", None, "Azure OpenAI resource origin, e.g. https://myres.openai.azure.com, served under /azure"),
 )

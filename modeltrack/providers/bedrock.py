@@ -25,7 +25,7 @@ from twisted.web.http_headers import Headers
 
 from modeltrack.pricing.usage import Reading, UnreadableUsage, Usage, count, text
 from modeltrack.providers import anthropic
-from modeltrack.providers.dialect import Dialect, Endpoint
+from modeltrack.providers.dialect import Dialect, Endpoint, Origin, Region, Signing
 from modeltrack.providers.meter import FrameMeter
 
 NAME = "bedrock"
@@ -208,4 +208,18 @@ DIALECT = Dialect(
     by_prefix_only=True,
     route=route,
     price_provider="aws",
+    origin=Origin("bedrock-url", None, "Bedrock runtime origin instead (a VPC endpoint, tests)"),
+    region=Region(
+        "bedrock-region",
+        re.compile(r"[a-z]{2}(-gov)?-[a-z]+-\d"),
+        "https://bedrock-runtime.{region}.amazonaws.com",
+        "Serve Bedrock under /bedrock, at https://bedrock-runtime.REGION.amazonaws.com",
+        "an AWS region (e.g. us-east-1)",
+    ),
+    signing=Signing(
+        "bedrock-sign",
+        "bedrock",
+        "Sign Bedrock calls with the proxy's own AWS credentials (botocore's chain: environment, profile, instance "
+        "role); callers must be keys in keys.json. Needs modeltrack[aws].",
+    ),
 )

@@ -13,8 +13,8 @@ from dataclasses import replace
 from modeltrack.providers import openai
 from modeltrack.providers.dialect import Dialect
 
-#: An upstream's name: lower-case letters, digits and dashes.
-NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+#: What an upstream's name may be: lower-case letters, digits and dashes.
+UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 #: Names an upstream cannot take: the built-in providers' prefixes (and those planned).
 RESERVED = frozenset(("openai", "anthropic", "azure", "bedrock", "gemini", "google", "vertex", "v1"))
 _SERVED = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/models")

@@ -154,9 +154,56 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """
+    The option that names a provider's origin (its C{MODELTRACK_*} fallback is the
+    option's name in capitals, C{openai-url}: C{MODELTRACK_OPENAI_URL}).
+
+    @ivar default: the origin served when the option is not given; L{None}: the
+        provider is served only once it is given.
+    @ivar about: what the option names, for its help.
+    """
+
+    option: str
+    default: str | None
+    about: str
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """
+    The option that names a provider's region, and with it its origin.
+
+    @ivar pattern: what a region looks like.
+    @ivar origin: the origin a region names (C{{region}} in it), unless the origin's
+        own option is given.
+    @ivar kind: what a region is, for an error (C{an AWS region (e.g. us-east-1)}).
+    """
+
+    option: str
+    pattern: re.Pattern[str]
+    origin: str
+    about: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Signing:
+    """
+    The flag that makes the proxy sign a provider's calls with its own credentials
+    (AWS SigV4 for C{service}, in the provider's region): its callers must then be
+    named keys, since the proxy's identity pays.
+    """
+
+    option: str
+    service: str
+    about: str
+
+
+@dataclass(frozen=True, slots=True)
 class Dialect:
     """
-    One provider's API as the proxy serves it.
+    One provider's API as the proxy serves it, and the options an operator gives it.
 
     @ivar name: the provider in events and options (C{openai}, C{anthropic}).
     @ivar prefix: the client path prefix that names it explicitly (C{/openai}).
@@ -175,6 +222,10 @@ class Dialect:
         (Bedrock is C{aws}).
     @ivar credential_query: a query parameter that carries a caller's key (Gemini's
         C{key}).
+    @ivar origin: the option naming its origin (L{None}: an operator's upstream,
+        whose origin comes with its name).
+    @ivar region: the option naming its region, if its origin follows from one.
+    @ivar signing: the flag for signing its calls with the proxy's own credentials.
     """
 
     name: str
@@ -188,3 +239,6 @@ class Dialect:
     route: Callable[[bytes, str], tuple[Endpoint, str] | None] | None = None
     price_provider: str | None = None
     credential_query: bytes | None = None
+    origin: Origin | None = None
+    region: Region | None = None
+    signing: Signing | None = None

@@ -18,11 +18,12 @@ from typing import Any
 
 from modeltrack.pricing.usage import Reading, Usage, count, dig, text
 from modeltrack.providers import anthropic
-from modeltrack.providers.dialect import Dialect, Endpoint, relayable, relayed_endpoint
+from modeltrack.providers.dialect import Dialect, Endpoint, Origin, relayable, relayed_endpoint
 from modeltrack.providers.meter import SSEMeter
 
-GEMINI = "google"
-VERTEX = "vertex"
+#: The providers in events: the Gemini API is Google's own; Vertex AI is Google Cloud's.
+GEMINI_PROVIDER = "google"
+VERTEX_PROVIDER = "vertex"
 
 
 #: Gemini's modalities other than text, by genai-prices' usage name per side (image
@@ -111,17 +112,17 @@ def error_body(error_type: str, message: str) -> dict[str, Any]:
 
 
 _METHOD = re.compile(r"/models/([A-Za-z0-9._@-]{1,200}):([A-Za-z]+)")
-_GENERATE = Endpoint(GEMINI, "/models/{model}:generateContent", error_body, read_body=read_body)
+_GENERATE = Endpoint(GEMINI_PROVIDER, "/models/{model}:generateContent", error_body, read_body=read_body)
 _STREAM = Endpoint(
-    GEMINI, "/models/{model}:streamGenerateContent", error_body,
+    GEMINI_PROVIDER, "/models/{model}:streamGenerateContent", error_body,
     read_body=read_body, stream_meter=GenerateStreamMeter, streams=True,
 )
 _GEMINI_METHODS = {
     "generateContent": _GENERATE,
     "streamGenerateContent": _STREAM,
-    "embedContent": Endpoint(GEMINI, "/models/{model}:embedContent", error_body, read_body=read_body),
-    "batchEmbedContents": Endpoint(GEMINI, "/models/{model}:batchEmbedContents", error_body, read_body=read_body),
-    "countTokens": Endpoint(GEMINI, "/models/{model}:countTokens", error_body, metered=False),
+    "embedContent": Endpoint(GEMINI_PROVIDER, "/models/{model}:embedContent", error_body, read_body=read_body),
+    "batchEmbedContents": Endpoint(GEMINI_PROVIDER, "/models/{model}:batchEmbedContents", error_body, read_body=read_body),
+    "countTokens": Endpoint(GEMINI_PROVIDER, "/models/{model}:countTokens", error_body, metered=False),
 }
 _GEMINI_VERSION = re.compile(r"/(v1|v1beta|v1alpha)(/.*)")
 
@@ -148,16 +149,16 @@ _VERTEX_PATH = re.compile(
     r"([A-Za-z0-9._@-]{1,200}):([A-Za-z]+)"
 )
 _VERTEX_METHODS = {
-    ("google", "generateContent"): replace(_GENERATE, provider=VERTEX),
-    ("google", "streamGenerateContent"): replace(_STREAM, provider=VERTEX),
-    ("google", "countTokens"): replace(_GEMINI_METHODS["countTokens"], provider=VERTEX),
+    ("google", "generateContent"): replace(_GENERATE, provider=VERTEX_PROVIDER),
+    ("google", "streamGenerateContent"): replace(_STREAM, provider=VERTEX_PROVIDER),
+    ("google", "countTokens"): replace(_GEMINI_METHODS["countTokens"], provider=VERTEX_PROVIDER),
     # Claude on Vertex: Anthropic's Messages body, answers and errors.
-    ("anthropic", "rawPredict"): Endpoint(VERTEX, "rawPredict", anthropic.error_body, read_body=anthropic.read_body),
+    ("anthropic", "rawPredict"): Endpoint(VERTEX_PROVIDER, "rawPredict", anthropic.error_body, read_body=anthropic.read_body),
     ("anthropic", "streamRawPredict"): Endpoint(
-        VERTEX, "streamRawPredict", anthropic.error_body, read_body=anthropic.read_body,
+        VERTEX_PROVIDER, "streamRawPredict", anthropic.error_body, read_body=anthropic.read_body,
         stream_meter=anthropic.MessagesStreamMeter, streams=True,
     ),
-    ("anthropic", "countTokens"): Endpoint(VERTEX, "countTokens", anthropic.error_body, metered=False),
+    ("anthropic", "countTokens"): Endpoint(VERTEX_PROVIDER, "countTokens", anthropic.error_body, metered=False),
 }
 
 
@@ -178,7 +179,7 @@ def vertex_route(method: bytes, path: str) -> tuple[Endpoint, str] | None:
 
 
 GEMINI_DIALECT = Dialect(
-    name=GEMINI,
+    name=GEMINI_PROVIDER,
     prefix="/gemini",
     endpoints=(),
     error_body=error_body,
@@ -186,9 +187,10 @@ GEMINI_DIALECT = Dialect(
     credential_query=b"key",
     by_prefix_only=True,
     route=gemini_route,
+    origin=Origin("gemini-url", "https://generativelanguage.googleapis.com", "Gemini API origin, served under /gemini"),
 )
 VERTEX_DIALECT = Dialect(
-    name=VERTEX,
+    name=VERTEX_PROVIDER,
     prefix="/vertex",
     endpoints=(),
     error_body=error_body,
@@ -196,4 +198,8 @@ VERTEX_DIALECT = Dialect(
     by_prefix_only=True,
     route=vertex_route,
     price_provider="google-vertex",
+    origin=Origin(
+        "vertex-url", "https://aiplatform.googleapis.com",
+        "Vertex AI origin (a regional one for regional endpoints), served under /vertex",
+    ),
 )

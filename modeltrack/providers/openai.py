@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from modeltrack.pricing.usage import Reading, Usage, count, dig, extras, text
-from modeltrack.providers.dialect import Dialect, Endpoint
+from modeltrack.providers.dialect import Dialect, Endpoint, Origin
 from modeltrack.providers.meter import DROP, SSEMeter
 
 NAME = "openai"
@@ -226,4 +226,5 @@ DIALECT = Dialect(
     error_body=error_body,
     credential_headers=(b"authorization",),
     relayed=("/v1/",),
+    origin=Origin("openai-url", "https://api.openai.com", "OpenAI API origin"),
 )

@@ -15,7 +15,7 @@ from twisted.web.http_headers import Headers
 from modeltrack.providers.dialect import Dialect, Endpoint, relayable, relayed_endpoint
 from modeltrack.providers.registry import DIALECTS
 
-__all__ = ["Endpoint", "RouteTable", "error_body", "match", "provider_by_auth"]
+__all__ = ["ROUTES", "Endpoint", "RouteTable"]
 
 _MODELS = "/v1/models"
 
@@ -113,7 +113,5 @@ class RouteTable:
         return relayed_endpoint(dialect, method, path, 2), upstream_path
 
 
+#: Every built-in dialect's routes (the service builds its own, of the providers it serves).
 ROUTES = RouteTable(DIALECTS)
-match = ROUTES.match
-provider_by_auth = ROUTES.provider_by_auth
-error_body = ROUTES.error_body

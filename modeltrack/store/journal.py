@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
@@ -29,7 +30,18 @@ from modeltrack.store.datadir import FILE_MODE, make_data_dir
 log = Logger()
 
 LIVE_NAME = "events.jsonl"
-FSYNC_POLICIES = ("always", "interval", "never")
+
+
+class FsyncPolicy(StrEnum):
+    """
+    When the event log is fsynced (C{--fsync}).
+    """
+
+    ALWAYS = "always"  # after every batch; an answer completes once its event is on disk
+    INTERVAL = "interval"  # once a second
+    NEVER = "never"  # when the kernel chooses
+
+
 FSYNC_INTERVAL = 1.0
 RETRY_INTERVAL = 1.0
 BATCH_WINDOW = 0.005
@@ -257,7 +269,7 @@ class Journal:
         self,
         directory: Path,
         *,
-        fsync: str = "interval",
+        fsync: FsyncPolicy = FsyncPolicy.INTERVAL,
         rotate_bytes: int = 64 << 20,
         max_queued: int = 100_000,
         call_from_thread: Callable[..., object],
@@ -265,13 +277,11 @@ class Journal:
         write: Callable[[int, memoryview], int] = os.write,
         series: str = "",
     ) -> None:
-        if fsync not in FSYNC_POLICIES:
-            raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}")
         self.file = SegmentFile(directory, rotate_bytes, now, write, series)
-        self.fsync_policy = fsync
+        self.fsync_policy = FsyncPolicy(fsync)
         #: Under C{always}, an answer is complete to its client only once its event
-        #: is on disk (see L{modeltrack.web.proxy.Exchange}).
-        self.holds_answers = fsync == "always"
+        #: is on disk (see L{modeltrack.web.relay.Relay}).
+        self.holds_answers = self.fsync_policy is FsyncPolicy.ALWAYS
         self.max_queued = max_queued
         self._call_from_thread = call_from_thread
         self._now = now
@@ -378,10 +388,10 @@ class Journal:
                     with self._wake:
                         for _ in batch:
                             self._queue.popleft()
-                    if self.fsync_policy == "always":
+                    if self.fsync_policy is FsyncPolicy.ALWAYS:
                         self.file.fsync()
                     self._wrote(len(batch))
-                if self.file.dirty and self.fsync_policy == "interval" and (
+                if self.file.dirty and self.fsync_policy is FsyncPolicy.INTERVAL and (
                     stopping or now - self._last_fsync >= FSYNC_INTERVAL
                 ):
                     self.file.fsync()
@@ -418,7 +428,7 @@ class Journal:
             return True
         if self._queue:
             return True
-        if self.file.dirty and self.fsync_policy == "interval":
+        if self.file.dirty and self.fsync_policy is FsyncPolicy.INTERVAL:
             return now - self._last_fsync >= FSYNC_INTERVAL
         return self.file.day_ended(now)
 
@@ -427,7 +437,7 @@ class Journal:
         if retry_at:
             return max(0.0, retry_at - now)
         wait = DAY - now % DAY  # wake at midnight to seal an idle file
-        if self.file.dirty and self.fsync_policy == "interval":
+        if self.file.dirty and self.fsync_policy is FsyncPolicy.INTERVAL:
             wait = min(wait, max(0.0, self._last_fsync + FSYNC_INTERVAL - now))
         return wait
 

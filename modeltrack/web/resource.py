@@ -140,16 +140,16 @@ class ProxyResource(Resource):
     def render(self, request: ProxyRequest) -> bytes | int:
         if request.method == b"CONNECT" or not request.uri.startswith(b"/"):
             # Absolute-form targets and CONNECT are how a forward proxy is used.
-            return _refuse(request, failures.NOT_AN_OPEN_PROXY)
+            return self._refuse(request, failures.NOT_AN_OPEN_PROXY)
         valid = valid_target(request.uri)
         found = self.routes.match(request.method, request.path.decode("latin-1"), request.requestHeaders)
         if not valid and (found is None or not found[0].metered):
-            return _refuse(request, failures.INVALID_TARGET)
+            return self._refuse(request, failures.INVALID_TARGET)
         status = self.status_paths.render(request.path, request)
         if status is not None:
             return status
         if found is None:
-            return _error(request, 404, "not_found_error", failures.no_route(request.method))
+            return self._error(request, 404, "not_found_error", failures.no_route(request.method))
         endpoint, upstream_path = found
         request.route = endpoint.path
         exchange = Exchange(self, request, endpoint, upstream_path)
@@ -159,6 +159,21 @@ class ProxyResource(Resource):
             exchange.crashed(Failure())
         return NOT_DONE_YET
 
+    def _refuse(self, request: ProxyRequest, message: str) -> bytes:
+        """
+        A 400 for a request no client of an API sends; its connection closes after it.
+        """
+        request.channel.persistent = False
+        return self._error(request, 400, "invalid_request_error", message)
+
+    def _error(self, request: ProxyRequest, code: int, error_type: str, message: str) -> bytes:
+        """
+        An error from the proxy itself, in the shape of the provider the caller speaks to
+        (guessed from its auth headers when no route matched).
+        """
+        provider = self.routes.provider_by_auth(request.requestHeaders)
+        return json_response(request, code, self.routes.error_body(provider, error_type, message))
+
 
 #: RFC 9112 3.2: a request target is visible ASCII, nothing else (what an upstream
 #: client refuses to send must be refused here, before anything else happens).
@@ -167,20 +182,3 @@ _VISIBLE_ASCII = re.compile(rb"[!-~]+")
 
 def valid_target(target: bytes) -> bool:
     return _VISIBLE_ASCII.fullmatch(target) is not None
-
-
-def _refuse(request: ProxyRequest, message: str) -> bytes:
-    """
-    A 400 for a request no client of an API sends; its connection closes after it.
-    """
-    request.channel.persistent = False
-    return _error(request, 400, "invalid_request_error", message)
-
-
-def _error(request: ProxyRequest, code: int, error_type: str, message: str) -> bytes:
-    """
-    An error from the proxy itself, in the shape of the provider the caller speaks to
-    (guessed from its auth headers when no route matched).
-    """
-    provider = routes.provider_by_auth(request.requestHeaders)
-    return json_response(request, code, routes.error_body(provider, error_type, message))

@@ -1,7 +1,7 @@
 """
-C{--bedrock-sign}: Bedrock calls signed with the proxy's own AWS credentials (SigV4,
-service C{bedrock}), found by botocore's standard chain (environment, profile, the
-VM's instance role). botocore is an optional extra (C{modeltrack[aws]}).
+Calls signed with the proxy's own AWS credentials (SigV4, for the service a dialect's
+L{Signing} names: C{--bedrock-sign}), found by botocore's standard chain (environment,
+profile, the VM's instance role). botocore is an optional extra (C{modeltrack[aws]}).
 
 The caller's C{Authorization} and C{x-amz-*} headers are dropped, never forwarded: the
 caller authenticated to the proxy (a key in keys.json), and the proxy's identity pays.
@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
 from modeltrack.failures import log_failure
+from modeltrack.providers.dialect import Signing
 
 log = Logger()
 
@@ -35,8 +36,12 @@ class NoCredentials(RuntimeError):
     """
 
 
-class BedrockSigner:
-    def __init__(self, region: str, reactor: Any) -> None:
+class SigV4Signer:
+    """
+    Signs each request of one provider, in one region, for C{signing.service}.
+    """
+
+    def __init__(self, signing: Signing, region: str, reactor: Any) -> None:
         import botocore.session
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
@@ -44,9 +49,10 @@ class BedrockSigner:
         self._auth_type = SigV4Auth
         self._request_type = AWSRequest
         self._region = region
+        self._service = signing.service
         self._credentials = botocore.session.get_session().get_credentials()
         if self._credentials is None:
-            raise NoCredentials("--bedrock-sign: botocore found no AWS credentials (environment, profile or instance role)")
+            raise NoCredentials(f"--{signing.option}: botocore found no AWS credentials (environment, profile or instance role)")
         self._frozen = self._credentials.get_frozen_credentials()
         self._refresh = LoopingCall(self._refresh_now)
         self._refresh.clock = reactor
@@ -78,7 +84,7 @@ class BedrockSigner:
                 headers.removeHeader(name)
         signed = {"content-type": (headers.getRawHeaders(b"content-type") or [b"application/json"])[-1].decode("latin-1")}
         request = self._request_type(method.decode("ascii"), url.decode("ascii"), data=body or b"", headers=signed)
-        self._auth_type(self._frozen, "bedrock", self._region).add_auth(request)
+        self._auth_type(self._frozen, self._service, self._region).add_auth(request)
         for name, value in request.headers.items():
             if name.lower() != "content-type":
                 headers.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1") if isinstance(value, str) else value])
