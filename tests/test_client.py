@@ -16,12 +16,12 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.web._newclient import ParseError, RequestNotSent, ResponseNeverReceived
-from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.client import RequestNotSent, ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from modeltrack.web.client import MAX_HEAD, UpstreamConnection
+from modeltrack.web.chunked import BadResponse
+from modeltrack.web.client import MAX_HEAD, ConnectionState, UpstreamConnection
 
 REQUEST = [b"POST /v1/x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n", b"{}"]
 
@@ -76,7 +76,7 @@ def exchange(wire: bytes, splits: list[int] = (), method: bytes = b"POST") -> di
         "failure": failures[0] if failures else None,
         "body": b"".join(body.data),
         "reason": body.reason,
-        "pooled": pool.returned == [connection] and connection.state == "QUIESCENT",
+        "pooled": pool.returned == [connection] and connection.state is ConnectionState.IDLE,
         "sent": transport.value(),
     }
 
@@ -187,7 +187,7 @@ def test_bad_heads_fail_the_request_and_close(wire: bytes, problem: str) -> None
     failure = result["failure"]
     assert failure.check(ResponseFailed)
     [reason] = failure.value.reasons
-    assert reason.check(ParseError) and problem in str(reason.value)
+    assert reason.check(BadResponse) and problem in str(reason.value)
     assert result["transport"].disconnecting and not result["pooled"]
 
 
@@ -195,7 +195,7 @@ def test_bad_heads_fail_the_request_and_close(wire: bytes, problem: str) -> None
 def test_bad_chunk_sizes_fail_the_body(size: bytes) -> None:
     wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nok\r\n0\r\n\r\n"
     result = exchange(wire)
-    assert result["reason"].check(ResponseFailed) and result["reason"].value.reasons[0].check(ParseError)
+    assert result["reason"].check(ResponseFailed) and result["reason"].value.reasons[0].check(BadResponse)
     assert result["body"] == b"" and not result["pooled"]
 
 
@@ -261,7 +261,7 @@ def test_stop_closes_and_fails_the_body() -> None:
     body.transport.stopProducing()
     assert transport.disconnecting and body.reason.check(ResponseFailed)
     connection.dataReceived(CHUNKED[100:])
-    assert pool.returned == [] and connection.state == "CLOSED"
+    assert pool.returned == [] and connection.state is ConnectionState.CLOSED
 
 
 def test_body_taken_later_is_held_with_the_socket_paused() -> None:

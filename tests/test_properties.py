@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from modeltrack.providers import anthropic, openai
 from modeltrack.providers.sse import SSEParser
-from modeltrack.web.client import UpstreamConnection
+from modeltrack.web.client import ConnectionState, UpstreamConnection
 from tests.fakes import chat_stream, messages_stream, responses_stream
 from tests.test_client import Body, Pool
 
@@ -172,9 +172,9 @@ def _ours(method: bytes, wire: bytes, cuts: list[int]) -> dict[str, Any]:
 
     connection.request(method, [b"%s /v1/x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n" % method]).addCallback(got)
     for chunk in _cut(wire, cuts):
-        if chunk and not connection.state == "CLOSED":
+        if chunk and connection.state is not ConnectionState.CLOSED:
             connection.dataReceived(chunk)
-    reused = pool.returned == [connection] and connection.state == "QUIESCENT"
+    reused = pool.returned == [connection] and connection.state is ConnectionState.IDLE
     if not reused:
         connection.connectionLost(Failure(ConnectionDone()))
     found["body"] = b"".join(body.data)

@@ -322,10 +322,10 @@ def test_connect_timeout() -> None:
     from twisted.internet.testing import MemoryReactorClock
     from twisted.web.http_headers import Headers
 
-    from modeltrack.web.upstream import OriginAgent, make_pool
+    from modeltrack.web.upstream import OriginAgent
 
     reactor = MemoryReactorClock()
-    OriginAgent(reactor, make_pool(reactor, 2), "http://127.0.0.1:9", 7).request(b"GET", b"http://127.0.0.1:9/", Headers())
+    OriginAgent(reactor, "http://127.0.0.1:9", 7, most_idle=2).request(b"GET", b"http://127.0.0.1:9/", Headers())
     assert reactor.tcpClients[0][3] == 7
 
     h = Harness()
@@ -346,10 +346,10 @@ def test_origin_agent_one_write_host_header_and_one_origin() -> None:
     from twisted.web.client import readBody
     from twisted.web.http_headers import Headers
 
-    from modeltrack.web.upstream import BytesProducer, OriginAgent, make_pool
+    from modeltrack.web.upstream import BytesProducer, OriginAgent
 
     reactor = MemoryReactorClock()
-    agent = OriginAgent(reactor, make_pool(reactor, 2), "http://127.0.0.1:8080/base", 7)
+    agent = OriginAgent(reactor, "http://127.0.0.1:8080/base", 7, most_idle=2)
     headers = Headers({b"authorization": [b"Bearer k"]})
     d = agent.request(b"POST", b"http://127.0.0.1:8080/base/v1/x?y=1", headers, BytesProducer(b'{"a":1}'))
     _, _, factory, _, _ = reactor.tcpClients[0]
@@ -372,7 +372,7 @@ def test_origin_agent_one_write_host_header_and_one_origin() -> None:
     assert isinstance(self_failure(refused).value, ValueError)
     assert len(reactor.tcpClients) == 1
     hosts = {
-        url: OriginAgent(reactor, make_pool(reactor, 2), url, 7)._host
+        url: OriginAgent(reactor, url, 7, most_idle=2)._host
         for url in ("https://api.openai.com/v1", "https://api.example:8443", "http://[::1]:9", "http://[::1]")
     }
     assert hosts == {

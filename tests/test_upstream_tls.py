@@ -106,8 +106,8 @@ async def test_only_a_verified_upstream_is_used(reactor: Any, tmp_path: Path, tl
             try:
                 completion = await in_thread(client.chat.completions.create, model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
                 assert completion.choices[0].message.content == "Hello world"
-                # The pooled connection sends through writethrough under its TLS layer.
-                [[kept]] = [c for pool in proxy.service._pools for c in pool._connections.values()]
+                # The idle connection kept sends through writethrough under its TLS layer.
+                [kept] = [c for upstream in proxy.service.resource.upstreams.values() for c in upstream.agent.connections._idle]
                 assert type(kept.transport.transport).__name__ == "_WriteThroughClient"
             except openai.APIStatusError as e:
                 assert e.status_code == 502

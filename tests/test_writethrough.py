@@ -15,7 +15,7 @@ from twisted.internet import endpoints, protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
-from modeltrack.web.writethrough import _WriteThroughServer, after_sending, write_through
+from modeltrack.web.writethrough import WriteThroughListening, WriteThroughServer, after_sending, write_through
 
 
 class RecordingSocket:
@@ -68,10 +68,9 @@ async def connected(reactor: Any) -> tuple[Any, RecordingSocket, Receiver]:
 
     class Server(protocol.Protocol):
         def connectionMade(self) -> None:
-            write_through(self.transport)
             accepted.callback(self.transport)
 
-    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+    port = await endpoints.TCP4ServerEndpoint(WriteThroughListening(reactor), 0, interface="127.0.0.1").listen(
         protocol.Factory.forProtocol(Server)
     )
     receiver = Receiver()
@@ -86,7 +85,7 @@ async def connected(reactor: Any) -> tuple[Any, RecordingSocket, Receiver]:
 @pytest_twisted.ensureDeferred
 async def test_one_batch_one_send_then_accounting(reactor: Any) -> None:
     transport, recording, receiver = await connected(reactor)
-    assert isinstance(transport, _WriteThroughServer)
+    assert isinstance(transport, WriteThroughServer)
     seen_at_accounting: list[list[bytes]] = []
     transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
     transport.writeSequence([b"hello ", b"world"])
@@ -125,7 +124,7 @@ def test_a_request_already_sent_is_read_when_its_connection_is_accepted(reactor:
     from tests.memory import Harness
 
     h = Harness()
-    port = reactor.listenTCP(0, h.site, interface="127.0.0.1")
+    port = WriteThroughListening(reactor).listenTCP(0, h.site, interface="127.0.0.1")
     client = socket.create_connection(("127.0.0.1", port.getHost().port))
     try:
         body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()

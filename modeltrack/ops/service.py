@@ -63,6 +63,7 @@ from modeltrack.web.site import ProxySite
 from modeltrack.web.status import Readiness
 from modeltrack.web.tls import ReloadableServerTLS
 from modeltrack.web.upstream import OriginAgent, Upstream, load_trust_root, make_pool, plain_agent
+from modeltrack.web.writethrough import WriteThroughListening
 from twisted import version as twisted_version
 
 log = Logger()
@@ -155,7 +156,7 @@ class ModeltrackService(InOrder):
                 self.fast_path = False
         trust_root = None if settings.ca_bundle is None else load_trust_root(settings.ca_bundle)
         served = registry.served(settings.urls, settings.upstreams, dialects)
-        upstreams, self._pools, signers = _upstreams(served, settings, reactor, self.fast_path, trust_root)
+        upstreams, self._idle_closers, signers = _upstreams(served, settings, reactor, self.fast_path, trust_root)
         prices = PriceBook()
         prices.price_providers = {d.name: d.price_provider for d, _ in served if d.price_provider}
         try:
@@ -327,7 +328,7 @@ class ModeltrackService(InOrder):
             self._polling.stop()
 
     def _close_pools(self) -> Deferred[Any]:
-        return DeferredList([pool.closeCachedConnections() for pool in self._pools])
+        return DeferredList([close() for close in self._idle_closers])
 
     def _listen(self) -> None:
         # Every listener is bound here, before the reactor runs (so before any serves);
@@ -337,7 +338,7 @@ class ModeltrackService(InOrder):
         if self.settings.inherited:
             return self._adopt()
         for option, description, factory in self._listeners():
-            endpoint = endpoints.serverFromString(self._reactor, description)
+            endpoint = endpoints.serverFromString(self._listening_for(option), description)
             if option == "--listen-tls":
                 assert self.tls is not None  # options: --listen-tls needs --tls-cert and --tls-key
                 endpoint = endpoints.wrapServerTLS(self.tls, endpoint)
@@ -365,10 +366,19 @@ class ModeltrackService(InOrder):
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)
             with socket.socket(fileno=os.dup(fd)) as probe:
                 family = probe.family
-            port = self._reactor.adoptStreamPort(fd, family, factory)
+            port = self._listening_for(option).adoptStreamPort(fd, family, factory)
             os.close(fd)  # the reactor holds its own copy
             results.append((option, port))
         self._bound(results)
+
+    def _listening_for(self, option: str) -> Any:
+        """
+        The reactor a listener of C{option} listens with: on the fast path, the
+        proxy's accept connections that write through.
+        """
+        if self.fast_path and option != "--admin-listen":
+            return WriteThroughListening(self._reactor)
+        return self._reactor
 
     def _listeners(self) -> list[tuple[str, str, Site]]:
         found: list[tuple[str, str, Site]] = [("--listen", description, self.site) for description in self.settings.listen]
@@ -475,20 +485,22 @@ def _upstreams(
     served: list[tuple[Dialect, str]], settings: Settings, reactor: Any, fast: bool, trust_root: Any
 ) -> tuple[dict[str, Upstream], list[Any], dict[str, Any]]:
     """
-    Each served provider's L{Upstream}: its agent over a pool of its own (the fast
-    path's L{OriginAgent}, or Twisted's C{Agent}), and its signer where the proxy signs
-    its calls. Also the pools (closed at stop) and the signers (started and stopped).
+    Each served provider's L{Upstream}: its agent over idle connections of its own
+    (the fast path's L{OriginAgent}, or Twisted's C{Agent} and pool), and its signer
+    where the proxy signs its calls. Also what closes each one's idle connections (at
+    stop) and the signers (started and stopped).
     """
     upstreams: dict[str, Upstream] = {}
-    pools: list[Any] = []
+    closers: list[Callable[[], Deferred[None]]] = []
     signers: dict[str, Any] = {}
     for dialect, url in served:
-        pool = make_pool(reactor, settings.pool_size, fast)
-        pools.append(pool)
         if fast:
-            agent: Any = OriginAgent(reactor, pool, url, settings.connect_timeout, trust_root)
+            agent: Any = OriginAgent(reactor, url, settings.connect_timeout, trust_root, settings.pool_size)
+            closers.append(agent.connections.close)
         else:
+            pool = make_pool(reactor, settings.pool_size)
             agent = plain_agent(reactor, pool, settings.connect_timeout, trust_root)
+            closers.append(pool.closeCachedConnections)
         signer = None
         if dialect.signing is not None and dialect.name in settings.signing:
             from modeltrack.web.signing import NoCredentials, SigV4Signer
@@ -500,4 +512,4 @@ def _upstreams(
                 raise SystemExit(1) from None
             signers[dialect.name] = signer
         upstreams[dialect.name] = Upstream(url, agent, signer)
-    return upstreams, pools, signers
+    return upstreams, closers, signers

@@ -1,6 +1,7 @@
 """
 The upstream side of the relay: one HTTP/1.1 connection to a provider, read with as
-little machinery per chunk as the protocol allows.
+little machinery per chunk as the protocol allows, and the idle connections to one
+origin kept for the next request (L{IdleConnections}).
 
 Twisted's client (C{HTTP11ClientProtocol}) passes every read through a line receiver,
 a parser, a transfer decoder and the response's state machine, pauses and resumes the
@@ -8,54 +9,68 @@ socket around every response, and leaves each chunked response in a reference cy
 for the garbage collector. Under 1,000 streams that was a fifth of the reactor's time,
 and the full collections it fed stalled every stream for 35-80 ms. This connection
 parses the head, decodes the body's framing in one loop, and hands what one read
-carried to the body protocol in one call. It keeps the interfaces around it:
-C{HTTPConnectionPool}'s (C{state}, the quiescent callback, C{abort}) and C{IResponse}'s
-C{deliverBody}.
+carried to the body protocol in one call. Its responses are C{IResponse}s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import Enum, Flag, auto
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web._newclient import ParseError, RequestNotSent, ResponseNeverReceived
-from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.client import RequestNotSent, ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
+from modeltrack.web.chunked import BadResponse, ChunkedBody
 from modeltrack.web.interfaces import IConnection
 from modeltrack.web.writethrough import write_through
 
 #: Longest response head (status line and headers) accepted.
 MAX_HEAD = 64 * 1024
-#: Longest chunk-size or trailer line accepted.
-MAX_LINE = 4096
-_HEX = b"0123456789abcdefABCDEF"
-
-# Body framings (RFC 9112 6.3).
-_LENGTH, _CHUNKED, _UNTIL_CLOSE = range(3)
-# Where a chunked body's decoder is.
-_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
 
-class BadResponse(ParseError):
+class Framing(Enum):
     """
-    A response that is not HTTP/1.1 as it must be. The message names the problem and
-    carries no bytes of the response: it reaches the log and the client's error.
+    How a response body's end is known (RFC 9112 6.3).
     """
 
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem, b"")
+    LENGTH = "length"  # Content-Length (or no body at all)
+    CHUNKED = "chunked"  # the chunked transfer coding's last chunk
+    UNTIL_CLOSE = "until close"  # the connection's end
 
-    def __str__(self) -> str:
-        return self.args[0]
+
+class ConnectionState(Enum):
+    """
+    Where an upstream connection is, one request at a time.
+    """
+
+    IDLE = "idle"  # a request may be sent
+    WAITING = "waiting"  # a request was sent; its response head has not come
+    BODY = "body"  # its response body is arriving
+    CLOSED = "closed"  # it cannot be used again
+
+
+class PausedFor(Flag):
+    """
+    Why a connection's reads are paused; each reason is lifted on its own.
+    """
+
+    NOTHING = 0
+    SLOW_CLIENT = auto()  # the client's socket is full
+    NO_PROTOCOL = auto()  # body bytes came before anyone took the body
+
+
+# Read on every delivery: module globals are read faster than enum members.
+_IDLE, _WAITING, _BODY, _CLOSED = ConnectionState
+_LENGTH, _CHUNKED, _UNTIL_CLOSE = Framing
 
 
 @implementer(IResponse)
@@ -109,11 +124,11 @@ class _BodyTransport:
 
     def pauseProducing(self) -> None:
         if self._connection is not None:
-            self._connection.pause(client=True)
+            self._connection.pause(PausedFor.SLOW_CLIENT)
 
     def resumeProducing(self) -> None:
         if self._connection is not None:
-            self._connection.resume(client=True)
+            self._connection.resume(PausedFor.SLOW_CLIENT)
 
     def stopProducing(self) -> None:
         """
@@ -130,16 +145,21 @@ class UpstreamConnection(Protocol):
     """
     One persistent connection to an upstream, one request at a time.
 
-    @ivar state: C{"QUIESCENT"} when a request may be sent (the pool reads it),
-        C{"WAITING"} for the response head, C{"BODY"} while the body arrives,
-        C{"CLOSED"} once it cannot be used again.
+    @ivar state: its L{ConnectionState}.
     """
 
-    state = "QUIESCENT"
+    state = ConnectionState.IDLE
     transport: IConnection
 
-    def __init__(self, quiescent: Callable[[UpstreamConnection], object]) -> None:
-        self._quiescent = quiescent
+    def __init__(
+        self, idle: Callable[[UpstreamConnection], object], lost: Callable[[UpstreamConnection], object] = lambda _: None
+    ) -> None:
+        """
+        @param idle: called when a response has ended and another request may be sent.
+        @param lost: called when the connection has closed.
+        """
+        self._idle = idle
+        self._lost_callback = lost
         self._buffer = b""
         self._waiting: Deferred[UpstreamResponse] | None = None
         self._head_only = False
@@ -147,12 +167,12 @@ class UpstreamConnection(Protocol):
         self._persistent = True
         self._framing = _LENGTH
         self._remaining = 0
-        self._chunk_state = _SIZE
+        self._chunks = ChunkedBody()
         self._body: Protocol | None = None
         self._control: _BodyTransport | None = None
         self._held: list[bytes] | None = None
         self._ended: Failure | None = None
-        self._paused_for = 0  # bits: 1 the client is slow, 2 the body has no protocol yet
+        self._paused_for = PausedFor.NOTHING
         self._response: UpstreamResponse | None = None
         self._lost = False
         self._closed: list[Deferred[None]] = []
@@ -167,9 +187,9 @@ class UpstreamConnection(Protocol):
         Send one request, already serialised (head and body), and get its response
         once the head has arrived.
         """
-        if self.state != "QUIESCENT":
+        if self.state is not _IDLE:
             return fail(RequestNotSent())
-        self.state = "WAITING"
+        self.state = _WAITING
         if self._response is not None:
             # The last response's body can no longer be asked for.
             self._response._connection = None
@@ -184,7 +204,7 @@ class UpstreamConnection(Protocol):
     def _cancel(self, waiting: Deferred[UpstreamResponse]) -> None:
         # The Deferred fails with CancelledError by itself.
         self._waiting = None
-        self.state = "CLOSED"
+        self.state = _CLOSED
         self.transport.abortConnection()
 
     def abort(self) -> Deferred[None]:
@@ -201,13 +221,14 @@ class UpstreamConnection(Protocol):
     # -- reading -------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state == "BODY":
+        state = self.state
+        if state is _BODY:
             self._body_received(data)
-        elif self.state == "WAITING":
+        elif state is _WAITING:
             self._head_received(data)
-        elif self.state == "QUIESCENT":
+        elif state is _IDLE:
             # Bytes with no request outstanding: this connection is out of step.
-            self.state = "CLOSED"
+            self.state = _CLOSED
             self.transport.abortConnection()
 
     def _head_received(self, data: bytes) -> None:
@@ -228,15 +249,15 @@ class UpstreamConnection(Protocol):
             if response is not None:
                 break  # else an interim (1xx) response: the final one follows
         self._buffer = b""
-        self.state = "BODY"
+        self.state = _BODY
         self._held = []
         self._response = response
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.callback(response)  # the relay gives the body its protocol here
-        if self.state != "BODY":
+        if self.state is not _BODY:
             pass  # stopped by whoever took the response
-        elif self._framing == _LENGTH and self._remaining == 0:
+        elif self._framing is _LENGTH and self._remaining == 0:
             self._complete(buffer)
         elif buffer:
             self._body_received(buffer)
@@ -290,7 +311,7 @@ class UpstreamConnection(Protocol):
             if lengths:
                 self._persistent = False
             if codings[-1] == b"chunked":
-                self._framing, self._remaining, self._chunk_state = _CHUNKED, 0, _SIZE
+                self._framing, self._chunks = _CHUNKED, ChunkedBody()
             else:
                 self._framing, self._persistent = _UNTIL_CLOSE, False
         elif lengths:
@@ -306,7 +327,7 @@ class UpstreamConnection(Protocol):
         return UpstreamResponse(version, code, phrase, headers, length, self)
 
     def _head_failed(self, error: Exception) -> None:
-        self.state = "CLOSED"
+        self.state = _CLOSED
         waiting, self._waiting = self._waiting, None
         self.transport.abortConnection()
         if waiting is not None:
@@ -314,16 +335,16 @@ class UpstreamConnection(Protocol):
 
     def _body_received(self, data: bytes) -> None:
         framing = self._framing
-        if framing == _CHUNKED:
+        if framing is _CHUNKED:
             try:
-                payload, rest = self._dechunk(data)
+                payload, rest = self._chunks.feed(data)
             except BadResponse as error:
                 return self._body_failed(error)
             if payload:
                 self._deliver(payload)
             if rest is not None:
                 self._complete(rest)
-        elif framing == _UNTIL_CLOSE:
+        elif framing is _UNTIL_CLOSE:
             self._deliver(data)
         elif len(data) < self._remaining:
             self._remaining -= len(data)
@@ -334,46 +355,6 @@ class UpstreamConnection(Protocol):
                 self._deliver(data[:remaining] if len(data) > remaining else data)
             self._complete(data[remaining:])
         return None
-
-    def _dechunk(self, data: bytes) -> tuple[bytes, bytes | None]:
-        """
-        The payload in C{data}, and what follows the body if it ended (else L{None}).
-        """
-        if self._buffer:
-            data = self._buffer + data
-            self._buffer = b""
-        payload: list[bytes] = []
-        position, size = 0, len(data)
-        while position < size:
-            if self._chunk_state == _DATA:
-                end = min(size, position + self._remaining)
-                payload.append(data[position:end])
-                self._remaining -= end - position
-                position = end
-                if self._remaining == 0:
-                    self._chunk_state = _DATA_END
-                continue
-            eol = data.find(b"\n", position)
-            if eol < 0:
-                if size - position > MAX_LINE:
-                    raise BadResponse("chunk line too long")
-                self._buffer = data[position:]
-                break
-            line = data[position:eol].rstrip(b"\r")
-            position = eol + 1
-            if self._chunk_state == _SIZE:
-                digits = line.partition(b";")[0].strip(b" \t")
-                if not digits or len(digits) > 15 or digits.strip(_HEX):
-                    raise BadResponse("invalid chunk size")
-                self._remaining = int(digits, 16)
-                self._chunk_state = _DATA if self._remaining else _TRAILER
-            elif self._chunk_state == _DATA_END:
-                if line:
-                    raise BadResponse("chunk data longer than its size")
-                self._chunk_state = _SIZE
-            elif not line:  # the blank line after the trailer fields (which are dropped)
-                return _joined(payload), data[position:]
-        return _joined(payload), None
 
     # -- handing the body on -------------------------------------------------
 
@@ -388,15 +369,15 @@ class UpstreamConnection(Protocol):
         if ended is not None:
             self._end_body(ended)
         else:
-            self.resume(client=False)
+            self.resume(PausedFor.NO_PROTOCOL)
 
     def stop(self) -> None:
         """
         The body's protocol wants no more of it: the connection closes (it cannot be
         reused with part of a response unread) and the body ends as failed.
         """
-        if self.state == "BODY":
-            self.state = "CLOSED"
+        if self.state is _BODY:
+            self.state = _CLOSED
             self.transport.loseConnection()
             self._end_body(Failure(ResponseFailed([Failure(ConnectionDone("the body was not wanted"))])))
 
@@ -406,66 +387,68 @@ class UpstreamConnection(Protocol):
         elif self._held is not None:
             # No protocol for it yet: hold it and stop reading until there is one.
             self._held.append(payload)
-            self.pause(client=False)
+            self.pause(PausedFor.NO_PROTOCOL)
 
     def _complete(self, rest: bytes) -> None:
         """
         The body has ended; C{rest} came after it.
         """
         if self._persistent and not rest:
-            self.state = "QUIESCENT"
+            self.state = _IDLE
             if self._paused_for:
-                self._paused_for = 0
+                self._paused_for = PausedFor.NOTHING
                 self.transport.resumeProducing()
-            self._end_body(Failure(ResponseDone()), pooled=True)
+            self._end_body(Failure(ResponseDone()), reusable=True)
         else:
-            self.state = "CLOSED"
+            self.state = _CLOSED
             self.transport.loseConnection()
             self._end_body(Failure(ResponseDone()))
 
     def _body_failed(self, error: Exception) -> None:
-        self.state = "CLOSED"
+        self.state = _CLOSED
         self.transport.abortConnection()
         self._end_body(Failure(ResponseFailed([Failure(error)])))
 
-    def _end_body(self, reason: Failure, pooled: bool = False) -> None:
+    def _end_body(self, reason: Failure, reusable: bool = False) -> None:
         body, self._body = self._body, None
         control, self._control = self._control, None
         if control is not None:
             control._connection = None
-        if pooled:
-            # Back in the pool before the body's end is told, as Twisted's client does.
-            self._quiescent(self)
+        if reusable:
+            # Idle before the body's end is told, as Twisted's client does: whatever
+            # the body's protocol does next may want a connection.
+            self._idle(self)
         if body is not None:
             self._response = None
             body.connectionLost(reason)
         elif self._held is not None:
             self._ended = reason  # told when deliverBody comes
 
-    def pause(self, client: bool) -> None:
+    def pause(self, reason: PausedFor) -> None:
         if not self._paused_for and self.transport is not None:
             self.transport.pauseProducing()
-        self._paused_for |= 1 if client else 2
+        self._paused_for |= reason
 
-    def resume(self, client: bool) -> None:
+    def resume(self, reason: PausedFor) -> None:
         was = self._paused_for
-        self._paused_for &= ~(1 if client else 2)
-        if was and not self._paused_for and self.state != "CLOSED":
+        self._paused_for &= ~reason
+        if was and not self._paused_for and self.state is not _CLOSED:
             self.transport.resumeProducing()
 
     # -- the end -------------------------------------------------------------
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        state, self.state = self.state, "CLOSED"
+        state, self.state = self.state, _CLOSED
         self._lost = True
+        self._lost_callback(self)
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             kind = ResponseFailed if self._received else ResponseNeverReceived
             waiting.errback(Failure(kind([reason])))
-        elif state == "BODY":
+        elif state is _BODY:
             # A body without a length ends when the connection does; any other
             # body was cut short.
-            if self._framing == _UNTIL_CLOSE:
+            if self._framing is _UNTIL_CLOSE:
                 self._end_body(Failure(PotentialDataLoss()))
             else:
                 self._end_body(Failure(ResponseFailed([reason])))
@@ -485,22 +468,3 @@ def _end_of_head(buffer: bytes) -> tuple[int, int] | None:
     if lf < 0 or 0 <= crlf < lf:
         return crlf, crlf + 3
     return lf, lf + 2
-
-
-def _joined(parts: list[bytes]) -> bytes:
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-class ConnectionFactory(Factory):
-    """
-    What C{HTTPConnectionPool} builds one connection with (its C{_factory}). Quiet:
-    the default logs the start and stop of every connection's factory.
-    """
-
-    noisy = False
-
-    def __init__(self, quiescent: Callable[[UpstreamConnection], object], description: str = "") -> None:
-        self._quiescent = quiescent
-
-    def buildProtocol(self, addr: Any) -> UpstreamConnection:
-        return UpstreamConnection(self._quiescent)

@@ -21,7 +21,7 @@ from twisted.web.resource import IResource
 from modeltrack.failures import log_failure, safe_method
 from modeltrack.web.interfaces import IConnection
 from modeltrack.web.status import STATUS_PATHS
-from modeltrack.web.writethrough import _WriteThroughServer, write_through
+from modeltrack.web.writethrough import WriteThroughServer
 
 DEFAULT_MAX_BODY = 32 << 20
 #: Methods whose requests carry a body (any other may come with one).
@@ -163,7 +163,7 @@ def _framing_is_clear(headers: Any, version: bytes | None) -> bool:
 class ProxyChannel(http.HTTPChannel):
     """
     HTTP/1.1 (the SDKs' protocol; no HTTP/2 negotiation) on a connection that sends
-    at the end of the reactor's batch (L{write_through}), and reads a request that
+    at the end of the reactor's batch (L{WriteThroughServer}), and reads a request that
     came with the connection as soon as it is accepted.
 
     A request head must arrive whole within the site's C{head_timeout} of its first
@@ -191,11 +191,9 @@ class ProxyChannel(http.HTTPChannel):
     _refused = False
 
     def connectionMade(self) -> None:
-        if self.site.fast_path:
-            write_through(self.transport)
         super().connectionMade()
         self._new_head()
-        if isinstance(self.transport, _WriteThroughServer):
+        if isinstance(self.transport, WriteThroughServer):
             # A client sends its request as soon as it is connected, so it is usually
             # here by the time the connection is accepted: read it now rather than
             # after the reactor's next batch of events. (Nothing there: the read finds
@@ -312,7 +310,8 @@ class ProxySite(server.Site):
     @ivar max_body: the largest request body accepted, in bytes.
     @ivar clock: the time source for request durations.
     @ivar head_timeout: seconds a request head has to arrive whole (see L{ProxyChannel}).
-    @ivar fast_path: client connections send through L{write_through}.
+    @ivar fast_path: its listeners accept connections that write through
+        (L{modeltrack.web.writethrough.WriteThroughListening}).
     @ivar track: told of every request from its first line (a stop waits for them).
     """
 

@@ -1,31 +1,38 @@
 """
-Where one provider's calls go: an L{OriginAgent} over a persistent connection pool, with the
-header hygiene of a reverse proxy.
+Where one provider's calls go: an L{OriginAgent} over its own idle connections (or
+Twisted's C{Agent} and C{HTTPConnectionPool}, the public-API path), with the header
+hygiene of a reverse proxy.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-if TYPE_CHECKING:
-    from modeltrack.web.client import UpstreamConnection
+from modeltrack.web.client import ConnectionState, UpstreamConnection
+
+#: RFC 9110 5.6.2: a method is a token.
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: RFC 9112 3.2: a request target is visible ASCII.
+_VISIBLE_ASCII = re.compile(rb"[!-~]+")
 
 #: RFC 9110 hop-by-hop headers: they describe one connection, never the next one.
 HOP_BY_HOP = frozenset(
@@ -110,25 +117,15 @@ class BytesProducer:
         pass
 
 
-def make_pool(reactor: object, per_host: int, fast: bool = True) -> HTTPConnectionPool:
+def make_pool(reactor: object, per_host: int) -> HTTPConnectionPool:
     """
-    The persistent pool of one provider's connections; on the fast path (see
-    L{modeltrack.web.fastpath}) its connections are L{UpstreamConnection}s.
+    The public-API path's persistent pool of one provider's connections (see
+    L{IdleConnections} for what the sizes mean).
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
-    # Not a concurrency limit: how many idle connections are kept for reuse. Sized for
-    # the expected concurrency so a burst does not leave a trail of new TLS handshakes.
     pool.maxPersistentPerHost = per_host
-    # Below the providers' keep-alive idle timeouts, so a request is never written into
-    # a connection the server is about to close.
-    pool.cachedConnectionTimeout = 50
+    pool.cachedConnectionTimeout = int(IdleConnections.idle_seconds)
     pool.retryAutomatically = False  # POSTs are not safe to retry
-    if fast:
-        from modeltrack.web.client import ConnectionFactory
-
-        # Twisted's private hook for the pool's protocol: the fast path (its presence is
-        # checked at start-up by modeltrack.web.fastpath).
-        pool._factory = ConnectionFactory  # type: ignore[assignment]  # not an _HTTP11ClientFactory
     return pool
 
 
@@ -154,7 +151,8 @@ class Upstream:
         parts = urlsplit(base_url)
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self._base = base_url.rstrip("/").encode("ascii")
-        self._agent = agent
+        #: Twisted's C{Agent} on the public-API path, else an L{OriginAgent}.
+        self.agent = agent
         self.signer = signer
 
     def request(
@@ -164,32 +162,28 @@ class Upstream:
         if self.signer is not None:
             self.signer.sign(method, url, headers, body)
         producer = None if body is None else BytesProducer(body)
-        return self._agent.request(method, url, headers, producer)
+        return self.agent.request(method, url, headers, producer)
 
 
 @implementer(IAgent)
 class OriginAgent:
     """
-    An L{IAgent} for the one origin an upstream may contact, over a persistent pool:
-    the endpoint is built once (the TLS client context at start-up, not per
-    connection), and a request is sent without re-parsing its URI, copying its
-    headers or streaming a body that is already in memory. C{Agent} does all three
-    per call, which made the relay slower than a bare forwarder. Responses are read
-    by L{modeltrack.web.client.UpstreamConnection}.
+    An L{IAgent} for the one origin an upstream may contact, over its own idle
+    connections (L{IdleConnections}): the endpoint is built once (the TLS client
+    context at start-up, not per connection), and a request is sent without
+    re-parsing its URI, copying its headers or streaming a body that is already in
+    memory. C{Agent} does all three per call, which made the relay slower than a bare
+    forwarder. Responses are read by L{modeltrack.web.client.UpstreamConnection}.
     """
 
     def __init__(
-        self,
-        reactor: object,
-        pool: HTTPConnectionPool,
-        base_url: str,
-        connect_timeout: float,
-        trust_root: Any = None,
+        self, reactor: Any, base_url: str, connect_timeout: float, trust_root: Any = None, most_idle: int = 64
     ) -> None:
         """
         @param trust_root: the CAs an https origin's certificate must chain to (from
             C{--ca-bundle}); the system trust store when L{None}. The hostname is always
             verified (service-identity).
+        @param most_idle: how many idle connections are kept for reuse (C{--pool-size}).
         """
         parts = urlsplit(base_url)
         hostname = parts.hostname or ""
@@ -200,26 +194,18 @@ class OriginAgent:
         self._host = b"[" + host + b"]" if isIPv6Address(hostname) else host
         if (parts.scheme, port) not in (("http", 80), ("https", 443)):
             self._host += b":%d" % port
-        self._key = (parts.scheme.encode("ascii"), host, port)
-        self._pool = pool
-        # Twisted's own checks, as its client makes them (the fast path's: checked
-        # present at start-up by modeltrack.web.fastpath).
-        from twisted.web._newclient import _ensureValidMethod, _ensureValidURI
-
-        self._valid_method = _ensureValidMethod
-        self._valid_uri = _ensureValidURI
         endpoint: IStreamClientEndpoint
         if isIPAddress(hostname):
             endpoint = TCP4ClientEndpoint(reactor, hostname, port, timeout=connect_timeout)
         elif isIPv6Address(hostname):
             endpoint = TCP6ClientEndpoint(reactor, hostname, port, timeout=connect_timeout)
         else:
-            # A name: resolved per new connection (pooled connections are reused).
+            # A name: resolved per new connection (idle connections are reused).
             endpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
         if parts.scheme == "https":
             creator = BrowserLikePolicyForHTTPS(trust_root).creatorForNetloc(host, port)
             endpoint = wrapClientTLS(creator, endpoint)
-        self._endpoint = endpoint
+        self.connections = IdleConnections(reactor, endpoint, most_idle)
 
     def request(
         self,
@@ -237,12 +223,9 @@ class OriginAgent:
         if bodyProducer is not None and not isinstance(bodyProducer, BytesProducer):
             return fail(TypeError("request bodies are sent from memory (BytesProducer)"))
         path = uri[len(self._origin):]
-        try:
-            # A token; visible ASCII.
-            self._valid_method(method)
-            self._valid_uri(path)
-        except ValueError:
-            return fail()
+        if _TOKEN.fullmatch(method) is None or _VISIBLE_ASCII.fullmatch(path) is None:
+            # What Twisted's client refuses to send (RFC 9110 9.1, RFC 9112 3.2).
+            return fail(ValueError("the method is not a token, or the target holds bytes other than visible ASCII"))
         if headers is None:
             headers = Headers()
         headers.setRawHeaders(b"host", [self._host])
@@ -256,9 +239,78 @@ class OriginAgent:
         data.append(b"\r\n")
         if bodyProducer is not None:
             data.append(bodyProducer.body)
-        # The pool's connections are UpstreamConnections (see fast_pool).
-        d = cast("Deferred[UpstreamConnection]", self._pool.getConnection(self._key, self._endpoint))
-        return d.addCallback(lambda connection: connection.request(method, data))
+        return self.connections.get().addCallback(lambda connection: connection.request(method, data))
+
+
+class IdleConnections(Factory):
+    """
+    The connections to one origin: each new one made over C{endpoint}, and those whose
+    response has ended kept for the next request, most recently used first (the
+    connections a server keeps alive longest are the ones it saw last). One is closed
+    after L{idle_seconds} unused, the oldest when more than L{most} wait, and every
+    one at stop.
+    """
+
+    noisy = False  # the default logs the start and stop of every connection's factory
+    #: Below the providers' keep-alive idle timeouts, so a request is never written
+    #: into a connection the server is about to close.
+    idle_seconds = 50.0
+
+    def __init__(self, clock: IReactorTime, endpoint: IStreamClientEndpoint, most: int) -> None:
+        self._clock = clock
+        self._endpoint = endpoint
+        #: Not a limit on connections: how many idle ones are kept for reuse, sized for
+        #: the expected concurrency so a burst leaves no trail of new TLS handshakes.
+        self.most = most
+        self._idle: list[UpstreamConnection] = []  # the oldest first
+        self._expiries: dict[UpstreamConnection, IDelayedCall] = {}
+
+    def get(self) -> Deferred[UpstreamConnection]:
+        """
+        A connection a request may be sent on: an idle one, or a new one.
+        """
+        while self._idle:
+            connection = self._idle.pop()
+            self._expiries.pop(connection).cancel()
+            if connection.state is ConnectionState.IDLE:
+                return succeed(connection)
+        connecting: Deferred[UpstreamConnection] = self._endpoint.connect(self)  # type: ignore[assignment]
+        return connecting
+
+    def buildProtocol(self, addr: Any) -> UpstreamConnection:
+        return UpstreamConnection(self._put, self._forget)
+
+    def _put(self, connection: UpstreamConnection) -> None:
+        if len(self._idle) >= self.most:
+            oldest = self._idle.pop(0)
+            self._expiries.pop(oldest).cancel()
+            oldest.transport.loseConnection()
+        self._idle.append(connection)
+        self._expiries[connection] = self._clock.callLater(self.idle_seconds, self._expire, connection)
+
+    def _expire(self, connection: UpstreamConnection) -> None:
+        del self._expiries[connection]
+        self._idle.remove(connection)
+        connection.transport.loseConnection()
+
+    def _forget(self, connection: UpstreamConnection) -> None:
+        """
+        A connection closed (by its server, say): if it was idle, it is no more.
+        """
+        expiry = self._expiries.pop(connection, None)
+        if expiry is not None:
+            expiry.cancel()
+            self._idle.remove(connection)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close every idle connection; fires once they are closed.
+        """
+        idle, self._idle = self._idle, []
+        expiries, self._expiries = self._expiries, {}
+        for expiry in expiries.values():
+            expiry.cancel()
+        return gatherResults([connection.abort() for connection in idle]).addCallback(lambda _: None)
 
 
 def load_trust_root(path: Path) -> Any:

@@ -1,6 +1,9 @@
 """
 Sending without asking the reactor: TCP connections whose writes are sent once the
-reactor has handled its current batch of events, straight to the socket.
+reactor has handled its current batch of events, straight to the socket. The proxy's
+listeners accept connections of this kind (L{WriteThroughPort}, listened on through
+L{WriteThroughListening}); its upstream connections become so when they connect
+(L{write_through}: Twisted has no public way to choose a client connection's class).
 
 Twisted queues every write and registers the socket for writability; the reactor
 sends when it next polls: two epoll_ctl calls and a dispatch through the reactor for
@@ -16,11 +19,12 @@ producer, errors).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IProtocol, IReactorFDSet, IReactorTime
 from twisted.logger import Logger
 
 from modeltrack.failures import log_failure
@@ -145,28 +149,68 @@ class _WriteThrough(_Mixed):
             super().writeSequence((data[sent:],))
 
 
-class _WriteThroughServer(_WriteThrough, tcp.Server):
-    pass
+class WriteThroughServer(_WriteThrough, tcp.Server):
+    """
+    An accepted connection that sends as described above, with Nagle off (what is
+    sent is a whole answer or chunk; it must not wait for an acknowledgement).
+    """
+
+    def __init__(
+        self, sock: socket.socket, protocol: IProtocol, client: tuple[object, ...], server: tcp.Port, sessionno: int,
+        reactor: IReactorFDSet,
+    ) -> None:
+        super().__init__(sock, protocol, client, server, sessionno, reactor)
+        self.setTcpNoDelay(True)
 
 
 class _WriteThroughClient(_WriteThrough, tcp.Client):
     pass
 
 
-_UPGRADES = {tcp.Server: _WriteThroughServer, tcp.Client: _WriteThroughClient}
+class WriteThroughPort(tcp.Port):
+    """
+    A TCP port whose accepted connections are L{WriteThroughServer}s.
+    """
+
+    transport = WriteThroughServer
+
+
+class WriteThroughListening:
+    """
+    The reactor as endpoints see it when the proxy listens: its TCP ports, bound
+    (C{tcp:}, C{tcp6:}) or adopted (C{systemd:}, a worker's inherited socket), are
+    L{WriteThroughPort}s; anything else (UNIX sockets, C{ssl:}) is the reactor's own.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> WriteThroughPort:
+        listening = WriteThroughPort(port, factory, backlog, interface, self._reactor)
+        listening.startListening()
+        return listening
+
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+            return self._reactor.adoptStreamPort(fileDescriptor, addressFamily, factory)
+        # Twisted's own way to wrap a listening socket (checked at start-up, fastpath).
+        listening = WriteThroughPort._fromListeningDescriptor(self._reactor, fileDescriptor, addressFamily, factory)
+        listening.startListening()
+        return listening
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
 
 
 def write_through(transport: Any) -> None:
     """
-    Make a TCP connection (or the TCP connection under a TLS one) send as described
-    above, with Nagle off (what is sent is a whole answer or chunk; it must not wait
-    for an acknowledgement). Any other transport (UNIX sockets, test transports) is
-    left as it is.
+    Make an upstream TCP connection (or the TCP connection under a TLS one) send as
+    described above, with Nagle off. Any other transport (UNIX sockets, test
+    transports) is left as it is.
     """
-    if type(transport) not in _UPGRADES:
+    if type(transport) is not tcp.Client:
         # Under TLS the bytes that leave are the TLS layer's: its connection sends so.
         transport = getattr(transport, "transport", None)
-    upgrade = _UPGRADES.get(type(transport))
-    if upgrade is not None:
-        transport.__class__ = upgrade
+    if type(transport) is tcp.Client:
+        transport.__class__ = _WriteThroughClient
         transport.setTcpNoDelay(True)
