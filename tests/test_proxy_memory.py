@@ -457,3 +457,34 @@ def test_relayed_routes_counted_are_bounded() -> None:
         stats.relayed_call("openai", f"/v1/route-{n}")  # a path's first segments are the caller's
     assert len(stats.relayed) == MAX_RELAYED_ROUTES + 1
     assert stats.relayed["openai", "_other"] == 50
+
+
+def test_an_answered_call_leaves_no_reference_cycle() -> None:
+    """
+    The garbage collector's full passes stall every stream; the relay makes none for
+    them to find: an ended call's exchange, relay and meter are freed by reference
+    counting alone.
+    """
+    import gc
+
+    from modeltrack.web.proxy import Exchange
+    from modeltrack.web.relay import Relay
+
+    h = Harness()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            h.send("POST", "/v1/chat/completions", {**CHAT, "stream": True})
+            response = FakeResponse(200, SSE)
+            h.agent.calls.pop().deferred.callback(response)
+            response.send(*chat_stream("gpt-4o-2024-08-06", include_usage=True))
+            response.end()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        cyclic = [type(o).__name__ for o in gc.garbage if isinstance(o, (Exchange, Relay))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert len(h.journal.events()) == 5 and cyclic == []

@@ -280,7 +280,7 @@ class Exchange:
             return
         self.phase = Phase.ENDED
         self.outcome = outcome
-        self.relay.relaying = False
+        self.relay.ended()
         self._deadline(None)
         request = self.request
         if not self._client_gone:
@@ -292,11 +292,8 @@ class Exchange:
                     self.phase = Phase.ENDING  # finished by _completed
                 else:
                     self.relay.finish(self._resource.draining)
-        self.reading = reading = self.relay.meter.reading
-        if error_type is not None and reading.error_type is None:
-            reading.error_type = error_type
-        if outcome is Outcome.OK:
-            self.answer = self.relay.whole_answer(self.status)
+        if error_type is not None and self.relay.meter.reading.error_type is None:
+            self.relay.meter.reading.error_type = error_type
         if stop:
             self._stop_upstream()
         # The answer leaves before its accounting is done.
@@ -337,6 +334,10 @@ class Exchange:
                 # (an unknown key, a body too large) does, as every refusal does.
                 resource.forget(self)
                 return
+        # Read now, after the answer has gone: decoding a whole body takes a while.
+        self.reading = self.relay.meter.reading
+        if self.outcome is Outcome.OK:
+            self.answer = self.relay.whole_answer(self.status)
         resource.accountant.call_ended(self)
         if self.phase is Phase.ENDING:
             resource.journal.flush().addCallback(self._completed)

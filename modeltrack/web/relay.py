@@ -49,8 +49,8 @@ class Relay(Protocol):
     Relays one response body through its meter, and tells its L{Listener} how the body
     ended or that the client has gone.
 
-    @ivar relaying: false once the call has ended (by its end, a timeout, the client
-        or a stop): whatever still arrives is dropped.
+    @ivar relaying: false once the call has ended (L{ended}): whatever still arrives
+        is dropped.
     @ivar last_data: when the last chunk arrived (the idle timeout reads it).
     """
 
@@ -59,7 +59,7 @@ class Relay(Protocol):
     transport: IPushProducer | None  # type: ignore[assignment]  # not an ITransport
 
     def __init__(self, exchange: Listener, request: ProxyRequest, clock: IReactorTime, holds: bool) -> None:
-        self._exchange = exchange
+        self._exchange: Listener | None = exchange
         self._request = request
         self._clock = clock
         self.meter: IMeter = RelayOnly()
@@ -148,7 +148,7 @@ class Relay(Protocol):
         self.last_data = self._clock.seconds()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.relaying:
+        if not self.relaying or self._exchange is None:
             return  # the exchange ended it: timeout, client gone, or shutdown
         if not reason.check(ResponseDone, PotentialDataLoss):
             # The upstream connection broke mid-body: make the truncation visible to
@@ -160,6 +160,15 @@ class Relay(Protocol):
         if tail:
             self.write_last(tail)
         self._exchange.body_ended(True)
+
+    def ended(self) -> None:
+        """
+        The call has ended (by its end, a timeout, the client or a stop): whatever
+        still arrives is dropped, and the relay lets go of its call, so that no
+        reference cycle outlives it (the collector's full passes stall every stream).
+        """
+        self.relaying = False
+        self._exchange = None
 
     def stop_upstream(self) -> None:
         """
@@ -181,7 +190,8 @@ class Relay(Protocol):
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
-        self._exchange.client_gone(None)
+        if self._exchange is not None:
+            self._exchange.client_gone(None)
 
     # -- answers held until their event is on disk (--fsync always) ------------
 
