@@ -192,3 +192,63 @@ async def test_json_logs(tmp_path: Path) -> None:
         assert record["level"] in ("debug", "info", "warn", "error", "critical")
         assert not any(key.startswith(("log_", "__")) or key == "unpersistable" for key in record)
         assert all(not isinstance(value, (dict, list)) for value in record.values())
+
+
+def _run_until_ready(tmp_path: Path, twistd_options: list[str], *options: str) -> subprocess.CompletedProcess[str]:
+    """
+    Run twistd with C{twistd_options}, wait for its READY=1 (systemd's notification,
+    on a socket of the test's), make one call, stop it with SIGTERM; its output.
+    """
+    import urllib.request
+
+    notify_path = tmp_path / "notify"
+    notify_path.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notified:
+        notified.bind(str(notify_path))
+        notified.settimeout(60)
+        port = free_port()
+        process = subprocess.Popen(
+            [*TWISTD, *twistd_options, "--pidfile=", "modeltrack", "--log-format", "json", "--access-log",
+             "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(tmp_path / "data"), *options],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path),
+            env=environment(NOTIFY_SOCKET=str(notify_path)),
+        )
+        try:
+            while b"READY=1" not in notified.recv(4096):
+                pass
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30).read()
+            process.send_signal(signal.SIGTERM)
+            out, _ = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, "")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_logfile_is_where_twistd_says(tmp_path: Path, workers: str) -> None:
+    """
+    twistd's --logfile FILE: every line there (the workers' too), in the chosen
+    format, nothing on standard output; --logfile - and none write to standard output.
+    """
+    logfile = tmp_path / "modeltrack.log"
+    done = _run_until_ready(tmp_path, ["-n", "--logfile", str(logfile)], "--workers", workers)
+    assert done.returncode == 0, done.stdout
+    records = [json.loads(line) for line in logfile.read_text().splitlines()]
+    assert any("listening on" in r["message"] for r in records)
+    assert any(r.get("namespace") == "modeltrack.access" and r["path"] == "/healthz" for r in records)
+    assert any("modeltrack stopped" in r["message"] for r in records)
+    assert not [line for line in done.stdout.splitlines() if line.startswith("{")]
+    for twistd_options in (["-n", "--logfile", "-"], ["-n"]):
+        done = _run_until_ready(tmp_path, twistd_options)
+        records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        assert done.returncode == 0 and any("listening on" in r["message"] for r in records)
+
+
+def test_twistd_logging_options_that_cannot_work(tmp_path: Path) -> None:
+    for argv, problem in (
+        (["--logfile", "-"], "modeltrack: --logfile: daemons cannot log to stdout"),
+        (["-n", "--syslog"], "modeltrack: --syslog: modeltrack writes its own log lines"),
+    ):
+        result = twistd(*argv, "--pidfile=", "modeltrack", "--data-dir", str(tmp_path))
+        assert result.returncode == 2 and result.stderr.startswith(problem), result.stderr

@@ -9,11 +9,14 @@ request targets, which can hold keys.
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import IO, Any
 
 from twisted.logger import FileLogObserver, ILogObserver, formatEvent
+from twisted.python.logfile import LogFile
 
 from modeltrack.failures import where
 
@@ -77,8 +80,16 @@ class LogFormat(StrEnum):
     JSON = "json"  # one flat JSON object per line, for log shippers
 
 
-def observer(log_format: LogFormat, out: IO[str]) -> ILogObserver:
+def observer(log_format: LogFormat, out: IO[str] | LogFile) -> ILogObserver:
     """
     The process's log observer: each event as C{log_format}, to C{out}.
     """
-    return FileLogObserver(out, _json_line if LogFormat(log_format) is LogFormat.JSON else _text_line)
+    return FileLogObserver(out, _json_line if LogFormat(log_format) is LogFormat.JSON else _text_line)  # type: ignore[arg-type]  # LogFile writes str
+
+
+def destination(path: Path | None) -> IO[str] | LogFile:
+    """
+    Where the log goes: standard output, or the file twistd's C{--logfile} names,
+    rotated as twistd rotates its own (every MB, and on SIGUSR1: L{Signals}).
+    """
+    return sys.stdout if path is None else LogFile.fromFullPath(str(path))

@@ -194,6 +194,7 @@ def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Setting
         cache_ttl=_positive(options, "cache-ttl"),
         config_poll_seconds=_positive(options, "config-poll-seconds"),
         log_format=_choice(options, "log-format", LogFormat),
+        log_file=_check_log_file(getattr(options, "parent", None)),
         **_check_admin(options, environ, listen + listen_tls),
         alert_webhook=_check_webhook(options["alert-webhook"] or environ.get("MODELTRACK_ALERT_WEBHOOK") or None),
         index_seconds=_positive(options, "index-seconds"),
@@ -215,6 +216,30 @@ def _choice(options: usage.Options, name: str, kind: type[StrEnumT]) -> StrEnumT
         return kind(value)
     except ValueError:
         raise ConfigError(f"--{name}: {value!r} is not one of {_choices(kind)}") from None
+
+
+def _check_log_file(twistd: Mapping[str, Any] | None) -> Path | None:
+    """
+    Where twistd's own options say the log goes, as every twistd plugin's does:
+    C{--logfile FILE}, or standard output for C{--logfile -} or none under C{-n}
+    (C{twistd.log} for a daemon). L{None} means standard output, as it does outside
+    twistd (an embedder, a test).
+    """
+    if twistd is None:
+        return None
+    if twistd.get("syslog"):
+        raise ConfigError(
+            "--syslog: modeltrack writes its own log lines (no exception text: no key can reach them); "
+            "give --logfile FILE, or log to standard output (the journal, under systemd)"
+        )
+    name, daemon = twistd.get("logfile"), not twistd.get("nodaemon")
+    if name == "-":
+        if daemon:
+            raise ConfigError("--logfile: daemons cannot log to stdout")
+        return None
+    if not name:
+        return Path("twistd.log").resolve() if daemon else None
+    return Path(name).resolve()
 
 
 def _given(options: usage.Options, environ: Mapping[str, str], option: str) -> str | None:

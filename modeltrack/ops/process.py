@@ -1,6 +1,7 @@
 """
 What belongs to the process rather than to any one part of the proxy: the open-files
-limit, the garbage collector's pacing, and the signals (SIGHUP reloads, SIGTERM stops).
+limit, the garbage collector's pacing, and the signals (SIGHUP reloads, SIGTERM stops,
+SIGUSR1 rotates a log file, as under twistd's own logging).
 """
 
 from __future__ import annotations
@@ -52,21 +53,26 @@ def pace_the_collector() -> None:
 
 class Signals:
     """
-    SIGHUP calls C{reload}, SIGTERM calls C{stop}, each on the reactor thread; the
-    previous handlers come back on L{restore}.
+    SIGHUP calls C{reload}, SIGTERM calls C{stop}, SIGUSR1 rotates C{log} if it is a
+    log file, each on the reactor thread; the previous handlers come back on
+    L{restore}.
     """
 
-    def __init__(self, reactor: Any, reload: Callable[[], object], stop: Callable[[], object]) -> None:
+    def __init__(self, reactor: Any, reload: Callable[[], object], stop: Callable[[], object], log: Any = None) -> None:
         self._reactor = reactor
         self._reload = reload
         self._stop = stop
+        self._rotate = getattr(log, "rotate", None)
         self._previous_sighup: Any = None
         self._previous_sigterm: Any = None
+        self._previous_sigusr1: Any = None
         self._installed = False
 
     def install(self) -> None:
         self._installed = True
         self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        if self._rotate is not None:
+            self._previous_sigusr1 = signal.signal(signal.SIGUSR1, self._on_sigusr1)
         # Once the reactor has installed its own handlers, take SIGTERM: a stop asked
         # for by the service manager is the normal end of this process, and should
         # exit 0 after draining (twistd re-raises the signal it stopped for otherwise).
@@ -81,6 +87,8 @@ class Signals:
             return
         self._installed = False
         signal.signal(signal.SIGHUP, self._previous_sighup)
+        if self._rotate is not None:
+            signal.signal(signal.SIGUSR1, self._previous_sigusr1)
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
@@ -93,3 +101,6 @@ class Signals:
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self._reactor.callFromThread(self._stop)
+
+    def _on_sigusr1(self, signum: int, frame: object) -> None:
+        self._reactor.callFromThread(self._rotate)

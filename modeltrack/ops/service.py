@@ -41,7 +41,7 @@ from modeltrack.controls.redis_client import connect
 from modeltrack.controls.redis_ledger import RedisLedger, install_id
 from modeltrack.controls.spendlog import rebuild
 from modeltrack.failures import log_failure
-from modeltrack.observe.logs import observer
+from modeltrack.observe.logs import destination, observer
 from modeltrack.observe.metrics import Metrics
 from modeltrack.observe.peers import Peers
 from modeltrack.observe.stats import Stats
@@ -260,7 +260,9 @@ class ModeltrackService(InOrder):
             self.tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key)
         self.ports: list[Any] = []
         self.admin_port: Any = None
-        self.signals = Signals(reactor, self._reload_on_signal, self._stop_reactor)
+        #: Where the log goes: standard output, or twistd's --logfile.
+        self.log_output = destination(settings.log_file)
+        self.signals = Signals(reactor, self._reload_on_signal, self._stop_reactor, self.log_output)
         self._polling = LoopingCall(self._poll)
         self._polling.clock = reactor
         self._snapshots = LoopingCall(self._save_cache)
@@ -290,7 +292,7 @@ class ModeltrackService(InOrder):
         L{ILogObserver} set on the application is the documented way for a plugin to
         choose how logs are written.
         """
-        parent.setComponent(ILogObserver, observer(self.settings.log_format, sys.stdout))
+        parent.setComponent(ILogObserver, observer(self.settings.log_format, self.log_output))
         super().setServiceParent(parent)
 
     def startService(self) -> None:

@@ -69,6 +69,8 @@ class Settings:
     cache_ttl: float = 3600.0
     config_poll_seconds: float = 2.0
     log_format: LogFormat = LogFormat.TEXT
+    #: Where the log is written (twistd's C{--logfile}); L{None}: standard output.
+    log_file: Path | None = None
     #: None: no admin listener (tests and embedders build one only when asked).
     admin_listen: str | None = None
     admin_token: bytes | None = None

@@ -12,6 +12,8 @@ processes accepting on one socket). It serves nothing itself; it supervises:
 Each worker is the ordinary proxy (L{modeltrack.ops.service}) started as
 C{twistd -n modeltrack ARGS} with the same arguments, told its number and its
 sockets in its environment. Worker 0 also serves the admin listener and runs the index.
+The workers log to this process's standard output; under twistd's C{--logfile}, their
+lines come through this process, the one writer of that file (it rotates it).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
-from modeltrack.ops.options import Settings
+from modeltrack.observe.logs import destination, observer
 from modeltrack.ops.process import Signals
 from modeltrack.ops.sdnotify import notify
+from modeltrack.ops.settings import Settings
 
 log = Logger()
 
@@ -49,6 +52,7 @@ class _Worker(ProcessProtocol):
         self.ready = False
         self.pid: int | None = None
         self.ended: Deferred[None] = Deferred()
+        self._partial = b""  # of a log line
 
     def connectionMade(self) -> None:
         self.pid = getattr(self.transport, "pid", None)
@@ -57,6 +61,11 @@ class _Worker(ProcessProtocol):
         if childFD == self.ready_fd and b"ready" in data and not self.ready:
             self.ready = True
             self.supervisor.worker_ready(self)
+        elif childFD == 1:
+            # Whole lines only: lines of several workers must not interleave.
+            lines, _, self._partial = (self._partial + data).rpartition(b"\n")
+            if lines:
+                self.supervisor.log_output.write((lines + b"\n").decode("utf-8", "replace"))
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
@@ -64,6 +73,11 @@ class _Worker(ProcessProtocol):
 
 
 class Supervisor(Service):
+    """
+    The process that binds the listeners and runs the workers that serve them (see
+    the module's docstring); it serves nothing itself.
+    """
+
     def __init__(self, settings: Settings, reactor: Any) -> None:
         self.setName("modeltrack supervisor")
         self.settings = settings
@@ -72,7 +86,16 @@ class Supervisor(Service):
         self.workers: dict[int, _Worker] = {}
         self._stopping = False
         self._announced = False
-        self.signals = Signals(reactor, self._forward_sighup, self._stop_reactor)
+        #: Where the log goes: standard output, or twistd's --logfile.
+        self.log_output = destination(settings.log_file)
+        self.signals = Signals(reactor, self._forward_sighup, self._stop_reactor, self.log_output)
+
+    def setServiceParent(self, parent: Any) -> None:
+        """
+        The same log observer as each worker's (see L{ModeltrackService.setServiceParent}).
+        """
+        parent.setComponent(ILogObserver, observer(self.settings.log_format, self.log_output))
+        super().setServiceParent(parent)
 
     # -- start ---------------------------------------------------------------
 
@@ -124,8 +147,10 @@ class Supervisor(Service):
         self.workers[number] = worker
         # twistd, as this process was started: it logs through the plugin's observer.
         argv = [sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "modeltrack", *self.settings.argv]
+        # Its log lines to this process's standard output, or through this process.
+        output: int | str = 1 if self.settings.log_file is None else "r"
         self._reactor.spawnProcess(
-            worker, sys.executable, argv, env=env, childFDs={0: "w", 1: 1, 2: 2, **fds, ready_fd: "r"}
+            worker, sys.executable, argv, env=env, childFDs={0: "w", 1: output, 2: 2, **fds, ready_fd: "r"}
         )
 
     # -- running ---------------------------------------------------------------
