@@ -18,7 +18,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import endpoints
 
-from modeltrack.ops.options import ConfigError, _check_upstreams
+from modeltrack.ops.checks import check_upstreams
+from modeltrack.ops.settings import ConfigError
 from tests.conftest import QuietSite, start_proxy
 from tests.fakes import FakeUpstream
 from tests.test_sdk import in_thread
@@ -65,18 +66,18 @@ async def test_compatible_upstreams_by_name(reactor: Any, tmp_path: Path, upstre
 
 
 def test_upstream_names_are_checked() -> None:
-    assert _check_upstreams(("groq=https://api.groq.com/openai",)) == (("groq", "https://api.groq.com/openai"),)
+    assert check_upstreams(("groq=https://api.groq.com/openai",)) == (("groq", "https://api.groq.com/openai"),)
     for bad, problem in [
         ("groq", "NAME=URL"),
         ("Groq=https://x", "NAME=URL"),
         ("openai=https://x", "built-in"),
     ]:
         with pytest.raises(ConfigError, match=problem):
-            _check_upstreams((bad,))
+            check_upstreams((bad,))
     with pytest.raises(ConfigError, match="twice"):
-        _check_upstreams(("a=https://x", "a=https://y"))
+        check_upstreams(("a=https://x", "a=https://y"))
     with pytest.raises(ConfigError, match="http"):
-        _check_upstreams(("a=ftp://x",))
+        check_upstreams(("a=ftp://x",))
 
 
 @pytest_twisted.ensureDeferred

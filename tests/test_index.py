@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 
 from modeltrack import cli
 from modeltrack.store import index, reports
-from modeltrack.store.index_process import Indexer
+from modeltrack.store.index_process import IndexProcess
 from modeltrack.store.journal import SegmentFile
 
 
@@ -151,7 +151,7 @@ async def test_indexer_child_answers_after_update_and_comes_back(tmp_path: Path)
     """
     from twisted.internet import reactor
 
-    indexer = Indexer(tmp_path, reactor, interval=0.05)
+    indexer = IndexProcess(tmp_path, reactor, interval=0.05)
     spawned: list[Deferred[None]] = []
     spawn = indexer._spawn
 

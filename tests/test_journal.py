@@ -182,14 +182,14 @@ def test_what_the_proxy_creates_is_private_to_its_user_and_group(tmp_path: Path)
     import stat
 
     from modeltrack.controls.keys import install_secret
-    from modeltrack.ops.options import _check_data_dir
+    from modeltrack.ops.checks import check_data_dir
     from modeltrack.store import index
     from modeltrack.store.datadir import state_dir
 
     old = os.umask(0o022)  # a common default: the modes asked for must not rely on it
     try:
         data_dir = tmp_path / "new" / "data"
-        _check_data_dir(data_dir)
+        check_data_dir(data_dir)
         journal = Journal(data_dir, call_from_thread=lambda f, *a, **k: f(*a, **k))
         journal.start()
         journal.append(b"{}\n")

@@ -98,7 +98,7 @@ def test_no_fast_path_is_an_option() -> None:
 def test_parts_stop_in_reverse_order_one_after_another_and_a_failure_stops_none_of_the_rest() -> None:
     from twisted.internet.defer import Deferred, fail
 
-    from modeltrack.ops.service import InOrder, Step
+    from modeltrack.ops.steps import InOrder, Step
 
     stopped: list[str] = []
     slow: Deferred[None] = Deferred()

@@ -27,7 +27,7 @@ class BadQuery(ValueError):
 
 class AdminAPI:
     """
-    @param indexer: L{modeltrack.store.index_process.Indexer}.
+    @param indexer: L{modeltrack.store.index_process.IndexProcess}.
     @param gate: the controls, for the budgets' ledger.
     @param keys: the keys file in force (L{modeltrack.controls.keys.Keyring}).
     """

@@ -6,28 +6,40 @@ option, before anything listens.
 
 from __future__ import annotations
 
-import importlib.util
-import ipaddress
 import os
-import re
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
 from twisted.python import usage
 
-from modeltrack.controls.budgets import BudgetAction
 from modeltrack.controls.cache import CacheBackend
 from modeltrack.controls.redis_ledger import RedisFailure
 from modeltrack.observe.logs import LogFormat
+from modeltrack.ops.checks import (
+    DEFAULT_ADMIN_LISTEN,
+    check_admin,
+    check_ca_bundle,
+    check_data_dir,
+    check_endpoint,
+    check_log_file,
+    check_otlp,
+    check_providers,
+    check_redis,
+    check_tls,
+    check_upstreams,
+    check_webhook,
+    check_workers,
+    choice,
+    choices,
+    environment_name,
+    positive,
+)
 from modeltrack.ops.settings import ConfigError, Settings
-from modeltrack.providers import compat, registry
+from modeltrack.providers import registry
 from modeltrack.providers.dialect import Dialect
-from modeltrack.store.datadir import make_data_dir
 from modeltrack.store.journal import FsyncPolicy
 
 __all__ = ["ConfigError", "Options", "ProxyOptions", "Settings", "options_for", "settings_from"]
@@ -35,18 +47,6 @@ __all__ = ["ConfigError", "Options", "ProxyOptions", "Settings", "options_for", 
 StrEnumT = TypeVar("StrEnumT", bound=StrEnum)
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
-DEFAULT_ADMIN_LISTEN = "tcp:8081:interface=127.0.0.1"
-
-
-def _choices(kind: type[StrEnum]) -> str:
-    return ", ".join(kind)
-
-
-def environment_name(option: str) -> str:
-    """
-    The environment variable an option falls back to: C{openai-url}, C{MODELTRACK_OPENAI_URL}.
-    """
-    return "MODELTRACK_" + option.upper().replace("-", "_")
 
 
 def provider_options(dialects: Iterable[Dialect]) -> tuple[list[list[Any]], list[list[Any]]]:
@@ -92,10 +92,10 @@ class ProxyOptions(usage.Options):
         ["workers", None, "1", "Worker processes accepting on the listeners (auto: one per CPU); the process that binds them supervises them."],
         ["redis-url", None, None, "Hold budgets in Redis, shared by every process and instance: redis://HOST:PORT/DB or rediss:// (TLS) [env MODELTRACK_REDIS_URL]."],
         ["redis-password-file", None, None, "A file holding the Redis password (else the URL's)."],
-        ["cache-backend", None, "memory", f"Where --cache keeps answers: {_choices(CacheBackend)} (redis: shared by every process and instance; needs --redis-url)."],
+        ["cache-backend", None, "memory", f"Where --cache keeps answers: {choices(CacheBackend)} (redis: shared by every process and instance; needs --redis-url)."],
         ["otlp-endpoint", None, None, "Export a span per call and token metrics over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 (needs modeltrack[otel]) [env MODELTRACK_OTLP_ENDPOINT]."],
-        ["redis-failure", None, "closed", f"With Redis out of reach ({_choices(RedisFailure)}): closed refuses calls under a budget (503); open decides in this process."],
-        ["fsync", None, "interval", f"When the event log is fsynced: {_choices(FsyncPolicy)} (always: every batch; interval: once a second)."],
+        ["redis-failure", None, "closed", f"With Redis out of reach ({choices(RedisFailure)}): closed refuses calls under a budget (503); open decides in this process."],
+        ["fsync", None, "interval", f"When the event log is fsynced: {choices(FsyncPolicy)} (always: every batch; interval: once a second)."],
         ["rotate-mb", None, "64", "Seal events.jsonl into a segment when it reaches this many MiB (also at UTC midnight)."],
         ["max-body-mb", None, "32", "Largest request body accepted, in MiB; larger ones get 413."],
         ["connect-timeout", None, "10", "Seconds to connect to a provider."],
@@ -110,7 +110,7 @@ class ProxyOptions(usage.Options):
         ["cache-entries", None, "10000", "Most answers the response cache keeps."],
         ["cache-mb", None, "256", "Most MiB the response cache keeps."],
         ["cache-ttl", None, "3600", "Seconds a cached answer is served."],
-        ["log-format", None, "text", f"{_choices(LogFormat)}: text (one line per event: time, namespace, level, message) or json (one JSON object per line, for log shippers)."],
+        ["log-format", None, "text", f"{choices(LogFormat)}: text (one line per event: time, namespace, level, message) or json (one JSON object per line, for log shippers)."],
         ["config-poll-seconds", None, "2", "How often budgets.json, routing.json and pricing.json are checked for changes."],
         ["admin-listen", None, None, f"Twisted endpoint for the admin API, /metrics and the dashboard, or 'none' [env MODELTRACK_ADMIN_LISTEN, default {DEFAULT_ADMIN_LISTEN}]. Anything but loopback needs --admin-token-file."],
         ["admin-token-file", None, None, "File holding the admin bearer token (re-read on SIGHUP) [env MODELTRACK_ADMIN_TOKEN_FILE]."],
@@ -164,356 +164,50 @@ def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Setting
     if not listen and not listen_tls:
         listen = (DEFAULT_LISTEN,)
     for description in listen + listen_tls:
-        _check_endpoint(description)
+        check_endpoint(description)
     if listen_tls and not (options["tls-cert"] and options["tls-key"]):
         raise ConfigError("--listen-tls: needs --tls-cert and --tls-key")
     data_dir = Path(options["data-dir"] or environ.get("MODELTRACK_DATA_DIR") or "data")
-    _check_data_dir(data_dir)
+    check_data_dir(data_dir)
     dialects: tuple[Dialect, ...] = getattr(options, "dialects", registry.DIALECTS)
     return Settings(
         listen=listen,
         listen_tls=listen_tls,
         data_dir=data_dir.resolve(),
-        **_check_providers(options, environ, dialects),
-        fsync=_choice(options, "fsync", FsyncPolicy),
-        rotate_bytes=int(_positive(options, "rotate-mb") * (1 << 20)),
-        max_body=int(_positive(options, "max-body-mb") * (1 << 20)),
-        connect_timeout=_positive(options, "connect-timeout"),
-        headers_timeout=_positive(options, "headers-timeout"),
-        idle_timeout=_positive(options, "idle-timeout"),
-        head_timeout=_positive(options, "head-timeout"),
-        drain_seconds=_positive(options, "drain-seconds", allow_zero=True),
-        pool_size=int(_positive(options, "pool-size")),
+        **check_providers(options, environ, dialects),
+        fsync=choice(options, "fsync", FsyncPolicy),
+        rotate_bytes=int(positive(options, "rotate-mb") * (1 << 20)),
+        max_body=int(positive(options, "max-body-mb") * (1 << 20)),
+        connect_timeout=positive(options, "connect-timeout"),
+        headers_timeout=positive(options, "headers-timeout"),
+        idle_timeout=positive(options, "idle-timeout"),
+        head_timeout=positive(options, "head-timeout"),
+        drain_seconds=positive(options, "drain-seconds", allow_zero=True),
+        pool_size=int(positive(options, "pool-size")),
         access_log=bool(options["access-log"]),
-        ca_bundle=_check_ca_bundle(options["ca-bundle"]),
-        **_check_tls(options["tls-cert"], options["tls-key"]),
+        ca_bundle=check_ca_bundle(options["ca-bundle"]),
+        **check_tls(options["tls-cert"], options["tls-key"]),
         cache=bool(options["cache"]),
         cache_sampled=bool(options["cache-sampled"]),
-        cache_entries=int(_positive(options, "cache-entries")),
-        cache_bytes=int(_positive(options, "cache-mb") * (1 << 20)),
-        cache_ttl=_positive(options, "cache-ttl"),
-        config_poll_seconds=_positive(options, "config-poll-seconds"),
-        log_format=_choice(options, "log-format", LogFormat),
-        log_file=_check_log_file(getattr(options, "parent", None)),
-        **_check_admin(options, environ, listen + listen_tls),
-        alert_webhook=_check_webhook(options["alert-webhook"] or environ.get("MODELTRACK_ALERT_WEBHOOK") or None),
-        index_seconds=_positive(options, "index-seconds"),
-        reserve_output_tokens=int(_positive(options, "reserve-output-tokens")),
-        reserve_context_tokens=int(_positive(options, "reserve-context-tokens")),
+        cache_entries=int(positive(options, "cache-entries")),
+        cache_bytes=int(positive(options, "cache-mb") * (1 << 20)),
+        cache_ttl=positive(options, "cache-ttl"),
+        config_poll_seconds=positive(options, "config-poll-seconds"),
+        log_format=choice(options, "log-format", LogFormat),
+        log_file=check_log_file(getattr(options, "parent", None)),
+        **check_admin(options, environ, listen + listen_tls),
+        alert_webhook=check_webhook(options["alert-webhook"] or environ.get("MODELTRACK_ALERT_WEBHOOK") or None),
+        index_seconds=positive(options, "index-seconds"),
+        reserve_output_tokens=int(positive(options, "reserve-output-tokens")),
+        reserve_context_tokens=int(positive(options, "reserve-context-tokens")),
         fast_path=not options["no-fast-path"],
-        **_check_workers(options, environ, data_dir),
-        **_check_redis(options, environ),
-        otlp_endpoint=_check_otlp(options, environ),
-        upstreams=_check_upstreams(
+        **check_workers(options, environ, data_dir),
+        **check_redis(options, environ),
+        otlp_endpoint=check_otlp(options, environ),
+        upstreams=check_upstreams(
             tuple(options["upstream"]) or tuple(environ.get("MODELTRACK_UPSTREAMS", "").split()), dialects
         ),
     )
-
-
-def _choice(options: usage.Options, name: str, kind: type[StrEnumT]) -> StrEnumT:
-    value = options[name]
-    try:
-        return kind(value)
-    except ValueError:
-        raise ConfigError(f"--{name}: {value!r} is not one of {_choices(kind)}") from None
-
-
-def _check_log_file(twistd: Mapping[str, Any] | None) -> Path | None:
-    """
-    Where twistd's own options say the log goes, as every twistd plugin's does:
-    C{--logfile FILE}, or standard output for C{--logfile -} or none under C{-n}
-    (C{twistd.log} for a daemon). L{None} means standard output, as it does outside
-    twistd (an embedder, a test).
-    """
-    if twistd is None:
-        return None
-    if twistd.get("syslog"):
-        raise ConfigError(
-            "--syslog: modeltrack writes its own log lines (no exception text: no key can reach them); "
-            "give --logfile FILE, or log to standard output (the journal, under systemd)"
-        )
-    name, daemon = twistd.get("logfile"), not twistd.get("nodaemon")
-    if name == "-":
-        if daemon:
-            raise ConfigError("--logfile: daemons cannot log to stdout")
-        return None
-    if not name:
-        return Path("twistd.log").resolve() if daemon else None
-    return Path(name).resolve()
-
-
-def _given(options: usage.Options, environ: Mapping[str, str], option: str) -> str | None:
-    """
-    An option's value, else its C{MODELTRACK_*} variable's; L{None} for neither.
-    """
-    return options[option] or environ.get(environment_name(option)) or None
-
-
-class _ProviderSettings(TypedDict):
-    urls: dict[str, str]
-    regions: dict[str, str]
-    signing: frozenset[str]
-
-
-def _check_providers(options: usage.Options, environ: Mapping[str, str], dialects: Iterable[Dialect]) -> _ProviderSettings:
-    """
-    Each provider's origin, region and signing, as its dialect declares them.
-    """
-    urls: dict[str, str] = {}
-    regions: dict[str, str] = {}
-    signing: set[str] = set()
-    for dialect in dialects:
-        origin, region, signs = dialect.origin, dialect.region, dialect.signing
-        url = None if origin is None else _given(options, environ, origin.option)
-        named = None if region is None else _given(options, environ, region.option)
-        if region is not None and named is not None:
-            if not region.pattern.fullmatch(named):
-                raise ConfigError(f"--{region.option}: {named!r} is not {region.kind}")
-            regions[dialect.name] = named
-            url = url or region.origin.format(region=named)
-        if signs is not None and options[signs.option]:
-            if region is None or named is None:
-                also = f" (or --{origin.option} and --{region.option})" if origin is not None and region is not None else ""
-                need = f"--{region.option}" if region is not None else "a region"
-                raise ConfigError(f"--{signs.option}: needs {need}{also if url is None else ': a signature names its region'}")
-            if importlib.util.find_spec("botocore") is None:
-                raise ConfigError(f"--{signs.option}: needs botocore: pip install 'modeltrack[aws]'")
-            signing.add(dialect.name)
-        if url is not None:
-            assert origin is not None  # a URL comes from an origin option, or a region's
-            urls[dialect.name] = _check_url(f"--{origin.option}", url)
-    return {"urls": urls, "regions": regions, "signing": frozenset(signing)}
-
-
-def _positive(options: usage.Options, name: str, allow_zero: bool = False) -> float:
-    try:
-        value = float(options[name])
-    except ValueError:
-        raise ConfigError(f"--{name}: {options[name]!r} is not a number") from None
-    if value < 0 or (value == 0 and not allow_zero) or value != value:
-        raise ConfigError(f"--{name}: must be greater than zero")
-    return value
-
-
-def _check_endpoint(description: str, option: str = "--listen") -> None:
-    from twisted.internet import endpoints, reactor
-
-    try:
-        endpoints.serverFromString(reactor, description)
-    except Exception as e:
-        raise ConfigError(f"{option}: {description!r} is not a usable endpoint: {e}") from None
-
-
-def _check_url(option: str, url: str, keep_query: bool = False) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{option}: {url!r} is not an http:// or https:// URL")
-    if keep_query:
-        # A webhook URL often carries its secret in its path or query (Slack's do): it
-        # is used as given, and never logged.
-        return url
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise ConfigError(f"{option}: {url!r} must not carry credentials, a query or a fragment")
-    return url.rstrip("/")
-
-
-def _check_data_dir(path: Path) -> None:
-    try:
-        make_data_dir(path)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise ConfigError(f"--data-dir: {str(path)!r} is not writable: {e.strerror or e}") from None
-
-
-def _check_ca_bundle(path: str | None) -> Path | None:
-    if path is None:
-        return None
-    from modeltrack.web.upstream import load_trust_root
-
-    try:
-        load_trust_root(Path(path))
-    except Exception as e:
-        raise ConfigError(f"--ca-bundle: {path!r} is not a readable PEM bundle of certificates: {e}") from None
-    return Path(path).resolve()
-
-
-class _TLSFiles(TypedDict, total=False):
-    tls_cert: Path
-    tls_key: Path
-
-
-def _check_tls(cert: str | None, key: str | None) -> _TLSFiles:
-    if cert is None and key is None:
-        return {}
-    if cert is None or key is None:
-        raise ConfigError("--tls-cert: --tls-cert and --tls-key go together")
-    from modeltrack.web.tls import ReloadableServerTLS
-
-    try:
-        ReloadableServerTLS(Path(cert), Path(key))
-    except Exception as e:
-        raise ConfigError(f"--tls-cert: {cert!r} and {key!r} do not make a usable certificate and key: {e}") from None
-    return {"tls_cert": Path(cert).resolve(), "tls_key": Path(key).resolve()}
-
-
-class _AdminSettings(TypedDict, total=False):
-    admin_listen: str | None
-    admin_token: bytes | None
-    admin_token_file: Path | None
-
-
-def _check_admin(options: usage.Options, environ: Mapping[str, str], proxy_listen: tuple[str, ...]) -> _AdminSettings:
-    listen = options["admin-listen"] or environ.get("MODELTRACK_ADMIN_LISTEN") or DEFAULT_ADMIN_LISTEN
-    if listen.lower() == "none":
-        return {"admin_listen": None}
-    _check_endpoint(listen, "--admin-listen")
-    if listen in proxy_listen:
-        raise ConfigError(f"--admin-listen: {listen!r} is also a proxy listener; the admin side needs its own")
-    token_file = options["admin-token-file"] or environ.get("MODELTRACK_ADMIN_TOKEN_FILE") or None
-    token = None
-    if token_file is not None:
-        token = read_token(Path(token_file))
-    elif not is_loopback(listen):
-        raise ConfigError(
-            f"--admin-listen: {listen!r} is reachable from other hosts; give --admin-token-file, or listen on 127.0.0.1"
-        )
-    return {
-        "admin_listen": listen,
-        "admin_token": token,
-        "admin_token_file": None if token_file is None else Path(token_file).resolve(),
-    }
-
-
-def read_token(path: Path) -> bytes:
-    """
-    The admin token in C{path}, without surrounding whitespace; refused if short.
-    """
-    try:
-        token = path.read_bytes().strip()
-    except OSError as e:
-        raise ConfigError(f"--admin-token-file: {str(path)!r} cannot be read: {e.strerror or e}") from None
-    if len(token) < 16 or any(byte < 33 or byte > 126 for byte in token):
-        raise ConfigError(f"--admin-token-file: {str(path)!r} must hold one token of 16 or more printable characters")
-    return token
-
-
-def is_loopback(description: str) -> bool:
-    """
-    Whether an endpoint only accepts connections from this host: TCP bound to a
-    loopback address, or a UNIX socket. Anything else (all interfaces, systemd:,
-    ssl:...) counts as reachable.
-    """
-    fields = [field.replace("\\:", ":") for field in re.split(r"(?<!\\):", description)]
-    kind = fields[0].lower()
-    if kind == "unix":
-        return True
-    if kind not in ("tcp", "tcp6"):
-        return False
-    interface = next((f.partition("=")[2] for f in fields[1:] if f.startswith("interface=")), "")
-    if interface == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(interface).is_loopback
-    except ValueError:
-        return False
-
-
-class _WorkerSettings(TypedDict):
-    workers: int
-    worker: int
-    inherited: tuple[tuple[str, int], ...]
-    argv: tuple[str, ...]
-
-
-def _check_workers(options: usage.Options, environ: Mapping[str, str], data_dir: Path) -> _WorkerSettings:
-    value = options["workers"]
-    workers = os.cpu_count() or 1 if value == "auto" else int(value) if value.isdigit() else 0
-    if not 1 <= workers <= 256:
-        raise ConfigError(f"--workers: {value!r} is not a number of processes from 1 to 256, or auto")
-    redis = options["redis-url"] or environ.get("MODELTRACK_REDIS_URL")
-    if workers > 1 and not redis:
-        from modeltrack.controls.budgets import ConfigFileError, load_budgets
-
-        try:
-            budgets = load_budgets(data_dir / "budgets.json") or []
-        except ConfigFileError:
-            budgets = []
-        if any(budget.action is BudgetAction.BLOCK for budget in budgets):
-            raise ConfigError("--workers: more than one worker under a block budget needs a shared ledger: give --redis-url")
-    # Internal, set by the process that started this one as a worker.
-    inherited = tuple(
-        (option, int(fd))
-        for option, _, fd in (item.rpartition(":") for item in environ.get("MODELTRACK_INHERITED", "").split(","))
-        if option
-    )
-    return {
-        "workers": workers,
-        "worker": int(environ.get("MODELTRACK_WORKER", "0")),
-        "inherited": inherited,
-        "argv": tuple(getattr(options, "argv", ())),
-    }
-
-
-def _check_otlp(options: usage.Options, environ: Mapping[str, str]) -> str | None:
-    url = options["otlp-endpoint"] or environ.get("MODELTRACK_OTLP_ENDPOINT") or None
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigError(f"--otlp-endpoint: {url!r} is not an http:// or https:// URL")
-    try:
-        found = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        found = False
-    if not found:
-        raise ConfigError("--otlp-endpoint: needs the OpenTelemetry SDK: pip install 'modeltrack[otel]'")
-    return url
-
-
-class _RedisSettings(TypedDict):
-    redis_url: str | None
-    redis_password: str | None
-    redis_failure: RedisFailure
-    cache_backend: CacheBackend
-
-
-def _check_redis(options: usage.Options, environ: Mapping[str, str]) -> _RedisSettings:
-    url = options["redis-url"] or environ.get("MODELTRACK_REDIS_URL") or None
-    if url is not None and urlsplit(url).scheme not in ("redis", "rediss"):
-        raise ConfigError(f"--redis-url: {url.split('@')[-1]!r} is not a redis:// or rediss:// URL")
-    if url is not None and importlib.util.find_spec("txredisapi") is None:
-        raise ConfigError("--redis-url: needs txredisapi: pip install 'modeltrack[redis]'")
-    failure = _choice(options, "redis-failure", RedisFailure)
-    password = None
-    if options["redis-password-file"]:
-        try:
-            password = Path(options["redis-password-file"]).read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"--redis-password-file: cannot be read: {e.strerror or e}") from None
-    backend = _choice(options, "cache-backend", CacheBackend)
-    if backend is CacheBackend.REDIS and url is None:
-        raise ConfigError("--cache-backend: redis needs --redis-url")
-    return {"redis_url": url, "redis_password": password, "redis_failure": failure, "cache_backend": backend}
-
-
-def _check_upstreams(specs: tuple[str, ...], dialects: Iterable[Dialect] = registry.DIALECTS) -> tuple[tuple[str, str], ...]:
-    reserved = compat.RESERVED | {d.name for d in dialects} | {d.prefix.strip("/") for d in dialects}
-    found: dict[str, str] = {}
-    for spec in specs:
-        name, equals, url = spec.partition("=")
-        if not equals or not compat.UPSTREAM_NAME.fullmatch(name):
-            raise ConfigError(f"--upstream: {spec!r} is not NAME=URL with a name of lower-case letters, digits and dashes")
-        if name in reserved:
-            raise ConfigError(f"--upstream: {name!r} is a built-in provider's prefix; choose another name")
-        if name in found:
-            raise ConfigError(f"--upstream: {name!r} is named twice")
-        found[name] = _check_url("--upstream", url)
-    return tuple(found.items())
-
-
-def _check_webhook(url: str | None) -> str | None:
-    return None if url is None else _check_url("--alert-webhook", url, keep_query=True)
 
 
 def options_for(dialects: tuple[Dialect, ...]) -> type[ProxyOptions]:

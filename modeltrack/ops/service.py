@@ -17,9 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger
@@ -40,21 +39,21 @@ from modeltrack.controls.redis_cache import RedisCache
 from modeltrack.controls.redis_client import connect
 from modeltrack.controls.redis_ledger import RedisLedger, install_id
 from modeltrack.controls.spendlog import rebuild
-from modeltrack.failures import log_failure
 from modeltrack.observe.logs import destination, observer
 from modeltrack.observe.metrics import Metrics
 from modeltrack.observe.peers import Peers
 from modeltrack.observe.stats import Stats
-from modeltrack.ops.options import read_token
+from modeltrack.ops.checks import read_token
 from modeltrack.ops.process import Signals, pace_the_collector, raise_open_files_limit
 from modeltrack.ops.sdnotify import notify
 from modeltrack.ops.settings import ConfigError, Settings
+from modeltrack.ops.steps import InOrder, Step
 from modeltrack.pricing.prices import PriceBook
 from modeltrack.providers import registry
 from modeltrack.providers.dialect import Dialect
 from modeltrack.providers.routes import RouteTable
 from modeltrack.store.datadir import state_dir, write_atomically
-from modeltrack.store.index_process import Indexer
+from modeltrack.store.index_process import IndexProcess
 from modeltrack.store.journal import Journal, series_of
 from modeltrack.web import fastpath
 from modeltrack.web.resource import ProxyResource
@@ -69,56 +68,6 @@ from twisted import version as twisted_version
 log = Logger()
 
 CACHE_SNAPSHOT_SECONDS = 300.0
-
-
-class Step(Service):
-    """
-    One part's start and stop, as a child service.
-    """
-
-    def __init__(
-        self, name: str, start: Callable[[], object] | None = None, stop: Callable[[], object] | None = None
-    ) -> None:
-        self.setName(name)
-        self._start = start
-        self._stop = stop
-
-    def startService(self) -> None:
-        super().startService()
-        if self._start is not None:
-            self._start()
-
-    def stopService(self) -> Deferred[object] | None:
-        super().stopService()
-        if self._stop is None:
-            return None
-        return maybeDeferred(self._stop)
-
-
-def _stop_next(_: object, child: IService) -> Deferred[object]:
-    return maybeDeferred(child.stopService)
-
-
-def _stop_failed(failure: Failure, child: IService) -> None:
-    log_failure(log, "Stopping {part} failed", failure, part=child.name)
-
-
-class InOrder(MultiService):
-    """
-    A L{MultiService} that stops its children one after the other, last started
-    first, each once the one before it has stopped; a child whose stop fails is logged
-    and the others still stop.
-    """
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        done: Deferred[None] = succeed(None)
-        for child in reversed(list(self)):
-            done.addCallback(_stop_next, child).addErrback(_stop_failed, child)
-        # A Deferred of its own: one that waits on another already counts as called.
-        stopped: Deferred[None] = Deferred()
-        done.addCallback(stopped.callback)
-        return stopped
 
 
 class ModeltrackService(InOrder):
@@ -202,7 +151,7 @@ class ModeltrackService(InOrder):
             default_context_tokens=settings.reserve_context_tokens,
         )
         self.control_files = ControlFiles(settings.data_dir, self.gate, self.keys)
-        self.indexer = Indexer(settings.data_dir, reactor, settings.index_seconds)
+        self.indexer = IndexProcess(settings.data_dir, reactor, settings.index_seconds)
         # Counted only when the admin listener can serve them: a few microseconds a call.
         self.metrics = None
         self.admin = None

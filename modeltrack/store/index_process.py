@@ -46,7 +46,7 @@ class IndexGone(Exception):
     """
 
 
-class _IndexProcess(ProcessProtocol):
+class _Child(ProcessProtocol):
     """
     One line out per update asked for, one line back when it is done.
     """
@@ -81,14 +81,20 @@ class _IndexProcess(ProcessProtocol):
         self.ended.callback(None if reason.check(ProcessDone) else reason.getErrorMessage())
 
 
-class Indexer:
+class IndexProcess:
+    """
+    The index's child process (C{modeltrack index --follow}): started, asked for an
+    update every C{interval} and before each query, replaced if it dies; and the one
+    thread the proxy's queries run on.
+    """
+
     def __init__(self, data_dir: Path, reactor: Any, interval: float = 10.0) -> None:
         self._data_dir = data_dir
         self._reactor = reactor
         self._interval = interval
         self._pool = ThreadPool(1, 1, name="modeltrack-index")
         self._db: sqlite3.Connection | None = None
-        self._process: _IndexProcess | None = None
+        self._process: _Child | None = None
         self._stopping = False
 
     def start(self) -> None:
@@ -96,7 +102,7 @@ class Indexer:
         self._spawn()
 
     def _spawn(self) -> None:
-        process = self._process = _IndexProcess()
+        process = self._process = _Child()
         argv = [
             sys.executable, "-m", "modeltrack.cli", "index", "--data-dir", str(self._data_dir),
             "--follow", str(self._interval),
@@ -107,14 +113,14 @@ class Indexer:
         )
         process.ended.addCallback(self._ended, process)
 
-    def _ended(self, problem: str | None, process: _IndexProcess) -> None:
+    def _ended(self, problem: str | None, process: _Child) -> None:
         if self._stopping:
             return
         log.error("Index process ended ({problem}); starting another in {seconds} s",
                   problem=problem or "exit 0", seconds=self._interval)
         self._reactor.callLater(self._interval, self._respawn, process)
 
-    def _respawn(self, process: _IndexProcess) -> None:
+    def _respawn(self, process: _Child) -> None:
         if not self._stopping and self._process is process:
             self._spawn()
 
