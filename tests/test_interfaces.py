@@ -70,6 +70,7 @@ MAKERS: dict[type, Callable[[Path], Any]] = {
     bedrock.InvokeStreamMeter: lambda _: bedrock.InvokeStreamMeter(),
     batches.ResultsMeter: lambda _: batches.ResultsMeter(batches.Watch("anthropic", "results", batch_id="b"), None),  # type: ignore[arg-type]
     batches.ObjectsMeter: lambda _: batches.ObjectsMeter(_WATCH, None),  # type: ignore[arg-type]
+    batches._BatchMeter: lambda _: batches._BatchMeter(_WATCH, None),  # type: ignore[arg-type]
     batches.ResultsUrlMeter: lambda _: batches.ResultsUrlMeter(_WATCH, None),  # type: ignore[arg-type]
     UpstreamResponse: lambda _: _response(),
     _BodyTransport: lambda _: _BodyTransport(UpstreamConnection(lambda _: None)),

@@ -142,9 +142,10 @@ Claimed = tuple[str, str, list[Result]]
 
 
 @implementer(IMeter)
-class ResultsMeter:
+class _BatchMeter:
     """
-    Relays a results file unchanged and keeps each whole line that reports usage.
+    What every meter of an answer about a batch is: it relays the answer as it came
+    (rewrites aside), reads no usage of its own, and tells its book what it read.
     """
 
     rewrites = False
@@ -156,6 +157,21 @@ class ResultsMeter:
         self.watching = watching
         self._book = book
         self.reading = Reading()
+
+    def feed(self, chunk: bytes) -> bytes:
+        raise NotImplementedError()
+
+    def close(self) -> bytes:
+        return b""
+
+
+class ResultsMeter(_BatchMeter):
+    """
+    Relays a results file unchanged and keeps each whole line that reports usage.
+    """
+
+    def __init__(self, watching: Watch, book: BatchBook) -> None:
+        super().__init__(watching, book)
         self.results: list[Result] = []
         self._partial: list[bytes] = []
         self._size = 0
@@ -204,22 +220,14 @@ class ResultsMeter:
         return self._book.claim(self.watching, self.results) if self.results else succeed(None)
 
 
-@implementer(IMeter)
-class ObjectsMeter:
+class ObjectsMeter(_BatchMeter):
     """
     Relays OpenAI batch objects unchanged and keeps the body, to learn which output
     file holds which batch's results.
     """
 
-    rewrites = False
-    ended = False
-    one_body = False
-    body = None
-
     def __init__(self, watching: Watch, book: BatchBook) -> None:
-        self.watching = watching
-        self._book = book
-        self.reading = Reading()
+        super().__init__(watching, book)
         self._chunks: list[bytes] = []
         self._size = 0
 
@@ -229,8 +237,6 @@ class ObjectsMeter:
             self._chunks.append(chunk)
         return chunk
 
-    def close(self) -> bytes:
-        return b""
 
     def told(self) -> Deferred[Claimed | None]:
         """

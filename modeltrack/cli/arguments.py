@@ -69,3 +69,13 @@ def period(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 def add_format(command: argparse.ArgumentParser) -> None:
     command.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+
+def add_report(command: argparse.ArgumentParser) -> None:
+    """
+    What every report over the index takes: the data dir, progress, a period, a format.
+    """
+    add_data_dir(command)
+    add_progress(command)
+    add_period(command)
+    add_format(command)

@@ -8,17 +8,14 @@ import argparse
 import sys
 from typing import Any
 
-from modeltrack.cli.arguments import add_data_dir, add_format, add_period, add_progress, period
+from modeltrack.cli.arguments import add_report, period
 from modeltrack.cli.output import TOTAL_COLUMNS, render, update_with_progress
 from modeltrack.store import index, reports
 
 
 def add_command(commands: Any) -> None:
     command = commands.add_parser("report", help="spend per group")
-    add_data_dir(command)
-    add_progress(command)
-    add_period(command)
-    add_format(command)
+    add_report(command)
     command.add_argument("--by", default="team", help="group keys, comma-separated: " + ",".join(reports.GROUP_KEYS))
     command.set_defaults(run=run)
 

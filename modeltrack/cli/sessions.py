@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from modeltrack.cli.arguments import add_data_dir, add_format, add_period, add_progress, count, period
+from modeltrack.cli.arguments import add_report, count, period
 from modeltrack.cli.output import TOTAL_COLUMNS, render, update_with_progress
 from modeltrack.store import index, reports
 
@@ -17,10 +17,7 @@ COLUMNS = ["session_id", "teams", "models", "first_call", "duration_seconds", *T
 
 def add_command(commands: Any) -> None:
     command = commands.add_parser("sessions", help="the most expensive sessions")
-    add_data_dir(command)
-    add_progress(command)
-    add_period(command)
-    add_format(command)
+    add_report(command)
     command.add_argument("--top", type=count, default=20, help="how many sessions (default 20)")
     command.set_defaults(run=run)
 
