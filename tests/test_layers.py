@@ -120,3 +120,9 @@ def test_the_walk_sees_an_upward_import(tmp_path: Path) -> None:
     )
     found = _imports(tmp_path / "index.py", "modeltrack.store.index", modules)
     assert found == {"modeltrack.web.proxy", "modeltrack.store.journal"}
+
+
+def test_no_module_is_over_500_lines_and_the_exchange_is_its_phases() -> None:
+    sizes = {str(path.relative_to(PACKAGE)): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 500} == {}
+    assert sizes["web/proxy.py"] <= 350

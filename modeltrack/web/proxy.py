@@ -334,10 +334,8 @@ class Exchange:
                 # (an unknown key, a body too large) does, as every refusal does.
                 resource.forget(self)
                 return
-        # Read now, after the answer has gone: decoding a whole body takes a while.
-        self.reading = self.relay.meter.reading
-        if self.outcome is Outcome.OK:
-            self.answer = self.relay.whole_answer(self.status)
+        self.reading = self.relay.meter.reading  # now, the answer gone: a body's decoding takes a while
+        self.answer = self.relay.whole_answer(self.status) if self.outcome is Outcome.OK else None
         resource.accountant.call_ended(self)
         if self.phase is Phase.ENDING:
             resource.journal.flush().addCallback(self._completed)
