@@ -5,7 +5,8 @@ the bench's nginx upstream, interleaved so that drift in the machine's load hits
 alike:
 
 - throughput at 32 connections: wrk rounds, the two taking turns (each round's order
-  alternates);
+  alternates), and each one's CPU time per request in those rounds (from /proc: the
+  steadiest figure on a shared machine, where req/s moves with the neighbours' load);
 - added latency at one connection: call by call, the two and direct calls in turn.
 
     .venv/bin/python bench/ab.py 05566f6                 # 6 rounds of 5 s, 3,000 calls each
@@ -30,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import PYTHON, REPO, Harness, Plan, Process, free_port, interleaved_latency  # noqa: E402
+from run import PYTHON, REPO, Harness, Plan, Process, cpu_seconds, free_port, interleaved_latency  # noqa: E402
 
 TAC = """
 import os, shlex
@@ -71,7 +72,7 @@ def main() -> int:
     before = workdir / "before"
     subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(before), args.before], cwd=REPO, check=True)
     harness = Harness(Plan(args.seconds, args.rounds, args.pairs, 0, 0, 0, 0, 0, 0, 0, 0, 0), workdir)
-    results: dict[str, Any] = {"before": args.before, "rounds": {"before": [], "after": []}}
+    results: dict[str, Any] = {"before": args.before, "rounds": {"before": [], "after": []}, "cpu_us": {"before": [], "after": []}}
     try:
         nginx = harness.nginx()
         contenders = {"before": start(harness, "before", before, nginx, workdir), "after": start(harness, "after", REPO, nginx, workdir)}
@@ -80,8 +81,13 @@ def main() -> int:
         for i in range(args.rounds):
             order = ["before", "after"] if i % 2 == 0 else ["after", "before"]
             for name in order:
-                results["rounds"][name].append(harness.wrk(contenders[name].port, args.seconds)["rps"])
+                before_cpu = cpu_seconds(contenders[name].pid)
+                measured = harness.wrk(contenders[name].port, args.seconds)
+                spent = cpu_seconds(contenders[name].pid) - before_cpu
+                results["rounds"][name].append(measured["rps"])
+                results["cpu_us"][name].append(round(spent / max(1, measured["requests"]) * 1e6, 1))
         results["rps_median"] = {name: statistics.median(rps) for name, rps in results["rounds"].items()}
+        results["cpu_us_median"] = {name: statistics.median(us) for name, us in results["cpu_us"].items()}
         targets = {"direct": nginx.port, "before": contenders["before"].port, "after": contenders["after"].port}
         results["one_connection"] = interleaved_latency(targets, args.pairs)
     finally:
