@@ -22,6 +22,8 @@ on a terminal when there is much to read.
 
 Exit codes: 0 done, 1 a config file has problems (check) or a model has no price
 (price), 2 bad arguments or a missing data dir.
+
+May import: every package but L{modeltrack.ops}.
 """
 
 from __future__ import annotations

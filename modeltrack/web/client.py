@@ -180,7 +180,7 @@ class UpstreamConnection(Protocol):
     def connectionMade(self) -> None:
         write_through(self.transport)
 
-    # -- the pool's side -----------------------------------------------------
+    # -- the idle connections' side -----------------------------------------
 
     def request(self, method: bytes, data: list[bytes]) -> Deferred[UpstreamResponse]:
         """

@@ -78,7 +78,7 @@ def for_client(headers: Headers) -> Headers:
     """
     Make the provider's response headers the client's, in place: minus hop-by-hop
     ones and C{Content-Length} (the proxy sets its own: see
-    L{modeltrack.web.proxy.Exchange}).
+    L{modeltrack.web.relay.Relay.send_head}).
     """
     _strip(headers, HOP_BY_HOP | {b"content-length"})
     return headers
