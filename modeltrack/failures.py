@@ -42,8 +42,19 @@ INVALID_TARGET = "the request target holds bytes other than visible ASCII"
 NOT_AN_OPEN_PROXY = "this is not an open proxy"
 UNKNOWN_KEY = "this API key is not listed in modeltrack's keys file, which admits listed keys only"
 NO_TEAM = "modeltrack needs a team for every call: send X-ModelTrack-Team, or use a key whose entry names one"
+AMBIGUOUS_CREDENTIALS = (
+    "this request carries more than one credential; send exactly one (the key modeltrack records must be the key the "
+    "provider bills)"
+)
 NOT_A_JSON_OBJECT = "the request body must be a JSON object"
 LOG_NOT_WRITABLE = "the event log is not writable; no call is made that cannot be recorded"
+
+
+def unmetered_billable(route: str, basis: str, policy: str) -> str:
+    return (
+        f"{route} is billed ({basis}) but modeltrack cannot meter it from its answer, and refuses it "
+        f"{'to every caller' if policy == 'deny' else 'to callers under a block budget'} (--unmetered-billable {policy})"
+    )
 
 
 def too_large(max_body: int) -> str:

@@ -358,6 +358,14 @@ class FakeUpstream(Resource):
             return self._json(request, 200, {"id": "file-1", "object": "file", "bytes": 5, "created_at": 1, "filename": "a.jsonl", "purpose": "batch", "status": "processed"})
         if method == b"DELETE" and path.startswith("/v1/files/"):
             return self._json(request, 200, {"id": parts[3], "object": "file", "deleted": True})
+        if method == b"POST" and path == "/v1/fine_tuning/jobs":
+            job = json.loads(request.content.getvalue() or b"{}")
+            return self._json(request, 200, {
+                "id": "ftjob-1", "object": "fine_tuning.job", "model": job.get("model", ""), "status": "validating_files",
+                "created_at": 1, "training_file": job.get("training_file", ""), "validation_file": None,
+                "hyperparameters": {"n_epochs": "auto"}, "result_files": [], "seed": 1, "organization_id": "org-1",
+                "fine_tuned_model": None, "finished_at": None, "error": None, "trained_tokens": None,
+            })
         if method == b"POST" and path == "/v1/moderations":
             return self._json(request, 200, {"id": "modr-1", "model": "omni-moderation-latest", "results": []})
         if method == b"GET" and path.startswith("/v1/batches/"):

@@ -39,16 +39,36 @@ CANARIES = {
     "?key=": "canary-query-key-3a4b5c",
     "?api-key=": "canary-query-apikey-6d7e8f",
 }
+#: Every canary header at once: two credentials for most dialects, refused (400).
 KEY_HEADERS = (
     b"Authorization: Bearer %s\r\nx-api-key: %s\r\napi-key: %s\r\nx-goog-api-key: %s\r\n"
     % tuple(CANARIES[name].encode() for name in ("bearer", "x-api-key", "api-key", "x-goog-api-key"))
 )
 QUERY = b"?key=%s&api-key=%s" % (CANARIES["?key="].encode(), CANARIES["?api-key="].encode())
+#: One credential per call (more is refused), in the place the path's dialect reads it;
+#: the other canaries ride along where that dialect reads no key. Across the calls, each
+#: canary travels as a credential and as a bystander.
+_BY_DIALECT = (
+    (b"/v1/messages", ("x-api-key", "api-key", "x-goog-api-key")),
+    (b"/azure/", ("api-key", "x-api-key", "x-goog-api-key")),
+    (b"/gemini/", ("x-goog-api-key", "bearer", "x-api-key", "api-key")),
+    (b"/vertex/", ("bearer", "x-api-key", "api-key")),
+    (b"", ("bearer", "api-key", "x-goog-api-key")),  # OpenAI's dialect, Bedrock's, an upstream's
+)
+_HEADER = {"bearer": b"Authorization: Bearer %s", "x-api-key": b"x-api-key: %s", "api-key": b"api-key: %s", "x-goog-api-key": b"x-goog-api-key: %s"}
 
 
-def request(path: bytes, body: Any, team: bytes = b"ml", query: bytes = QUERY) -> bytes:
+def key_headers(path: bytes) -> bytes:
+    names = next(names for prefix, names in _BY_DIALECT if path.startswith(prefix))
+    return b"".join(_HEADER[name] % CANARIES[name].encode() + b"\r\n" for name in names)
+
+
+def request(path: bytes, body: Any, team: bytes = b"ml", query: bytes | None = None, headers: bytes | None = None) -> bytes:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return rawhttp.post(path + query, data, KEY_HEADERS + b"X-ModelTrack-Team: " + team + b"\r\n")
+    if query is None:  # Gemini reads ?key=: only its canary for ?api-key= there
+        query = b"?api-key=%s" % CANARIES["?api-key="].encode() if path.startswith(b"/gemini/") else QUERY
+    keys = key_headers(path) if headers is None else headers
+    return rawhttp.post(path + query, data, keys + b"X-ModelTrack-Team: " + team + b"\r\n")
 
 
 def chat(model: str, **extra: Any) -> dict[str, Any]:
@@ -119,7 +139,13 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
             answers.append(await in_thread(rawhttp.exchange, port, request(path, body)))
         answers.append(await in_thread(rawhttp.exchange, port, request(b"/v1/chat/completions", chat("gpt-4o"), team=b"broke")))
         gemini_stream = b"/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent"
-        answers.append(await in_thread(rawhttp.exchange, port, request(gemini_stream, {"contents": []}, query=QUERY + b"&alt=sse")))
+        # Gemini's key in its query, as the only credential.
+        gemini_query = b"?key=%s&alt=sse" % CANARIES["?key="].encode()
+        answers.append(await in_thread(rawhttp.exchange, port, request(gemini_stream, {"contents": []}, query=gemini_query, headers=b"")))
+        # Every canary at once: more than one credential, refused before anything is forwarded.
+        ambiguous = await in_thread(rawhttp.exchange, port, request(b"/v1/messages", chat("claude-sonnet-4-5"), headers=KEY_HEADERS))
+        assert rawhttp.status_of(ambiguous) == 400 and b"ambiguous_credentials" in ambiguous
+        answers.append(ambiguous)
         target = b"/v1/chat/completions" + QUERY + b"&x=\x7f"  # invalid target
         answers.append(await in_thread(rawhttp.exchange, port, request(target, chat("gpt-4o"), query=b"")))
         answers.append(await in_thread(cut_after_first_bytes, port, request(b"/v1/chat/completions", chat("hang-body", stream=True))))
@@ -127,8 +153,8 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
         for path, headers in (
             (b"/openai/v1/batches/batch_1", b"Authorization: Bearer %s\r\n" % CANARIES["bearer"].encode()),
             (b"/openai/v1/files/file-out-batch_1/content", b"Authorization: Bearer %s\r\n" % CANARIES["bearer"].encode()),
-            (b"/v1/messages/batches/msgbatch_1", KEY_HEADERS),
-            (b"/v1/messages/batches/msgbatch_1/results", KEY_HEADERS),
+            (b"/v1/messages/batches/msgbatch_1", key_headers(b"/v1/messages")),
+            (b"/v1/messages/batches/msgbatch_1/results", key_headers(b"/v1/messages")),
         ):
             get = b"GET " + path + QUERY + b" HTTP/1.1\r\nHost: p\r\nConnection: close\r\n" + headers + b"\r\n"
             answers.append(await in_thread(rawhttp.exchange, port, get))

@@ -67,7 +67,7 @@ def test_report_command(tmp_path: Path, capsys) -> None:
     assert "unknown --by key 'colour'" in capsys.readouterr().err
     assert cli.main(["report", "--data-dir", str(tmp_path / "missing")]) == 2
     assert cli.main(["report", "--data-dir", str(tmp_path), "--format", "csv"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "team,requests,input_tokens,output_tokens,cost_usd,saved_usd,unpriced"
+    assert capsys.readouterr().out.splitlines()[0] == "team,requests,input_tokens,output_tokens,cost_usd,saved_usd,unpriced,billable_unmetered"
 
 
 def test_malformed_date_is_refused(tmp_path: Path, capsys) -> None:

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from modeltrack.accounting.batches import Claimed, reading_of
-from modeltrack.accounting.cost_event import Outcome, cost_event, encode
+from modeltrack.accounting.cost_event import Outcome, RouteClass, cost_event, encode
 from modeltrack.accounting.records import Answer, CallRecord, Sink
 from modeltrack.controls.gate import NO_TICKET, Gate, Ticket
 from modeltrack.controls.keys import Caller
@@ -91,8 +91,9 @@ class Accountant:
         elif reading.usage is None:
             if 200 <= call.status < 300 and call.ticket.hit is None:
                 # Answered, with no usage reported (a stream cut before it, a server
-                # that ignores stream_options): the cost is unknown, never $0.
-                price = UNPRICED
+                # that ignores stream_options, a route billed by something else): the
+                # cost is unknown, never $0.
+                price = UNPRICED if endpoint.billing is None else Price(None, None, endpoint.billing)
         else:
             price = self._price(endpoint.provider, endpoint.path, model, reading, when)
         ttfb = call.ttfb
@@ -113,6 +114,7 @@ class Accountant:
             labels=call.caller.labels,
             caller=call.caller,
             deployment=endpoint.deployment or (call.requested_model if endpoint.model_names_deployment else None),
+            route_class=RouteClass.of(endpoint),
         )
         forwarded = call.forwarded
         overhead = None if forwarded is None else forwarded - call.started

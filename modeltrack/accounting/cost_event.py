@@ -18,6 +18,7 @@ from modeltrack.controls.gate import NO_CONTROLS
 from modeltrack.controls.keys import NO_CALLER, Caller
 from modeltrack.pricing.prices import Price
 from modeltrack.pricing.usage import Reading, Usage
+from modeltrack.providers.dialect import Endpoint
 
 
 class Outcome(StrEnum):
@@ -35,6 +36,22 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     SHUTDOWN = "shutdown"
     PROXY_ERROR = "proxy_error"
+
+
+class RouteClass(StrEnum):
+    """
+    What the call's route is (the event's C{route_class}).
+    """
+
+    METERED = "metered"  # its answer says what it cost
+    BILLABLE = "billable"  # billed, but its answer cannot say what: unpriced
+    FREE = "free"  # costs nothing (an event only when the proxy refused it)
+
+    @staticmethod
+    def of(endpoint: Endpoint) -> RouteClass:
+        if endpoint.metered:
+            return RouteClass.METERED
+        return RouteClass.FREE if endpoint.billing is None else RouteClass.BILLABLE
 
 
 def cost_event(
@@ -56,6 +73,7 @@ def cost_event(
     caller: Caller = NO_CALLER,
     deployment: str | None = None,
     batch: tuple[str, str] | None = None,
+    route_class: RouteClass = RouteClass.METERED,
 ) -> dict[str, Any]:
     usage = reading.usage or Usage()
     cost: Decimal | None = price.cost_usd
@@ -65,6 +83,7 @@ def cost_event(
         "request_id": request_id,
         "provider": provider,
         "endpoint": endpoint,
+        "route_class": route_class,
         "model": model,
         "requested_model": requested_model,
         "deployment": deployment,

@@ -16,7 +16,7 @@ from typing import Any
 from modeltrack.store import index
 
 #: The totals every spend report ends its rows with.
-TOTAL_COLUMNS = ["requests", "input_tokens", "output_tokens", "cost_usd", "saved_usd", "unpriced"]
+TOTAL_COLUMNS = ["requests", "input_tokens", "output_tokens", "cost_usd", "saved_usd", "unpriced", "billable_unmetered"]
 #: New bytes above which a terminal gets a progress bar.
 PROGRESS_BYTES = 4 << 20
 

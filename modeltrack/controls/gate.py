@@ -10,16 +10,18 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 
 from modeltrack.controls.alerts import BudgetAlerts
-from modeltrack.controls.budgets import Admission, BudgetLedger, BudgetPeriod, BudgetStatus, Who, day_of
+from modeltrack.controls.budgets import Admission, BudgetAction, BudgetLedger, BudgetPeriod, BudgetStatus, Who, day_of
 from modeltrack.controls.cache import Entry, ResponseCache
-from modeltrack.controls.keys import Caller
+from modeltrack.controls.keys import Caller, Refusal
 from modeltrack.controls.routing import RouteAction, Routing, RoutingStats, Rule
+from modeltrack.failures import unmetered_billable
 from modeltrack.pricing.prices import Price, PriceBook
 from modeltrack.pricing.usage import Usage, limit_from
 from modeltrack.providers.dialect import Endpoint
@@ -119,6 +121,17 @@ class Ticket:
 NO_TICKET = Ticket()
 
 
+class UnmeteredBillable(StrEnum):
+    """
+    What becomes of a call the provider bills but the proxy cannot meter from its
+    answer (C{--unmetered-billable}); each leaves an unpriced event either way.
+    """
+
+    ALLOW = "allow"
+    BLOCK_UNDER_BUDGET = "block-under-budget"  # refused for a caller any block budget holds
+    DENY = "deny"
+
+
 class Gate:
     """
     Where the controls meet a call: L{admit} before it is forwarded (routing, the
@@ -137,8 +150,10 @@ class Gate:
         *,
         reserved_output_tokens: int = DEFAULT_RESERVED_OUTPUT_TOKENS,
         default_context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+        unmetered_billable: UnmeteredBillable = UnmeteredBillable.BLOCK_UNDER_BUDGET,
     ) -> None:
         self.prices = prices
+        self.unmetered_billable = UnmeteredBillable(unmetered_billable)
         self.reserved_output_tokens = reserved_output_tokens
         self.default_context_tokens = default_context_tokens
         self.alerts = alerts
@@ -154,6 +169,20 @@ class Gate:
         (otherwise it is forwarded with no admission at all).
         """
         return bool(self.ledger.budgets) or self.routing is not None or self.cache is not None
+
+    def billable_refusal(self, endpoint: Endpoint, who: Who) -> Refusal | None:
+        """
+        Why a call to a route billed but not meterable is refused, if it is: always
+        under C{deny}; under C{block-under-budget}, when a C{block} budget holds its
+        caller (its spend there could not be counted, so the limit could not hold).
+        """
+        if endpoint.billing is None or self.unmetered_billable is UnmeteredBillable.ALLOW:
+            return None
+        if self.unmetered_billable is UnmeteredBillable.DENY or any(
+            budget.action is BudgetAction.BLOCK for budget in self.ledger.matching(who)
+        ):
+            return 403, "unmetered_billable", unmetered_billable(endpoint.path, endpoint.billing, self.unmetered_billable)
+        return None
 
     def admit(
         self,

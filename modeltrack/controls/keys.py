@@ -25,7 +25,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.web.http_headers import Headers
 
 from modeltrack.controls.budgets import NO_ONE, ConfigFileError, Who
-from modeltrack.failures import NO_TEAM, UNKNOWN_KEY
+from modeltrack.failures import AMBIGUOUS_CREDENTIALS, NO_TEAM, UNKNOWN_KEY
 from modeltrack.store.datadir import FILE_MODE, STATE_DIR_MODE, write_atomically
 
 KEYS_FILE = "keys.json"
@@ -97,6 +97,21 @@ def credential(headers: Headers, names: tuple[bytes, ...], query: bytes = b"", p
             if name == param and value:
                 return unquote_to_bytes(value)
     return None
+
+
+def credentials_given(headers: Headers, names: tuple[bytes, ...], query: bytes = b"", param: bytes | None = None) -> int:
+    """
+    How many credentials a request carries where its dialect reads them: each value
+    of each of C{names}, and each C{param} in the query.
+    """
+    given = 0
+    for name in names:
+        values = headers.getRawHeaders(name)
+        if values:
+            given += len(values)
+    if param is not None and query:
+        given += sum(1 for part in query.split(b"&") if part.partition(b"=")[0] == param)
+    return given
 
 
 #: User-Agent → a short program family; the first that matches names it, with the
@@ -330,16 +345,23 @@ class Keyring:
         """
         Who is calling with a request (its C{headers} and C{target}; C{credentials}:
         where its dialect carries a key), and why the keys file refuses the call, if
-        it does (status, error type, message): an unknown key where only named ones may
-        call (the file says so, or the proxy C{signs} with its own credentials), or a
-        C{metered} call with no team where every call needs one. A call that is neither
-        metered nor C{attributed} (a batch's results) is identified only to be refused.
+        it does (status, error type, message): more than one credential (the one
+        fingerprinted would not be the one the provider bills), an unknown key where
+        only named ones may call (the file says so, or the proxy C{signs} with its own
+        credentials), or a C{metered} call with no team where every call needs one. A
+        call that is neither metered nor C{attributed} (a batch's results) is
+        identified only to be refused.
         """
         named_only = self.book.unknown_keys is UnknownKeys.DENY or signs
+        names, param = credentials
+        query = target.partition(b"?")[2] if param is not None else b""
+        if credentials_given(headers, names, query, param) > 1:
+            # Named by no key: its labels only.
+            return self.identify(headers, (), attributed=metered or attributed), (
+                400, "ambiguous_credentials", AMBIGUOUS_CREDENTIALS,
+            )
         found = NO_CALLER
         if metered or attributed or named_only:
-            names, param = credentials
-            query = target.partition(b"?")[2] if param is not None else b""
             found = self.identify(headers, names, query, param, metered or attributed)
         if named_only and found.entry is None:
             return found, (401, "unknown_key", UNKNOWN_KEY)

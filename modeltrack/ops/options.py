@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from twisted.python import usage
 
 from modeltrack.controls.cache import CacheBackend
+from modeltrack.controls.gate import UnmeteredBillable
 from modeltrack.controls.redis_ledger import RedisFailure
 from modeltrack.observe.logs import LogFormat
 from modeltrack.ops.checks import (
@@ -110,6 +111,7 @@ class ProxyOptions(usage.Options):
         ["cache-entries", None, "10000", "Most answers the response cache keeps."],
         ["cache-mb", None, "256", "Most MiB the response cache keeps."],
         ["cache-ttl", None, "3600", "Seconds a cached answer is served."],
+        ["unmetered-billable", None, "block-under-budget", f"What becomes of a call the provider bills but its answer cannot meter (fine-tuning, vector stores, containers, WebRTC calls, ...): {choices(UnmeteredBillable)} (block-under-budget: refused for a caller a block budget holds). Each leaves an unpriced event."],
         ["log-format", None, "text", f"{choices(LogFormat)}: text (one line per event: time, namespace, level, message) or json (one JSON object per line, for log shippers)."],
         ["config-poll-seconds", None, "2", "How often budgets.json, routing.json and pricing.json are checked for changes."],
         ["admin-listen", None, None, f"Twisted endpoint for the admin API, /metrics and the dashboard, or 'none' [env MODELTRACK_ADMIN_LISTEN, default {DEFAULT_ADMIN_LISTEN}]. Anything but loopback needs --admin-token-file."],
@@ -194,6 +196,7 @@ def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Setting
         cache_ttl=positive(options, "cache-ttl"),
         config_poll_seconds=positive(options, "config-poll-seconds"),
         log_format=choice(options, "log-format", LogFormat),
+        unmetered_billable=choice(options, "unmetered-billable", UnmeteredBillable),
         log_file=check_log_file(getattr(options, "parent", None)),
         **check_admin(options, environ, listen + listen_tls),
         alert_webhook=check_webhook(options["alert-webhook"] or environ.get("MODELTRACK_ALERT_WEBHOOK") or None),

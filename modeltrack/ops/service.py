@@ -149,6 +149,7 @@ class ModeltrackService(InOrder):
             alerts,
             reserved_output_tokens=settings.reserve_output_tokens,
             default_context_tokens=settings.reserve_context_tokens,
+            unmetered_billable=settings.unmetered_billable,
         )
         self.control_files = ControlFiles(settings.data_dir, self.gate, self.keys)
         self.indexer = IndexProcess(settings.data_dir, reactor, settings.index_seconds)

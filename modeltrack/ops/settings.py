@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modeltrack.controls.cache import CacheBackend
+from modeltrack.controls.gate import UnmeteredBillable
 from modeltrack.controls.redis_ledger import RedisFailure
 from modeltrack.observe.logs import LogFormat
 from modeltrack.store.journal import FsyncPolicy
@@ -44,6 +45,8 @@ class Settings:
     redis_url: str | None = None
     redis_password: str | None = None
     redis_failure: RedisFailure = RedisFailure.CLOSED
+    #: What becomes of a call billed but not meterable from its answer.
+    unmetered_billable: UnmeteredBillable = UnmeteredBillable.BLOCK_UNDER_BUDGET
     #: Where the response cache lives: this process's memory, or Redis (shared).
     cache_backend: CacheBackend = CacheBackend.MEMORY
     #: An OTLP/HTTP collector's base URL for spans and token metrics; L{None}: no export.
@@ -92,5 +95,5 @@ class Settings:
     def __post_init__(self) -> None:
         # The states given as their words (by an embedder, a test) are held as members.
         for name, kind in (("fsync", FsyncPolicy), ("redis_failure", RedisFailure), ("cache_backend", CacheBackend),
-                           ("log_format", LogFormat)):
+                           ("log_format", LogFormat), ("unmetered_billable", UnmeteredBillable)):
             object.__setattr__(self, name, kind(getattr(self, name)))

@@ -72,4 +72,5 @@ DIALECT = Dialect(
     by_prefix_only=True,
     route=route,
     origin=Origin("azure-url", None, "Azure OpenAI resource origin, e.g. https://myres.openai.azure.com, served under /azure"),
+    billable=openai.billable("/openai(?:/v1)?", "/openai"),
 )

@@ -43,11 +43,30 @@ def relayable(method: bytes, path: str) -> bool:
     return method in _RELAYED_METHODS and _RELAYED_PATH.fullmatch(path) is not None
 
 
+class Billable(NamedTuple):
+    """
+    A relayed route the provider bills but whose answer says nothing of what: a
+    fine-tuning job, vector store storage, a WebRTC call.
+
+    @ivar pattern: the paths it covers (below the dialect's prefix).
+    @ivar route: its name in events (C{/v1/fine_tuning/jobs}).
+    @ivar basis: what it is billed by, in words (the event's C{price_note}).
+    """
+
+    method: bytes
+    pattern: re.Pattern[str]
+    route: str
+    basis: str
+
+
 def relayed_endpoint(dialect: Dialect, method: bytes, path: str, segments: int) -> Endpoint:
     """
     The unmetered endpoint relaying C{path}, its route named for its first C{segments}
-    segments (C{/v1/files}).
+    segments (C{/v1/files}), or for the billable route it is (L{Dialect.billable}).
     """
+    for billable in dialect.billable:
+        if method == billable.method and billable.pattern.fullmatch(path):
+            return Endpoint(dialect.name, billable.route, dialect.error_body, method=method, metered=False, billing=billable.basis)
     route = "/".join(path.split("/")[: segments + 1])
     return Endpoint(dialect.name, route, dialect.error_body, method=method, metered=False)
 
@@ -78,6 +97,8 @@ class Endpoint:
     One upstream API route.
 
     @ivar metered: calls here cost money and each leaves a cost event.
+    @ivar billing: for a relayed route the provider bills though its answer cannot be
+        metered, the basis it is billed by; each call leaves an unpriced cost event.
     @ivar read_body: reads usage from a non-streaming response body.
     @ivar stream_meter: builds the meter for an event-stream response; it is called
         with C{strip=True} when the proxy asked for usage the client did not.
@@ -106,6 +127,7 @@ class Endpoint:
     errors: Callable[[str, str], dict[str, Any]]
     method: bytes = b"POST"
     metered: bool = True
+    billing: str | None = None
     read_body: Callable[[dict[str, Any]], Reading] | None = None
     stream_meter: Callable[..., SSEMeter | FrameMeter] | None = None
     read_request: Callable[[dict[str, Any]], tuple[str | None, bool]] = model_and_stream
@@ -226,6 +248,7 @@ class Dialect:
         whose origin comes with its name).
     @ivar region: the option naming its region, if its origin follows from one.
     @ivar signing: the flag for signing its calls with the proxy's own credentials.
+    @ivar billable: its relayed routes that are billed but cannot be metered.
     """
 
     name: str
@@ -242,3 +265,4 @@ class Dialect:
     origin: Origin | None = None
     region: Region | None = None
     signing: Signing | None = None
+    billable: tuple[Billable, ...] = ()

@@ -18,7 +18,7 @@ from typing import Any
 
 from modeltrack.pricing.usage import Reading, Usage, count, dig, text
 from modeltrack.providers import anthropic
-from modeltrack.providers.dialect import Dialect, Endpoint, Origin, relayable, relayed_endpoint
+from modeltrack.providers.dialect import Billable, Dialect, Endpoint, Origin, relayable, relayed_endpoint
 from modeltrack.providers.meter import SSEMeter
 
 #: The providers in events: the Gemini API is Google's own; Vertex AI is Google Cloud's.
@@ -139,9 +139,29 @@ def gemini_route(method: bytes, path: str) -> tuple[Endpoint, str] | None:
     if found is not None and method == b"POST" and found.group(2) in _GEMINI_METHODS:
         endpoint = _GEMINI_METHODS[found.group(2)]
         return replace(endpoint, path="/" + versioned.group(1) + endpoint.path, model=found.group(1)), path
-    if found is None and relayable(method, path):
-        return relayed_endpoint(GEMINI_DIALECT, method, path, 2), path
+    if relayable(method, path):
+        relayed = relayed_endpoint(GEMINI_DIALECT, method, path, 2)
+        # A model's other methods are relayed only if known billable: an unknown one
+        # could be a billed call the proxy would not see.
+        if found is None or relayed.billing is not None:
+            return relayed, path
     return None
+
+
+#: The Gemini API's billable routes whose answers report no usage.
+_GEMINI_BILLABLE = (
+    Billable(b"POST", re.compile(r"/v1\w*/models/[^/:]+:predict"), "/models/{model}:predict", "images: per image generated"),
+    Billable(
+        b"POST", re.compile(r"/v1\w*/models/[^/:]+:predictLongRunning"), "/models/{model}:predictLongRunning",
+        "video generation: per second rendered",
+    ),
+    Billable(
+        b"POST", re.compile(r"/v1\w*/models/[^/:]+:batchGenerateContent"), "/models/{model}:batchGenerateContent",
+        "batch: per token, reported in the batch's operation",
+    ),
+    Billable(b"POST", re.compile(r"/v1\w*/cachedContents"), "/cachedContents", "context caching: per token-hour stored"),
+    Billable(b"POST", re.compile(r"/v1\w*/tunedModels"), "/tunedModels", "tuning: per trained token"),
+)
 
 
 _VERTEX_PATH = re.compile(
@@ -187,6 +207,7 @@ GEMINI_DIALECT = Dialect(
     credential_query=b"key",
     by_prefix_only=True,
     route=gemini_route,
+    billable=_GEMINI_BILLABLE,
     origin=Origin("gemini-url", "https://generativelanguage.googleapis.com", "Gemini API origin, served under /gemini"),
 )
 VERTEX_DIALECT = Dialect(

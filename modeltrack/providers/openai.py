@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from modeltrack.pricing.usage import Reading, Usage, count, dig, extras, text
-from modeltrack.providers.dialect import Dialect, Endpoint, Origin
+from modeltrack.providers.dialect import Billable, Dialect, Endpoint, Origin
 from modeltrack.providers.meter import DROP, SSEMeter
 
 NAME = "openai"
@@ -207,6 +207,32 @@ def ask_for_usage(body: dict[str, Any]) -> bool:
     return False
 
 
+#: OpenAI's billable routes whose answers say nothing of the bill: (method, path below
+#: the API's root, its route, what it is billed by).
+_BILLABLE = (
+    ("fine_tuning/jobs", "/fine_tuning/jobs", "fine-tuning: per trained token, reported later on the job"),
+    ("vector_stores", "/vector_stores", "vector store storage: per GB-day"),
+    ("vector_stores/[^/]+/(?:files|file_batches)", "/vector_stores/{id}/files", "vector store storage: per GB-day"),
+    ("containers", "/containers", "containers: per session, by memory"),
+    ("containers/[^/]+/files", "/containers/{id}/files", "containers: per session, by memory"),
+    ("evals/[^/]+/runs", "/evals/{id}/runs", "evals runs: per model token, reported later on the run"),
+    ("threads/runs|threads/[^/]+/runs", "/threads/{id}/runs", "assistant runs: per model token, reported later on the run"),
+    ("realtime/calls(?:/[^/]+/accept)?", "/realtime/calls", "WebRTC and SIP calls: per token, on the peer connection only"),
+    ("realtime/client_secrets", "/realtime/client_secrets", "an ephemeral key: its sessions are billed per token, past the proxy"),
+    ("videos|videos/[^/]+/remix|videos/(?:extensions|edits|characters)", "/videos", "video generation: per second rendered"),
+)
+
+
+def billable(root: str, route: str) -> tuple[Billable, ...]:
+    """
+    OpenAI's billable-unmetered routes below C{root} (a pattern: C{/v1}; Azure's
+    C{/openai(?:/v1)?}), named below C{route}.
+    """
+    return tuple(
+        Billable(b"POST", re.compile(f"{root}/(?:{pattern})"), route + name, basis) for pattern, name, basis in _BILLABLE
+    )
+
+
 def _endpoint(path: str, **kwargs: Any) -> Endpoint:
     return Endpoint(NAME, path, error_body, **kwargs)
 
@@ -227,4 +253,5 @@ DIALECT = Dialect(
     credential_headers=(b"authorization",),
     relayed=("/v1/",),
     origin=Origin("openai-url", "https://api.openai.com", "OpenAI API origin"),
+    billable=billable("/v1", "/v1"),
 )

@@ -72,7 +72,20 @@ class RouteTable:
     def match(self, method: bytes, path: str, headers: Headers) -> tuple[Endpoint, str] | None:
         """
         The endpoint serving C{method path}, with the path to send upstream, or L{None}.
+        A path that would be relayed but differs from a metered route only by a
+        trailing slash, letter case, an empty or a repeated segment is L{None}: relayed,
+        it would be a metered call the proxy does not meter, if the provider serves it.
         """
+        found = self._match(method, path, headers)
+        if found is None or found[0].metered:
+            return found
+        for near in {_normalised(path), _normalised(path.lower())} - {path}:
+            metered = self._match(method, near, headers)
+            if metered is not None and metered[0].metered:
+                return None
+        return found
+
+    def _match(self, method: bytes, path: str, headers: Headers) -> tuple[Endpoint, str] | None:
         dialect = None
         for prefix, named in self._prefixes.items():
             if path.startswith(prefix + "/"):
@@ -111,6 +124,18 @@ class RouteTable:
             return None
         dialect = candidates[0] if named else self._by_headers(candidates, headers)
         return relayed_endpoint(dialect, method, path, 2), upstream_path
+
+
+def _normalised(path: str) -> str:
+    """
+    C{path} as a lenient server might read it: no empty segment, no segment twice in a
+    row, no trailing slash.
+    """
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment and (not segments or segments[-1] != segment):
+            segments.append(segment)
+    return "/" + "/".join(segments)
 
 
 #: Every built-in dialect's routes (the service builds its own, of the providers it serves).

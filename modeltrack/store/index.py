@@ -32,7 +32,7 @@ PICO = Decimal(10) ** 12
 DB_NAME = "modeltrack.db"
 
 #: Raised whenever the events table changes; an index of another version is rebuilt.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     request_id TEXT PRIMARY KEY,
@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS events (
     day TEXT NOT NULL,
     provider TEXT NOT NULL,
     endpoint TEXT NOT NULL,
+    route_class TEXT NOT NULL,
     model TEXT,
     team TEXT,
     app TEXT,
@@ -81,7 +82,7 @@ CREATE TABLE IF NOT EXISTS sources (
 """
 
 _COLUMNS = (
-    "request_id", "timestamp", "day", "provider", "endpoint", "model", "team", "app", "feature",
+    "request_id", "timestamp", "day", "provider", "endpoint", "route_class", "model", "team", "app", "feature",
     "session_id", "key_id", "key_name", "client", "outcome", "input_tokens", "output_tokens", "cache_read_tokens",
     "cache_write_tokens", "reasoning_tokens", "cost_pico", "saved_pico", "priced", "cache_hit",
     "latency_ms",
@@ -176,7 +177,7 @@ def _row(event: dict[str, Any]) -> tuple[Any, ...]:
         raise BadLine("a required field is not text")
     request_id, timestamp, provider, endpoint, outcome = required
     return (
-        request_id, timestamp, timestamp[:10], provider, endpoint,
+        request_id, timestamp, timestamp[:10], provider, endpoint, _text(event.get("route_class")) or "metered",
         _text(event.get("model")), _text(event.get("team")), _text(event.get("app")),
         _text(event.get("feature")), _text(event.get("session_id")), _text(event.get("key_id")),
         _text(event.get("key_name")), _text(event.get("client")), outcome,

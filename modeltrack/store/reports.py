@@ -21,11 +21,14 @@ from modeltrack.store.journal import live_files, segments
 #: name in keys.json, or by its fingerprint when it has none.
 GROUP_KEYS = {
     "team": "team", "app": "app", "feature": "feature", "model": "model", "provider": "provider", "day": "day",
-    "key": "COALESCE(key_name, key_id)", "client": "client",
+    "key": "COALESCE(key_name, key_id)", "client": "client", "endpoint": "endpoint", "route_class": "route_class",
 }
 
 
-_TOTALS = "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_pico), SUM(saved_pico), SUM(1 - priced)"
+_TOTALS = (
+    "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_pico), SUM(saved_pico), SUM(1 - priced), "
+    "SUM(route_class = 'billable')"
+)
 
 
 def _usd(pico: int | None) -> str:
@@ -33,7 +36,7 @@ def _usd(pico: int | None) -> str:
 
 
 def _totals(record: tuple[Any, ...]) -> dict[str, Any]:
-    requests, tokens_in, tokens_out, cost, saved, unpriced = record
+    requests, tokens_in, tokens_out, cost, saved, unpriced, billable = record
     return {
         "requests": requests,
         "input_tokens": tokens_in or 0,
@@ -41,11 +44,13 @@ def _totals(record: tuple[Any, ...]) -> dict[str, Any]:
         "cost_usd": _usd(cost),
         "saved_usd": _usd(saved),
         "unpriced": unpriced or 0,
+        # Of those unpriced: calls to routes billed by something their answers do not say.
+        "billable_unmetered": billable or 0,
     }
 
 
 def empty_totals() -> dict[str, Any]:
-    return _totals((0, 0, 0, 0, 0, 0))
+    return _totals((0, 0, 0, 0, 0, 0, 0))
 
 
 def _between(since: str | None, until: str | None) -> tuple[str, list[str]]:

@@ -1,9 +1,8 @@
 """
-A call's trip through the proxy, as explicit phases (L{Exchange}, L{Phase}). It decides
-and moves on; the parts do the work: who is calling (L{Keyring.caller}), the controls
-(L{Gate}), the upstream (L{Upstream}), the answer's bytes (L{Relay}), the words of a
-failure (L{modeltrack.failures}), the cost event (L{Accountant}). Every request to a
-metered route ends in exactly one event, whatever happened.
+A call's trip through the proxy, as explicit phases (L{Exchange}, L{Phase}). It decides;
+the parts work: who is calling (L{Keyring.caller}), the controls (L{Gate}), the upstream
+(L{Upstream}), the answer's bytes (L{Relay}), the words of a failure (L{failures}), the
+cost event (L{Accountant}). A metered call ends in exactly one event, whatever happened.
 """
 
 from __future__ import annotations
@@ -83,8 +82,10 @@ class Exchange:
             self._batch = None if watch is None else batches.meter_for(watch, resource.batches)
         self.caller, refusal = resource.keys.caller(
             request.requestHeaders, request.uri, resource.routes.credentials(endpoint.provider), metered=endpoint.metered,
-            attributed=self._batch is not None, signs=resource.upstreams[endpoint.provider].signer is not None,
+            attributed=self._batch is not None or endpoint.billing is not None,
+            signs=resource.upstreams[endpoint.provider].signer is not None,
         )
+        refusal = refusal or resource.gate.billable_refusal(endpoint, self.caller.who)
         resource.in_flight.add(self)
         resource.stats.requests += 1
         if not valid_target:
@@ -329,9 +330,9 @@ class Exchange:
                 told = self._batch.told()
                 told.addCallback(resource.accountant.batch_results, endpoint.provider, self.caller, self.traceparent)
                 told.addErrback(batches.failed)
-            if self.outcome is not Outcome.REJECTED:
+            if self.outcome is not Outcome.REJECTED and endpoint.billing is None:
                 # Relayed calls cost nothing and leave no event; one the proxy refused
-                # (an unknown key, a body too large) does, as every refusal does.
+                # (an unknown key, a body too large), or one billed, does.
                 resource.forget(self)
                 return
         self.reading = self.relay.meter.reading  # now, the answer gone: a body's decoding takes a while
