@@ -56,7 +56,8 @@ ANTHROPIC_USAGE = {
 }
 EMBEDDING_USAGE = {"prompt_tokens": 8, "total_tokens": 8}
 _METERED_PATHS = frozenset(
-    ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/messages", "/v1/messages/count_tokens")
+    ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/messages", "/v1/messages/count_tokens",
+     "/v1/images/generations")
 )
 #: Usage counts no call has: a model named here is answered with one.
 ABSURD_COUNTS = {"huge-usage": 2**64, "vast-usage": 10**400}
@@ -98,6 +99,12 @@ AZURE_FIRST_CHUNK = sse(None, {
     "id": "", "object": "", "created": 0, "model": "", "choices": [],
     "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {"hate": {"filtered": False, "severity": "safe"}}}],
 })
+
+
+#: An image's usage as gpt-image-1.5 reports it: no output details.
+IMAGE_USAGE = {
+    "input_tokens": 23, "input_tokens_details": {"text_tokens": 23, "image_tokens": 0}, "output_tokens": 1056, "total_tokens": 1079,
+}
 
 
 def chat_usage(model: str) -> dict[str, Any]:
@@ -340,11 +347,38 @@ class FakeUpstream(Resource):
         if path == "/v1/embeddings":
             data = [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}]
             return self._json(request, 200, {"object": "list", "data": data, "model": model, "usage": EMBEDDING_USAGE})
+        if path == "/v1/images/generations":
+            return self._image(request, params, stream)
         if path == "/v1/messages":
             if stream:
                 return self._stream(request, messages_stream(model, error), requested)
             return self._json(request, 200, message_body(model))
         return self._json(request, 404, {"error": {"message": "not here", "type": "invalid_request_error"}})
+
+    def _image(self, request: Request, params: dict[str, Any], stream: bool) -> bytes | int:
+        """
+        GPT image models' answers: no model named; usage without output details (as
+        gpt-image-1.5 and -2 send it) unless the model is gpt-image-1 (the spec's example).
+        """
+        usage: dict[str, Any] = dict(IMAGE_USAGE)
+        if params.get("model") == "gpt-image-1":
+            usage["output_tokens_details"] = {"text_tokens": 0, "image_tokens": usage["output_tokens"]}
+        n = params.get("n") or 1
+        if not stream:
+            return self._json(request, 200, {
+                "created": 1, "data": [{"b64_json": "aW1hZ2U="}] * n, "background": "opaque", "output_format": "png",
+                "quality": "high", "size": "1024x1024", "usage": usage,
+            })
+        chunks = []
+        for _ in range(n):
+            for index in range(params.get("partial_images") or 0):
+                partial = {"type": "image_generation.partial_image", "b64_json": "cGFydA==" * 4096, "partial_image_index": index,
+                           "created_at": 1, "size": "1024x1024", "quality": "high", "background": "opaque", "output_format": "png"}
+                chunks.append(sse("image_generation.partial_image", partial))
+            done = {"type": "image_generation.completed", "b64_json": "aW1hZ2U=", "created_at": 1, "size": "1024x1024",
+                    "quality": "high", "background": "opaque", "output_format": "png", "usage": usage}
+            chunks.append(sse("image_generation.completed", done))
+        return self._stream(request, chunks, "")
 
     def _rest_of_the_api(self, request: Request, path: str) -> bytes:
         """

@@ -127,6 +127,8 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
             (b"/azure/openai/v1/chat/completions", chat("fail-500")),  # Azure v1, upstream 5xx
             (b"/groq/v1/chat/completions", chat("llama-3.3-70b-versatile")),  # a compatible upstream
             (b"/v1/files", chat("gpt-4o")),  # relayed, unmetered
+            (b"/v1/images/generations", {"model": "gpt-image-1.5", "prompt": "a fox", "stream": True}),  # an image
+            (b"/v1/fine_tuning/jobs", {"model": "gpt-4o-mini", "training_file": "file-1"}),  # billable, unmetered
             (b"/bedrock/model/global.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke-with-response-stream",
              {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5, "messages": []}),  # Bedrock, event stream
             (b"/bedrock/model/throttled/converse-stream", {"messages": []}),  # an exception frame

@@ -154,3 +154,15 @@ async def test_billable_calls_through_the_sdk_and_in_the_report(reactor: Any, tm
     rows = {row["endpoint"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["/v1/fine_tuning/jobs"]["billable_unmetered"] == 1 and rows["/v1/fine_tuning/jobs"]["unpriced"] == 1
     assert rows["/v1/chat/completions"]["billable_unmetered"] == 0 and len(rows) == 2
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/images/edits", "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech"]
+)
+def test_routes_not_yet_metered_are_held_by_a_block_budget(path: str) -> None:
+    # Until their answers are metered, a team at a block limit cannot spend through them.
+    h = billable_harness(UnmeteredBillable.BLOCK_UNDER_BUDGET, [Budget("ml", Decimal(100))])
+    transport = raw(h, path, [("Authorization", "Bearer sk-x"), ("X-ModelTrack-Team", "ml")], b"{}")
+    assert status_of(transport) == 403 and h.agent.calls == []
+    [event] = h.journal.events()
+    assert (event["route_class"], event["endpoint"], event["outcome"]) == ("billable", path, "rejected")

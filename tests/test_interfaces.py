@@ -65,6 +65,7 @@ MAKERS: dict[type, Callable[[Path], Any]] = {
     anthropic.MessagesStreamMeter: lambda _: anthropic.MessagesStreamMeter(),
     openai.ChatStreamMeter: lambda _: openai.ChatStreamMeter(strip=True),
     openai.ResponsesStreamMeter: lambda _: openai.ResponsesStreamMeter(),
+    openai.ImageStreamMeter: lambda _: openai.ImageStreamMeter(),
     google.GenerateStreamMeter: lambda _: google.GenerateStreamMeter(),
     bedrock.ConverseStreamMeter: lambda _: bedrock.ConverseStreamMeter(),
     bedrock.InvokeStreamMeter: lambda _: bedrock.InvokeStreamMeter(),

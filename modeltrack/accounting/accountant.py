@@ -95,7 +95,7 @@ class Accountant:
                 # cost is unknown, never $0.
                 price = UNPRICED if endpoint.billing is None else Price(None, None, endpoint.billing)
         else:
-            price = self._price(endpoint.provider, endpoint.path, model, reading, when)
+            price = self._price(endpoint.provider, endpoint.path, model, reading, when, endpoint.at_text_rate)
         ttfb = call.ttfb
         event = cost_event(
             timestamp=when,
@@ -171,14 +171,17 @@ class Accountant:
         for sink in self.sinks:
             sink(record)
 
-    def _price(self, provider: str, route: str, model: str | None, reading: Reading, when: datetime) -> Price:
+    def _price(
+        self, provider: str, route: str, model: str | None, reading: Reading, when: datetime,
+        at_text_rate: frozenset[str] = frozenset(),
+    ) -> Price:
         if reading.usage is None:
             return UNPRICED
         prices = self.gate.prices
         try:
             if reading.parts:
                 return prices.price_parts(provider, model, reading.parts, reading.price_context, when)
-            return prices.price(provider, model, reading.usage, reading.price_context, when)
+            return prices.price(provider, model, reading.usage, reading.price_context, when, at_text_rate)
         except Exception:
             log_failure(log, "Could not price a call on {route}", route=route)
             return UNPRICED

@@ -235,10 +235,10 @@ class Gate:
             hit = self.cache.get(ticket.cache_key)
             if isinstance(hit, Deferred):  # a shared cache answers later
                 return hit.addCallback(
-                    self._looked_up, ticket, budgets, provider, path, model, body, raw_body, now, request_id
+                    self._looked_up, ticket, budgets, endpoint, model, body, raw_body, now, request_id
                 )
-            return self._looked_up(hit, ticket, budgets, provider, path, model, body, raw_body, now, request_id)
-        return self._reserve(ticket, budgets, provider, path, model, body, raw_body, now, request_id)
+            return self._looked_up(hit, ticket, budgets, endpoint, model, body, raw_body, now, request_id)
+        return self._reserve(ticket, budgets, endpoint, model, body, raw_body, now, request_id)
 
     def _looked_up(self, hit: Entry | None, ticket: Ticket, *reserve: Any) -> Ticket | Deferred[Ticket]:
         ticket.hit = hit
@@ -247,12 +247,12 @@ class Gate:
         return self._reserve(ticket, *reserve)
 
     def _reserve(
-        self, ticket: Ticket, budgets: list[Any], provider: str, path: str, model: str | None,
+        self, ticket: Ticket, budgets: list[Any], endpoint: Endpoint, model: str | None,
         body: dict[str, Any], raw_body: bytes, now: datetime, request_id: str,
     ) -> Ticket | Deferred[Ticket]:
         day = day_of(now)
         if budgets:
-            estimate = self._worst_case(provider, path, model, body, raw_body, now)
+            estimate = self._worst_case(endpoint, model, body, raw_body, now)
             admission = self.ledger.admit(budgets, estimate, day, request_id)
             if isinstance(admission, Deferred):
                 return admission.addCallback(self._admitted, ticket, day)
@@ -288,7 +288,7 @@ class Gate:
         self.ledger.release(ticket.admission)
 
     def _worst_case(
-        self, provider: str, path: str, model: str | None, body: dict[str, Any], raw_body: bytes, now: datetime
+        self, endpoint: Endpoint, model: str | None, body: dict[str, Any], raw_body: bytes, now: datetime
     ) -> Decimal | None:
         """
         The most this call's input can cost, and its output up to the limit it names:
@@ -296,9 +296,14 @@ class Gate:
         the input it carries; content it refers to (a URL, a file id, an earlier
         response, a server-side tool's results) can fill the model's whole context
         window, which is added. Output: the request's own maximum, else
-        L{Gate.reserved_output_tokens} (no bound: the README says so).
+        L{Gate.reserved_output_tokens} (no bound: the README says so). A route whose
+        requests bound their use otherwise (images) gives its own (L{Endpoint.bound}).
         """
-        output = 0 if path == "/v1/embeddings" else self.reserved_output_tokens
+        provider = endpoint.provider
+        if endpoint.bound is not None:
+            bound = endpoint.bound(body, len(raw_body))
+            return self.prices.price(provider, model, bound, {}, now, endpoint.at_text_rate).cost_usd
+        output = 0 if endpoint.path == "/v1/embeddings" else self.reserved_output_tokens
         for name in _OUTPUT_LIMITS:
             if limit_from(body.get(name)):
                 output = body[name]

@@ -119,9 +119,12 @@ class PriceBook:
         usage: Usage,
         context: dict[str, str],
         when: datetime,
+        at_text_rate: frozenset[str] = frozenset(),
     ) -> Price:
         """
-        The list price of C{usage} on C{model}, at the time of the request.
+        The list price of C{usage} on C{model}, at the time of the request;
+        C{at_text_rate}: dimensions billed at the rate of the tokens they are part of
+        where the model has no rate of their own (besides the provider's).
         """
         if model is None:
             return UNPRICED
@@ -148,7 +151,7 @@ class PriceBook:
             if rates is None:
                 return UNPRICED
         if usage.extra:
-            unrated = rates.unrated(usage, AT_TEXT_RATE.get(price_provider, frozenset()))
+            unrated = rates.unrated(usage, AT_TEXT_RATE.get(price_provider, frozenset()) | at_text_rate)
             if unrated:
                 return Price(None, None, f"no rate for {unrated} on {model} in {source}")
         cost = rates.cost(usage)

@@ -18,8 +18,8 @@ from modeltrack.providers.dialect import Dialect, Endpoint, Origin, relayable, r
 NAME = "azure"
 
 _OPENAI = {endpoint.path[len("/v1") :]: endpoint for endpoint in openai.DIALECT.endpoints}
-_CLASSIC = ("/chat/completions", "/completions", "/embeddings", "/responses")
-_V1 = ("/chat/completions", "/responses", "/embeddings", "/models")
+_CLASSIC = ("/chat/completions", "/completions", "/embeddings", "/responses", "/images/generations")
+_V1 = ("/chat/completions", "/responses", "/embeddings", "/images/generations", "/models")
 #: A deployment name as Azure allows it: letters, digits, dashes, underscores, dots.
 _DEPLOYMENT = re.compile(r"/openai/deployments/(?!\.{1,2}/)([A-Za-z0-9._-]{1,64})(/.+)")
 _V1_PREFIX = "/openai/v1"

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from twisted.web.http_headers import Headers
 
-from modeltrack.pricing.usage import Reading, text
+from modeltrack.pricing.usage import Reading, Usage, text
 from modeltrack.providers.meter import BodyMeter, FrameMeter, IMeter, RelayOnly, SSEMeter
 
 
@@ -120,6 +120,11 @@ class Endpoint:
     @ivar read_headers: what a response's headers report, given them and its status:
         an error type or usage its body does not (Bedrock names errors and counts some
         models' tokens in headers); L{None} if they say nothing.
+    @ivar bound: the most a request can use, from its body and size, where the
+        general bound (its bytes in, its output limit out) does not hold (images).
+    @ivar at_text_rate: dimensions this route's models bill at the rate of the tokens
+        they are part of when they have no rate of their own (gpt-image-1's output rate
+        is its image rate).
     """
 
     provider: str
@@ -139,6 +144,8 @@ class Endpoint:
     streams: bool = False
     stream_type: bytes = b"text/event-stream"
     read_headers: Callable[[Headers, int], Reading | None] | None = None
+    bound: Callable[[dict[str, Any], int], Usage] | None = None
+    at_text_rate: frozenset[str] = frozenset()
 
     def error_body(self, error_type: str, message: str) -> dict[str, Any]:
         return self.errors(error_type, message)

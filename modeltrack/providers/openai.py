@@ -1,15 +1,18 @@
 """
-OpenAI's Chat Completions, legacy Completions, Responses and Embeddings APIs. Usage is
-inclusive: cached tokens are part of the prompt, reasoning tokens part of the output.
+OpenAI's Chat Completions, legacy Completions, Responses, Embeddings and Images APIs.
+Usage is inclusive: cached tokens are part of the prompt, reasoning tokens part of the
+output.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from fractions import Fraction
 from typing import Any
 
-from modeltrack.pricing.usage import Reading, Usage, count, dig, extras, text
+from modeltrack.pricing.usage import Reading, Usage, count, dig, extras, limit_from, text, total
 from modeltrack.providers.dialect import Billable, Dialect, Endpoint, Origin
 from modeltrack.providers.meter import DROP, SSEMeter
 
@@ -191,6 +194,77 @@ class ResponsesStreamMeter(SSEMeter):
         return None
 
 
+def image_usage(raw: dict[str, Any]) -> Usage:
+    """
+    The Images API's usage (the Responses names). Output tokens with no details are
+    image tokens, OpenAI's own definition: priced at the text rate, gpt-image-1.5's
+    would come out 3.2 times under the bill.
+    """
+    usage = _RESPONSES_USAGE(raw)
+    if usage.output_tokens and not isinstance(raw.get("output_tokens_details"), dict):
+        usage.extra = {**(usage.extra or {}), "output_image_tokens": usage.output_tokens}
+    return usage
+
+
+def read_image_body(obj: dict[str, Any]) -> Reading:
+    """An Images answer: no model in it (the request's is the call's), usage."""
+    return _read(obj, image_usage)
+
+
+class ImageStreamMeter(SSEMeter):
+    """
+    A streamed image (C{stream: true}): partial images, then one C{*.completed} event per
+    image with its usage, summed (each event carries a whole image in base64: only
+    those named completed are decoded).
+    """
+
+    def wanted(self, chunk: bytes) -> bool:
+        return b".completed" in chunk or b"error" in chunk
+
+    def on_event(self, name: bytes, data: bytes) -> object:
+        if name.endswith(b".completed") or (not name and b'.completed"' in data[:200]):
+            raw = json.loads(data).get("usage")
+            if isinstance(raw, dict):
+                usage = image_usage(raw)
+                seen = self.reading.usage
+                self.reading.usage = usage if seen is None else total([(None, seen), (None, usage)])
+                self.reading.final = True
+            self.ended = True
+        elif name == b"error" or (not name and data.startswith(b'{"type":"error"')):
+            obj = json.loads(data)
+            self.reading.error_type = text(dig(obj, "error", "type")) or text(dig(obj, "error", "code")) or "error"
+        return None
+
+
+#: Image output tokens of a 1024x1024 image at high quality; a size's count scales
+#: with its pixels (OpenAI's table: 1024x1536 is 6,240), lower qualities by their share.
+_HIGH_TOKENS_PER_MEGAPIXEL = 4160
+_QUALITY_SHARE = {"low": Fraction(272, 4160), "medium": Fraction(1056, 4160), "high": Fraction(1), "auto": Fraction(1)}
+#: A quality the table has no count for (xhigh, max): bounded at twice high's.
+_UNLISTED_QUALITY_SHARE = Fraction(2)
+#: C{auto} (or no size): the largest of the sizes C{auto} picks from; a size that does
+#: not parse: the largest any model takes.
+_AUTO_PIXELS, _LARGEST_PIXELS = 1536 * 1024, 3840 * 2160
+#: Each partial image streamed adds this many image output tokens.
+_PARTIAL_IMAGE_TOKENS = 100
+_SIZE = re.compile(r"([1-9][0-9]{1,4})x([1-9][0-9]{1,4})")
+
+
+def image_bound(body: dict[str, Any], body_bytes: int) -> Usage:
+    """
+    The most an image request can use: its text (a token covers at least a byte) and
+    C{n} images at the tokens of their size and quality, partial images included.
+    """
+    size, quality = body.get("size"), body.get("quality") or "auto"
+    found = _SIZE.fullmatch(size) if isinstance(size, str) else None
+    pixels = int(found[1]) * int(found[2]) if found else _AUTO_PIXELS if size in (None, "auto") else _LARGEST_PIXELS
+    share = _QUALITY_SHARE.get(quality, _UNLISTED_QUALITY_SHARE) if isinstance(quality, str) else _UNLISTED_QUALITY_SHARE
+    per_image = math.ceil(Fraction(pixels * _HIGH_TOKENS_PER_MEGAPIXEL, 1024 * 1024) * share)
+    partial = limit_from(body.get("partial_images")) * _PARTIAL_IMAGE_TOKENS
+    output = max(1, limit_from(body.get("n"))) * (per_image + partial)
+    return Usage(input_tokens=body_bytes, output_tokens=output, extra={"output_image_tokens": output})
+
+
 def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": None, "code": None}}
 
@@ -220,6 +294,12 @@ _BILLABLE = (
     ("realtime/calls(?:/[^/]+/accept)?", "/realtime/calls", "WebRTC and SIP calls: per token, on the peer connection only"),
     ("realtime/client_secrets", "/realtime/client_secrets", "an ephemeral key: its sessions are billed per token, past the proxy"),
     ("videos|videos/[^/]+/remix|videos/(?:extensions|edits|characters)", "/videos", "video generation: per second rendered"),
+    # Metered by their answers or uploads in time; until then governed like the rest.
+    ("images/edits", "/images/edits", "image edits: per text and image token (multipart, not yet metered)"),
+    ("images/variations", "/images/variations", "image variations: per image (not yet metered)"),
+    ("audio/transcriptions", "/audio/transcriptions", "transcription: per audio token or second (not yet metered)"),
+    ("audio/translations", "/audio/translations", "translation: per second of audio (not yet metered)"),
+    ("audio/speech", "/audio/speech", "speech: per input character or audio token (not yet metered)"),
 )
 
 
@@ -247,6 +327,10 @@ DIALECT = Dialect(
         ),
         _endpoint("/v1/responses", read_body=read_responses_body, stream_meter=ResponsesStreamMeter),
         _endpoint("/v1/embeddings", read_body=read_chat_body),
+        _endpoint(
+            "/v1/images/generations", read_body=read_image_body, stream_meter=ImageStreamMeter, bound=image_bound,
+            at_text_rate=frozenset(("output_image_tokens",)),
+        ),
         _endpoint("/v1/models", method=b"GET", metered=False),
     ),
     error_body=error_body,
