@@ -47,6 +47,7 @@ AMBIGUOUS_CREDENTIALS = (
     "provider bills)"
 )
 NOT_A_JSON_OBJECT = "the request body must be a JSON object"
+NOT_A_FORM = "the request body must be multipart/form-data"
 LOG_NOT_WRITABLE = "the event log is not writable; no call is made that cannot be recorded"
 
 

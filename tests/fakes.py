@@ -57,7 +57,7 @@ ANTHROPIC_USAGE = {
 EMBEDDING_USAGE = {"prompt_tokens": 8, "total_tokens": 8}
 _METERED_PATHS = frozenset(
     ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/messages", "/v1/messages/count_tokens",
-     "/v1/images/generations")
+     "/v1/images/generations", "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech")
 )
 #: Usage counts no call has: a model named here is answered with one.
 ABSURD_COUNTS = {"huge-usage": 2**64, "vast-usage": 10**400}
@@ -288,6 +288,10 @@ class FakeUpstream(Resource):
             return self._json(request, 200, {"input_tokens": 42})
         if path not in _METERED_PATHS:
             return self._rest_of_the_api(request, path)
+        if path == "/v1/audio/speech":
+            return self._speech(request, json.loads(body))
+        if path.startswith("/v1/audio/"):
+            return self._transcript(request, path)
         params = json.loads(body or b"{}")
         requested = params.get("model", "")
         model = AZURE_SNAPSHOT if azure else SNAPSHOTS.get(requested, requested)
@@ -379,6 +383,40 @@ class FakeUpstream(Resource):
                     "quality": "high", "background": "opaque", "output_format": "png", "usage": usage}
             chunks.append(sse("image_generation.completed", done))
         return self._stream(request, chunks, "")
+
+    def _speech(self, request: Request, params: dict[str, Any]) -> bytes | int:
+        """Speech: raw audio (no usage), or events ending with the usage (sse)."""
+        if params.get("stream_format") == "sse":
+            chunks = [sse(None, {"type": "speech.audio.delta", "audio": "UklGRg=="}),
+                      sse(None, {"type": "speech.audio.done", "usage": {"input_tokens": 14, "output_tokens": 101, "total_tokens": 115}})]
+            return self._stream(request, chunks, "")
+        request.setHeader(b"content-type", b"audio/mpeg")
+        return b"ID3" + bytes(range(256)) * 16
+
+    def _transcript(self, request: Request, path: str) -> bytes | int:
+        """
+        Transcriptions and translations as the API answers them: token usage for the
+        gpt-4o models, seconds for whisper-1, plain text with no usage for text, srt
+        and vtt, a translation's duration only in verbose_json.
+        """
+        form = {key.decode(): values[0].decode() for key, values in request.args.items() if key != b"file"}
+        model, shape = form.get("model", ""), form.get("response_format", "json")
+        tokens = {"type": "tokens", "input_tokens": 14, "input_token_details": {"text_tokens": 10, "audio_tokens": 4},
+                  "output_tokens": 101, "total_tokens": 115}
+        usage = {"type": "duration", "seconds": 9} if model == "whisper-1" else tokens
+        if shape in ("text", "srt", "vtt"):
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"hello there\n"
+        if form.get("stream") == "true":
+            done = {"type": "transcript.text.done", "text": "hello there", "usage": {k: v for k, v in tokens.items() if k != "type"}}
+            chunks = [sse(None, {"type": "transcript.text.delta", "delta": "hello"}), sse(None, done)]
+            return self._stream(request, chunks, "")
+        answer: dict[str, Any] = {"text": "hello there"}
+        if shape == "verbose_json":
+            answer.update(task="transcribe", language="english", duration=8.47, segments=[])
+        if path.endswith("/transcriptions"):
+            answer["usage"] = usage
+        return self._json(request, 200, answer)
 
     def _rest_of_the_api(self, request: Request, path: str) -> bytes:
         """

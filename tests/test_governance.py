@@ -157,12 +157,25 @@ async def test_billable_calls_through_the_sdk_and_in_the_report(reactor: Any, tm
 
 
 @pytest.mark.parametrize(
-    "path", ["/v1/images/edits", "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech"]
+    "path, route",
+    [
+        ("/v1/images/edits", "/v1/images/edits"),
+        ("/v1/images/variations", "/v1/images/variations"),
+    ],
 )
-def test_routes_not_yet_metered_are_held_by_a_block_budget(path: str) -> None:
+def test_routes_not_yet_metered_are_held_by_a_block_budget(path: str, route: str) -> None:
     # Until their answers are metered, a team at a block limit cannot spend through them.
     h = billable_harness(UnmeteredBillable.BLOCK_UNDER_BUDGET, [Budget("ml", Decimal(100))])
     transport = raw(h, path, [("Authorization", "Bearer sk-x"), ("X-ModelTrack-Team", "ml")], b"{}")
     assert status_of(transport) == 403 and h.agent.calls == []
     [event] = h.journal.events()
-    assert (event["route_class"], event["endpoint"], event["outcome"]) == ("billable", path, "rejected")
+    assert (event["route_class"], event["endpoint"], event["outcome"]) == ("billable", route, "rejected")
+
+
+def test_azure_classes_its_deployment_paths_too() -> None:
+    from modeltrack.providers import azure
+
+    found = azure.route(b"POST", "/openai/deployments/my-dep/images/edits")
+    assert found is not None and found[0].billing is not None and found[0].path == "/openai/images/edits"
+    speech = azure.route(b"POST", "/openai/deployments/my-dep/audio/speech")
+    assert speech is not None and speech[0].metered and speech[0].deployment == "my-dep"

@@ -66,6 +66,8 @@ MAKERS: dict[type, Callable[[Path], Any]] = {
     openai.ChatStreamMeter: lambda _: openai.ChatStreamMeter(strip=True),
     openai.ResponsesStreamMeter: lambda _: openai.ResponsesStreamMeter(),
     openai.ImageStreamMeter: lambda _: openai.ImageStreamMeter(),
+    openai.TranscriptStreamMeter: lambda _: openai.TranscriptStreamMeter(),
+    openai.SpeechStreamMeter: lambda _: openai.SpeechStreamMeter(),
     google.GenerateStreamMeter: lambda _: google.GenerateStreamMeter(),
     bedrock.ConverseStreamMeter: lambda _: bedrock.ConverseStreamMeter(),
     bedrock.InvokeStreamMeter: lambda _: bedrock.InvokeStreamMeter(),

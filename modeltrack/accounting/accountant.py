@@ -93,7 +93,8 @@ class Accountant:
                 # Answered, with no usage reported (a stream cut before it, a server
                 # that ignores stream_options, a route billed by something else): the
                 # cost is unknown, never $0.
-                price = UNPRICED if endpoint.billing is None else Price(None, None, endpoint.billing)
+                note = reading.unmetered or endpoint.billing
+                price = UNPRICED if note is None else Price(None, None, note)
         else:
             price = self._price(endpoint.provider, endpoint.path, model, reading, when, endpoint.at_text_rate)
         ttfb = call.ttfb

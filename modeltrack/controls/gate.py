@@ -302,7 +302,9 @@ class Gate:
         provider = endpoint.provider
         if endpoint.bound is not None:
             bound = endpoint.bound(body, len(raw_body))
-            return self.prices.price(provider, model, bound, {}, now, endpoint.at_text_rate).cost_usd
+            # A bound counts each way the call may be billed: a dimension the model has
+            # no rate for is one it is not billed by.
+            return self.prices.price(provider, model, bound, {}, now, frozenset(bound.extra or ())).cost_usd
         output = 0 if endpoint.path == "/v1/embeddings" else self.reserved_output_tokens
         for name in _OUTPUT_LIMITS:
             if limit_from(body.get(name)):

@@ -35,6 +35,8 @@ EXTRA_RATES = {
     "input_video_tokens": "input_video_mtok",
     "output_video_tokens": "output_video_mtok",
     "cache_video_read_tokens": "cache_video_read_mtok",
+    "audio_seconds": "audio_hours",
+    "input_characters": "input_mchars",
 }
 #: Dimensions a provider bills at the rate of the tokens they are part of, which is
 #: what genai-prices charges for a dimension the model has no rate of its own for.

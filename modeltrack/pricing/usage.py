@@ -79,6 +79,8 @@ class Reading:
         (L{None}: the call's) and usage; C{usage} is then their sum.
     @ivar usage_error: why the provider's usage could not be read (a count that is not
         an integer from 0 to 10^12): such a call is recorded unpriced, never guessed.
+    @ivar unmetered: why an answer of a metered route carries no usage (a transcript
+        as plain text): its call is unpriced with this note, never $0.
     """
 
     usage: Usage | None = None
@@ -89,6 +91,7 @@ class Reading:
     final: bool = False
     error_type: str | None = None
     usage_error: str | None = None
+    unmetered: str | None = None
 
     @property
     def complete(self) -> bool:

@@ -18,8 +18,9 @@ from modeltrack.providers.dialect import Dialect, Endpoint, Origin, relayable, r
 NAME = "azure"
 
 _OPENAI = {endpoint.path[len("/v1") :]: endpoint for endpoint in openai.DIALECT.endpoints}
-_CLASSIC = ("/chat/completions", "/completions", "/embeddings", "/responses", "/images/generations")
-_V1 = ("/chat/completions", "/responses", "/embeddings", "/images/generations", "/models")
+_AUDIO = ("/audio/transcriptions", "/audio/translations", "/audio/speech")
+_CLASSIC = ("/chat/completions", "/completions", "/embeddings", "/responses", "/images/generations", *_AUDIO)
+_V1 = ("/chat/completions", "/responses", "/embeddings", "/images/generations", *_AUDIO, "/models")
 #: A deployment name as Azure allows it: letters, digits, dashes, underscores, dots.
 _DEPLOYMENT = re.compile(r"/openai/deployments/(?!\.{1,2}/)([A-Za-z0-9._-]{1,64})(/.+)")
 _V1_PREFIX = "/openai/v1"
@@ -56,7 +57,7 @@ def route(method: bytes, path: str) -> tuple[Endpoint, str] | None:
     if path.startswith("/openai/") and relayable(method, path):
         relayed = relayed_endpoint(DIALECT, method, path, 3)  # /openai/v1/files
         parts = path.split("/")
-        if parts[2] == "deployments" and len(parts) > 4:
+        if parts[2] == "deployments" and len(parts) > 4 and relayed.billing is None:
             # The deployment is the caller's word: out of the route's name.
             relayed = replace(relayed, path="/openai/deployments/{deployment}/" + parts[4])
         return relayed, path
@@ -72,5 +73,5 @@ DIALECT = Dialect(
     by_prefix_only=True,
     route=route,
     origin=Origin("azure-url", None, "Azure OpenAI resource origin, e.g. https://myres.openai.azure.com, served under /azure"),
-    billable=openai.billable("/openai(?:/v1)?", "/openai"),
+    billable=openai.billable("/openai(?:/v1|/deployments/[A-Za-z0-9._-]+)?", "/openai"),
 )

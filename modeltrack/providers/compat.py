@@ -17,7 +17,8 @@ from modeltrack.providers.dialect import Dialect
 UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 #: Names an upstream cannot take: the built-in providers' prefixes (and those planned).
 RESERVED = frozenset(("openai", "anthropic", "azure", "bedrock", "gemini", "google", "vertex", "v1"))
-_SERVED = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/images/generations", "/v1/models")
+_SERVED = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/images/generations",
+           "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech", "/v1/models")
 
 
 def dialect(name: str) -> Dialect:

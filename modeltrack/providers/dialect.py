@@ -16,7 +16,9 @@ from typing import Any, NamedTuple
 
 from twisted.web.http_headers import Headers
 
+from modeltrack.failures import NOT_A_FORM, NOT_A_JSON_OBJECT
 from modeltrack.pricing.usage import Reading, Usage, text
+from modeltrack.providers.forms import form_fields
 from modeltrack.providers.meter import BodyMeter, FrameMeter, IMeter, RelayOnly, SSEMeter
 
 
@@ -34,6 +36,10 @@ _RELAYED_METHODS = frozenset((b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"))
 #: ids), none of them "." or "..", no empty segment, no percent-encoding (which could
 #: hide a dot segment or a slash from this check and not from the upstream).
 _RELAYED_PATH = re.compile(r"(/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~:@!$&'()*+,;=-]+)+/?")
+
+
+#: Content types of an answer that is the media itself (speech): billed by the request.
+_RAW_MEDIA = (b"audio/", b"application/octet-stream")
 
 
 def relayable(method: bytes, path: str) -> bool:
@@ -122,6 +128,12 @@ class Endpoint:
         models' tokens in headers); L{None} if they say nothing.
     @ivar bound: the most a request can use, from its body and size, where the
         general bound (its bytes in, its output limit out) does not hold (images).
+    @ivar form: requests are multipart/form-data (audio, image edits): read for their
+        text fields, the files streamed past.
+    @ivar unmetered_answer: why an answer neither JSON nor a stream cannot be metered
+        (a transcript as plain text carries no usage): its call is unpriced with it.
+    @ivar request_usage: the usage an answer of neither kind (raw audio) is billed by,
+        read from the request (speech: its input's characters), or L{None}.
     @ivar at_text_rate: dimensions this route's models bill at the rate of the tokens
         they are part of when they have no rate of their own (gpt-image-1's output rate
         is its image rate).
@@ -146,28 +158,47 @@ class Endpoint:
     read_headers: Callable[[Headers, int], Reading | None] | None = None
     bound: Callable[[dict[str, Any], int], Usage] | None = None
     at_text_rate: frozenset[str] = frozenset()
+    form: bool = False
+    unmetered_answer: str | None = None
+    request_usage: Callable[[dict[str, Any]], Usage | None] | None = None
 
     def error_body(self, error_type: str, message: str) -> dict[str, Any]:
         return self.errors(error_type, message)
 
-    def meter_for(self, content_type: bytes, strip: bool) -> IMeter:
+    def meter_for(self, content_type: bytes, call: CallRequest | None = None) -> IMeter:
         """
-        The meter for an answer of C{content_type} (C{strip}: the proxy asked for the
-        usage, which is kept from the client).
+        The meter for an answer of C{content_type} to C{call} (the request as read;
+        where the proxy asked for the usage, it is kept from the client).
         """
         if not self.metered:
             return RelayOnly()
         if self.stream_meter is not None and content_type.startswith(self.stream_type):
-            return self.stream_meter(strip=strip)
-        if self.read_body is not None:
+            return self.stream_meter(strip=call is not None and call.asked_for_usage)
+        if self.read_body is not None and (self.unmetered_answer is None or content_type.startswith(b"application/json")):
             return BodyMeter(self.read_body)
-        return RelayOnly()
+        meter = RelayOnly(self.unmetered_answer)
+        if self.request_usage is not None and call is not None and content_type.startswith(_RAW_MEDIA):
+            meter.reading.usage = self.request_usage(call.body)
+            meter.reading.final = meter.reading.usage is not None
+        return meter
 
-    def read_call(self, data: bytes) -> CallRequest | None:
+    @property
+    def unreadable(self) -> str:
+        """What a request body that L{read_call} cannot read should have been."""
+        return NOT_A_FORM if self.form else NOT_A_JSON_OBJECT
+
+    def read_call(self, data: bytes, content_type: bytes = b"") -> CallRequest | None:
         """
         The model and stream flag of a request body; for a stream, the body asks for
-        its usage if the client did not. L{None} if the body is not a JSON object.
+        its usage if the client did not. L{None} if the body is not a JSON object (a
+        form, for a L{form} route: its text fields are then the body).
         """
+        if self.form:
+            fields = form_fields(data, content_type)
+            if fields is None:
+                return None
+            model = self.model or fields.get("model")
+            return CallRequest(dict(fields), data, model, fields.get("stream") == "true" or self.streams, False)
         try:
             obj = json.loads(data)
         except ValueError:

@@ -249,7 +249,8 @@ class FrameMeter:
 @implementer(IMeter)
 class RelayOnly:
     """
-    The meter for unmetered routes: relays bytes, reads nothing.
+    The meter for unmetered routes: relays bytes, reads nothing (C{unmetered}: why,
+    where the route is metered and this answer could not be).
     """
 
     rewrites = False
@@ -257,8 +258,8 @@ class RelayOnly:
     one_body = False
     body = None
 
-    def __init__(self) -> None:
-        self.reading = Reading()
+    def __init__(self, unmetered: str | None = None) -> None:
+        self.reading = Reading(unmetered=unmetered)
 
     def feed(self, chunk: bytes) -> bytes:
         return chunk

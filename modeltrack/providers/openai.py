@@ -12,7 +12,18 @@ import re
 from fractions import Fraction
 from typing import Any
 
-from modeltrack.pricing.usage import Reading, Usage, count, dig, extras, limit_from, text, total
+from modeltrack.pricing.usage import (
+    MAX_COUNT,
+    Reading,
+    UnreadableUsage,
+    Usage,
+    count,
+    dig,
+    extras,
+    limit_from,
+    text,
+    total,
+)
 from modeltrack.providers.dialect import Billable, Dialect, Endpoint, Origin
 from modeltrack.providers.meter import DROP, SSEMeter
 
@@ -265,6 +276,109 @@ def image_bound(body: dict[str, Any], body_bytes: int) -> Usage:
     return Usage(input_tokens=body_bytes, output_tokens=output, extra={"output_image_tokens": output})
 
 
+def transcription_usage(raw: dict[str, Any]) -> Usage:
+    """
+    A transcription's usage: tokens (audio input apart), or the seconds of audio
+    billed (C{type: duration}), counted whole, up.
+    """
+    if raw.get("type") == "duration":
+        return Usage(extra={"audio_seconds": seconds(raw.get("seconds"))})
+    usage = Usage(input_tokens=count(raw.get("input_tokens")), output_tokens=count(raw.get("output_tokens")))
+    extra: dict[str, int] = {}
+    extras(extra, raw.get("input_token_details"), (("audio_tokens", "input_audio_tokens"),))
+    usage.extra = extra or None
+    return usage
+
+
+def seconds(value: Any) -> int:
+    """Seconds of audio billed: a non-negative number, whole seconds up."""
+    if type(value) in (int, float) and 0 <= value <= MAX_COUNT:
+        return math.ceil(value)
+    raise UnreadableUsage()
+
+
+def read_transcription_body(obj: dict[str, Any]) -> Reading:
+    """
+    A transcription or translation as JSON: its usage; else (a translation, whisper's
+    C{json}) the C{duration} of C{verbose_json}; else nothing, and why.
+    """
+    reading = _read(obj, transcription_usage)
+    if reading.usage is None and "duration" in obj:
+        reading.usage, reading.final = Usage(extra={"audio_seconds": seconds(obj["duration"])}), True
+    elif reading.usage is None and reading.error_type is None:
+        reading.unmetered = "the answer carries no usage and no duration (verbose_json has it)"
+    return reading
+
+
+class TranscriptStreamMeter(SSEMeter):
+    """
+    A streamed transcription: C{transcript.text.delta} events (data only), then
+    C{transcript.text.done} with the usage.
+    """
+
+    def wanted(self, chunk: bytes) -> bool:
+        return b"transcript.text.done" in chunk or b"error" in chunk
+
+    def on_event(self, name: bytes, data: bytes) -> object:
+        if b'"transcript.text.done"' in data:
+            raw = json.loads(data).get("usage")
+            if isinstance(raw, dict):
+                self.reading.usage, self.reading.final = transcription_usage(raw), True
+            self.ended = True
+        elif b'"error"' in data:
+            obj = json.loads(data)
+            self.reading.error_type = text(dig(obj, "error", "type")) or text(dig(obj, "error", "code")) or "error"
+        return None
+
+
+def speech_characters(body: dict[str, Any]) -> Usage | None:
+    """
+    Speech as raw audio (no usage in it): the input's characters, what tts-1 and
+    tts-1-hd bill by (a model billed by tokens has no rate for them: unpriced, noted).
+    """
+    spoken = body.get("input")
+    return Usage(extra={"input_characters": len(spoken)}) if isinstance(spoken, str) and spoken else None
+
+
+#: Speech's audio output tokens reserved under a budget: as many as a call that names
+#: no maximum (the API has no output limit to read).
+_SPEECH_OUTPUT_TOKENS = 4096
+
+
+def speech_bound(body: dict[str, Any], body_bytes: int) -> Usage:
+    """
+    The most speech can use: its body's bytes as characters (tts-1) or as text tokens,
+    and audio out as a call with no maximum.
+    """
+    return Usage(input_tokens=body_bytes, output_tokens=_SPEECH_OUTPUT_TOKENS, extra={"input_characters": body_bytes})
+
+
+class SpeechStreamMeter(SSEMeter):
+    """
+    Speech as events (C{stream_format: sse}): C{speech.audio.delta} events, then
+    C{speech.audio.done} with the usage (text in, audio out: the model's output rate).
+    """
+
+    def wanted(self, chunk: bytes) -> bool:
+        return b"speech.audio.done" in chunk or b"error" in chunk
+
+    def on_event(self, name: bytes, data: bytes) -> object:
+        if b'"speech.audio.done"' in data[:200] or name == b"speech.audio.done":
+            raw = json.loads(data).get("usage")
+            if isinstance(raw, dict):
+                self.reading.usage = Usage(input_tokens=count(raw.get("input_tokens")), output_tokens=count(raw.get("output_tokens")))
+                self.reading.final = True
+            self.ended = True
+        elif b'"error"' in data:
+            obj = json.loads(data)
+            self.reading.error_type = text(dig(obj, "error", "type")) or text(dig(obj, "error", "code")) or "error"
+        return None
+
+
+#: A transcript asked for as C{text}, C{srt} or C{vtt} is plain text: no usage in it.
+_PLAIN_TRANSCRIPT = "the answer (response_format text, srt or vtt) carries no usage"
+
+
 def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": None, "code": None}}
 
@@ -297,9 +411,6 @@ _BILLABLE = (
     # Metered by their answers or uploads in time; until then governed like the rest.
     ("images/edits", "/images/edits", "image edits: per text and image token (multipart, not yet metered)"),
     ("images/variations", "/images/variations", "image variations: per image (not yet metered)"),
-    ("audio/transcriptions", "/audio/transcriptions", "transcription: per audio token or second (not yet metered)"),
-    ("audio/translations", "/audio/translations", "translation: per second of audio (not yet metered)"),
-    ("audio/speech", "/audio/speech", "speech: per input character or audio token (not yet metered)"),
 )
 
 
@@ -330,6 +441,16 @@ DIALECT = Dialect(
         _endpoint(
             "/v1/images/generations", read_body=read_image_body, stream_meter=ImageStreamMeter, bound=image_bound,
             at_text_rate=frozenset(("output_image_tokens",)),
+        ),
+        *(
+            _endpoint(path, form=True, read_body=read_transcription_body, stream_meter=TranscriptStreamMeter,
+                      unmetered_answer=_PLAIN_TRANSCRIPT)
+            for path in ("/v1/audio/transcriptions", "/v1/audio/translations")
+        ),
+        _endpoint(
+            "/v1/audio/speech", read_body=read_chat_body, stream_meter=SpeechStreamMeter, request_usage=speech_characters,
+            read_request=lambda body: (text(body.get("model")), body.get("stream_format") == "sse"), bound=speech_bound,
+            unmetered_answer="the audio answer carries no usage (stream_format sse has it)",
         ),
         _endpoint("/v1/models", method=b"GET", metered=False),
     ),

@@ -24,7 +24,7 @@ from modeltrack.controls.gate import NO_TICKET, Ticket
 from modeltrack.controls.keys import NO_CALLER
 from modeltrack.failures import log_failure
 from modeltrack.pricing.usage import Reading
-from modeltrack.providers.dialect import Endpoint
+from modeltrack.providers.dialect import CallRequest, Endpoint
 from modeltrack.web.relay import Discard, Relay
 from modeltrack.web.serving import Phase, Serving
 from modeltrack.web.upstream import for_upstream
@@ -65,7 +65,7 @@ class Exchange:
         #: What the response's headers reported, where a dialect reads them.
         self.told: Reading | None = None
         self.relay = Relay(self, request, resource.clock, endpoint.metered and resource.journal.holds_answers)
-        self._strip_usage = False
+        self._call: CallRequest | None = None
         self._pending: Deferred[IResponse] | None = None
         self._timer: IDelayedCall | None = None
         self._client_gone = False
@@ -99,10 +99,10 @@ class Exchange:
                 return self._respond(413, "request_too_large", failures.too_large(resource.max_body), Outcome.REJECTED)
             body = request.content.getvalue()
             if endpoint.metered:
-                call = endpoint.read_call(body)
+                call = endpoint.read_call(body, request.getHeader(b"content-type") or b"")
                 if call is None:
-                    return self._respond(400, "invalid_request_error", failures.NOT_A_JSON_OBJECT, Outcome.REJECTED)
-                self.requested_model, self.streaming, self._strip_usage = call.model, call.streaming, call.asked_for_usage
+                    return self._respond(400, "invalid_request_error", endpoint.unreadable, Outcome.REJECTED)
+                self.requested_model, self.streaming, self._call = call.model, call.streaming, call
                 body = call.data
                 if not resource.journal.accepting:
                     return self._respond(503, "overloaded_error", failures.LOG_NOT_WRITABLE, Outcome.REJECTED)
@@ -184,7 +184,7 @@ class Exchange:
         if self._batch is not None and response.code == 200:
             relay.meter = self._batch
         else:
-            relay.meter = self.endpoint.meter_for(content_type, self._strip_usage)
+            relay.meter = self.endpoint.meter_for(content_type, self._call)
         if self.endpoint.read_headers is not None:
             self.told = self.endpoint.read_headers(response.headers, response.code)
         headers = [self._id_header, *self.ticket.response_headers]
