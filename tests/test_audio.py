@@ -7,7 +7,9 @@ recorded unpriced with the reason, never as $0.
 
 from __future__ import annotations
 
+import io
 import json
+import wave
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,8 @@ def client(url: str) -> openai.OpenAI:
 
 
 def transcribe(url: str, **kwargs: Any) -> Any:
-    result = client(url).audio.transcriptions.create(file=AUDIO, **kwargs)
+    kwargs.setdefault("file", AUDIO)
+    result = client(url).audio.transcriptions.create(**kwargs)
     return [event.type for event in result] if kwargs.get("stream") else result
 
 
@@ -116,4 +119,34 @@ async def test_a_block_budget_holds_speech(reactor: Any, tmp_path: Path, upstrea
     finally:
         await proxy.service.stopService()
     assert [event["outcome"] for event in proxy.events()] == ["rejected", "rejected"]
-    assert not any(seen.uri.startswith(b"/v1/audio") for seen in upstream.resource.seen)
+    assert not any(seen.path.startswith(b"/v1/audio") for seen in upstream.resource.seen)
+
+
+def wav(seconds: float) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * int(16000 * seconds))
+    return out.getvalue()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_text_transcript_is_billed_by_the_uploads_length(reactor: Any, tmp_path: Path, upstream: Any) -> None:
+    recording = wav(7.5)
+    proxy = start_proxy(reactor, tmp_path, upstream.url)
+    try:
+        for name, data in (("talk.wav", recording), ("cut.wav", recording[:30])):
+            text = await in_thread(transcribe, proxy.url, model="whisper-1", response_format="text", file=(name, data, "audio/wav"))
+            assert text.strip() == "hello there"
+        await proxy.flushed()
+    finally:
+        await proxy.service.stopService()
+    measured, unreadable = proxy.events()
+    # 7.5 s, billed as 8 whole seconds at $0.36 an hour.
+    assert measured["usage"] == {"audio_seconds": 8} and Decimal(str(measured["cost_usd"])) == Decimal("0.36") * 8 / 3600
+    assert unreadable["priced"] is False and "could not be read" in unreadable["price_note"]
+    # The upload went on byte for byte.
+    sent = [seen.body for seen in upstream.resource.seen if seen.path == b"/v1/audio/transcriptions"]
+    assert recording in sent[0]

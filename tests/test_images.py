@@ -16,7 +16,7 @@ import openai
 import pytest
 import pytest_twisted
 
-from modeltrack.providers.openai import image_bound
+from modeltrack.providers.openai_media import image_bound
 from tests.conftest import start_proxy
 from tests.test_sdk import in_thread
 

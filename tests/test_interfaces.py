@@ -22,7 +22,7 @@ from zope.interface.verify import verifyObject
 
 import modeltrack
 from modeltrack.accounting import batches
-from modeltrack.providers import anthropic, bedrock, google, meter, openai
+from modeltrack.providers import anthropic, bedrock, google, meter, openai, openai_media
 from modeltrack.web.client import ConnectionState, UpstreamConnection, UpstreamResponse, _BodyTransport
 from modeltrack.web.relay import Relay
 from modeltrack.web.upstream import BytesProducer, IdleConnections, OriginAgent
@@ -65,9 +65,9 @@ MAKERS: dict[type, Callable[[Path], Any]] = {
     anthropic.MessagesStreamMeter: lambda _: anthropic.MessagesStreamMeter(),
     openai.ChatStreamMeter: lambda _: openai.ChatStreamMeter(strip=True),
     openai.ResponsesStreamMeter: lambda _: openai.ResponsesStreamMeter(),
-    openai.ImageStreamMeter: lambda _: openai.ImageStreamMeter(),
-    openai.TranscriptStreamMeter: lambda _: openai.TranscriptStreamMeter(),
-    openai.SpeechStreamMeter: lambda _: openai.SpeechStreamMeter(),
+    openai_media.ImageStreamMeter: lambda _: openai_media.ImageStreamMeter(),
+    openai_media.TranscriptStreamMeter: lambda _: openai_media.TranscriptStreamMeter(),
+    openai_media.SpeechStreamMeter: lambda _: openai_media.SpeechStreamMeter(),
     google.GenerateStreamMeter: lambda _: google.GenerateStreamMeter(),
     bedrock.ConverseStreamMeter: lambda _: bedrock.ConverseStreamMeter(),
     bedrock.InvokeStreamMeter: lambda _: bedrock.InvokeStreamMeter(),

@@ -9,6 +9,7 @@ in L{modeltrack.providers.registry}, and its tests.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from twisted.web.http_headers import Headers
 
 from modeltrack.failures import NOT_A_FORM, NOT_A_JSON_OBJECT
 from modeltrack.pricing.usage import Reading, Usage, text
-from modeltrack.providers.forms import form_fields
+from modeltrack.providers.forms import read_form
 from modeltrack.providers.meter import BodyMeter, FrameMeter, IMeter, RelayOnly, SSEMeter
 
 
@@ -36,10 +37,6 @@ _RELAYED_METHODS = frozenset((b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"))
 #: ids), none of them "." or "..", no empty segment, no percent-encoding (which could
 #: hide a dot segment or a slash from this check and not from the upstream).
 _RELAYED_PATH = re.compile(r"(/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~:@!$&'()*+,;=-]+)+/?")
-
-
-#: Content types of an answer that is the media itself (speech): billed by the request.
-_RAW_MEDIA = (b"audio/", b"application/octet-stream")
 
 
 def relayable(method: bytes, path: str) -> bool:
@@ -88,6 +85,8 @@ class CallRequest(NamedTuple):
     @ivar streaming: it asks for a stream.
     @ivar asked_for_usage: the proxy asked for the usage: the provider's usage report
         is read, and kept from the client.
+    @ivar measured: what the request itself says the call is billed by, for an answer
+        that does not (speech's characters, an upload's seconds of audio).
     """
 
     body: dict[str, Any]
@@ -95,6 +94,7 @@ class CallRequest(NamedTuple):
     model: str | None
     streaming: bool
     asked_for_usage: bool
+    measured: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +130,8 @@ class Endpoint:
         general bound (its bytes in, its output limit out) does not hold (images).
     @ivar form: requests are multipart/form-data (audio, image edits): read for their
         text fields, the files streamed past.
+    @ivar measure_audio: the form's file part whose audio's length (whole seconds up)
+        bills a call whose answer says nothing (a transcript as plain text).
     @ivar unmetered_answer: why an answer neither JSON nor a stream cannot be metered
         (a transcript as plain text carries no usage): its call is unpriced with it.
     @ivar request_usage: the usage an answer of neither kind (raw audio) is billed by,
@@ -159,6 +161,7 @@ class Endpoint:
     bound: Callable[[dict[str, Any], int], Usage] | None = None
     at_text_rate: frozenset[str] = frozenset()
     form: bool = False
+    measure_audio: str | None = None
     unmetered_answer: str | None = None
     request_usage: Callable[[dict[str, Any]], Usage | None] | None = None
 
@@ -167,8 +170,10 @@ class Endpoint:
 
     def meter_for(self, content_type: bytes, call: CallRequest | None = None) -> IMeter:
         """
-        The meter for an answer of C{content_type} to C{call} (the request as read;
-        where the proxy asked for the usage, it is kept from the client).
+        The meter for an answer of C{content_type} to C{call} (the request as read,
+        L{None} for an error answer: where the proxy asked for the usage, it is kept
+        from the client; an answer with no usage in it, raw audio or plain text, is
+        billed by what the request measured).
         """
         if not self.metered:
             return RelayOnly()
@@ -177,9 +182,8 @@ class Endpoint:
         if self.read_body is not None and (self.unmetered_answer is None or content_type.startswith(b"application/json")):
             return BodyMeter(self.read_body)
         meter = RelayOnly(self.unmetered_answer)
-        if self.request_usage is not None and call is not None and content_type.startswith(_RAW_MEDIA):
-            meter.reading.usage = self.request_usage(call.body)
-            meter.reading.final = meter.reading.usage is not None
+        if call is not None and call.measured is not None:
+            meter.reading.usage, meter.reading.final = call.measured, True
         return meter
 
     @property
@@ -194,11 +198,13 @@ class Endpoint:
         form, for a L{form} route: its text fields are then the body).
         """
         if self.form:
-            fields = form_fields(data, content_type)
-            if fields is None:
+            form = read_form(data, content_type, self.measure_audio)
+            if form is None:
                 return None
-            model = self.model or fields.get("model")
-            return CallRequest(dict(fields), data, model, fields.get("stream") == "true" or self.streams, False)
+            fields, seconds = form
+            measured = None if seconds is None else Usage(extra={"audio_seconds": math.ceil(seconds)})
+            streaming = fields.get("stream") == "true" or self.streams
+            return CallRequest(dict(fields), data, self.model or fields.get("model"), streaming, False, measured)
         try:
             obj = json.loads(data)
         except ValueError:
@@ -210,7 +216,8 @@ class Endpoint:
         asked = streaming and self.ask_for_usage is not None and self.ask_for_usage(obj)
         if asked:
             data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-        return CallRequest(obj, data, self.model if self.model is not None else model, streaming, asked)
+        measured = self.request_usage(obj) if self.request_usage is not None else None
+        return CallRequest(obj, data, self.model if self.model is not None else model, streaming, asked, measured)
 
 
 @dataclass(frozen=True, slots=True)

@@ -184,7 +184,7 @@ class Exchange:
         if self._batch is not None and response.code == 200:
             relay.meter = self._batch
         else:
-            relay.meter = self.endpoint.meter_for(content_type, self._call)
+            relay.meter = self.endpoint.meter_for(content_type, self._call if response.code < 300 else None)
         if self.endpoint.read_headers is not None:
             self.told = self.endpoint.read_headers(response.headers, response.code)
         headers = [self._id_header, *self.ticket.response_headers]
