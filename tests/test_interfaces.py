@@ -68,6 +68,7 @@ MAKERS: dict[type, Callable[[Path], Any]] = {
     openai_media.ImageStreamMeter: lambda _: openai_media.ImageStreamMeter(),
     openai_media.TranscriptStreamMeter: lambda _: openai_media.TranscriptStreamMeter(),
     openai_media.SpeechStreamMeter: lambda _: openai_media.SpeechStreamMeter(),
+    openai_media._EndsWithUsage: lambda _: openai_media._EndsWithUsage(),
     google.GenerateStreamMeter: lambda _: google.GenerateStreamMeter(),
     bedrock.ConverseStreamMeter: lambda _: bedrock.ConverseStreamMeter(),
     bedrock.InvokeStreamMeter: lambda _: bedrock.InvokeStreamMeter(),

@@ -60,7 +60,7 @@ def read_form(data: bytes, content_type: bytes, measure: str | None = None) -> F
                     into += event
                 elif name is not None and len(value) < FIELD_LIMIT:
                     value += event[: FIELD_LIMIT - len(value)]
-    except multipart.ParserError:
+    except multipart.MultipartError:  # malformed, or past a limit
         return None
     if not parser.closed:
         return None

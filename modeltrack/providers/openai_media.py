@@ -34,31 +34,6 @@ def read_image_body(obj: dict[str, Any]) -> Reading:
     return read(obj, image_usage)
 
 
-class ImageStreamMeter(SSEMeter):
-    """
-    A streamed image (C{stream: true}): partial images, then one C{*.completed} event per
-    image with its usage, summed (each event carries a whole image in base64: only
-    those named completed are decoded).
-    """
-
-    def wanted(self, chunk: bytes) -> bool:
-        return b".completed" in chunk or b"error" in chunk
-
-    def on_event(self, name: bytes, data: bytes) -> object:
-        if name.endswith(b".completed") or (not name and b'.completed"' in data[:200]):
-            raw = json.loads(data).get("usage")
-            if isinstance(raw, dict):
-                usage = image_usage(raw)
-                seen = self.reading.usage
-                self.reading.usage = usage if seen is None else total([(None, seen), (None, usage)])
-                self.reading.final = True
-            self.ended = True
-        elif name == b"error" or (not name and data.startswith(b'{"type":"error"')):
-            obj = json.loads(data)
-            self.reading.error_type = text(dig(obj, "error", "type")) or text(dig(obj, "error", "code")) or "error"
-        return None
-
-
 #: Image output tokens of a 1024x1024 image at high quality; a size's count scales
 #: with its pixels (OpenAI's table: 1024x1536 is 6,240), lower qualities by their share.
 _HIGH_TOKENS_PER_MEGAPIXEL = 4160
@@ -122,27 +97,6 @@ def read_transcription_body(obj: dict[str, Any]) -> Reading:
     return reading
 
 
-class TranscriptStreamMeter(SSEMeter):
-    """
-    A streamed transcription: C{transcript.text.delta} events (data only), then
-    C{transcript.text.done} with the usage.
-    """
-
-    def wanted(self, chunk: bytes) -> bool:
-        return b"transcript.text.done" in chunk or b"error" in chunk
-
-    def on_event(self, name: bytes, data: bytes) -> object:
-        if b'"transcript.text.done"' in data:
-            raw = json.loads(data).get("usage")
-            if isinstance(raw, dict):
-                self.reading.usage, self.reading.final = transcription_usage(raw), True
-            self.ended = True
-        elif b'"error"' in data:
-            obj = json.loads(data)
-            self.reading.error_type = text(dig(obj, "error", "type")) or text(dig(obj, "error", "code")) or "error"
-        return None
-
-
 def speech_characters(body: dict[str, Any]) -> Usage | None:
     """
     Speech as raw audio (no usage in it): the input's characters, what tts-1 and
@@ -165,26 +119,67 @@ def speech_bound(body: dict[str, Any], body_bytes: int) -> Usage:
     return Usage(input_tokens=body_bytes, output_tokens=_SPEECH_OUTPUT_TOKENS, extra={"input_characters": body_bytes})
 
 
-class SpeechStreamMeter(SSEMeter):
+class _EndsWithUsage(SSEMeter):
+    """
+    A media stream: events (a partial image, a transcript's words, audio), then one
+    marking the end and carrying the usage (one per image: summed). Only those and
+    errors are decoded: the others may carry megabytes of base64.
+
+    @cvar end: the end event's type as its data spells it, closing quote included (a
+        quote inside a JSON string is escaped, so no content matches it).
+    """
+
+    end = b""
+
+    def usage(self, raw: dict[str, Any]) -> Usage:
+        raise NotImplementedError()
+
+    def wanted(self, chunk: bytes) -> bool:
+        return self.end in chunk or b"error" in chunk
+
+    def on_event(self, name: bytes, data: bytes) -> object:
+        if self.end in data:
+            raw = json.loads(data).get("usage")
+            if isinstance(raw, dict):
+                usage, seen = self.usage(raw), self.reading.usage
+                self.reading.usage = usage if seen is None else total([(None, seen), (None, usage)])
+                self.reading.final = True
+            self.ended = True
+        elif name == b"error" or b'"error"' in data:
+            obj = json.loads(data)
+            self.reading.error_type = text(dig(obj, "error", "type")) or text(dig(obj, "error", "code")) or "error"
+        return None
+
+
+class ImageStreamMeter(_EndsWithUsage):
+    """A streamed image (C{stream: true}): one C{image_generation.completed} (or
+    C{image_edit.completed}) per image."""
+
+    end = b'.completed"'
+
+    def usage(self, raw: dict[str, Any]) -> Usage:
+        return image_usage(raw)
+
+
+class TranscriptStreamMeter(_EndsWithUsage):
+    """A streamed transcription: C{transcript.text.delta} events, then C{transcript.text.done}."""
+
+    end = b'"transcript.text.done"'
+
+    def usage(self, raw: dict[str, Any]) -> Usage:
+        return transcription_usage(raw)
+
+
+class SpeechStreamMeter(_EndsWithUsage):
     """
     Speech as events (C{stream_format: sse}): C{speech.audio.delta} events, then
     C{speech.audio.done} with the usage (text in, audio out: the model's output rate).
     """
 
-    def wanted(self, chunk: bytes) -> bool:
-        return b"speech.audio.done" in chunk or b"error" in chunk
+    end = b'"speech.audio.done"'
 
-    def on_event(self, name: bytes, data: bytes) -> object:
-        if b'"speech.audio.done"' in data[:200] or name == b"speech.audio.done":
-            raw = json.loads(data).get("usage")
-            if isinstance(raw, dict):
-                self.reading.usage = Usage(input_tokens=count(raw.get("input_tokens")), output_tokens=count(raw.get("output_tokens")))
-                self.reading.final = True
-            self.ended = True
-        elif b'"error"' in data:
-            obj = json.loads(data)
-            self.reading.error_type = text(dig(obj, "error", "type")) or text(dig(obj, "error", "code")) or "error"
-        return None
+    def usage(self, raw: dict[str, Any]) -> Usage:
+        return Usage(input_tokens=count(raw.get("input_tokens")), output_tokens=count(raw.get("output_tokens")))
 
 
 #: A transcript asked for as C{text}, C{srt} or C{vtt} is plain text: no usage in it;
