@@ -24,7 +24,7 @@ from twisted.web.server import Request
 
 from modeltrack.accounting import cost_event as events
 from modeltrack.controls.keys import NO_LABELS, Caller, KeyEntry
-from modeltrack.pricing.prices import PriceBook
+from modeltrack.pricing.prices import Price, PriceBook
 from modeltrack.pricing.usage import Reading
 from modeltrack.providers import anthropic, openai
 from tests.conftest import serving
@@ -346,3 +346,30 @@ def test_malformed_pages_are_refused_with_one_line(data_dir: Path, tmp_path: Pat
     report.write_text(json.dumps(page))
     done = run(data_dir, "--report", str(report))
     assert done.returncode == 2 and done.stderr.startswith("modeltrack reconcile: ") and "Traceback" not in done.stderr, done.stderr
+
+
+def test_unpriced_and_billable_calls_are_the_known_remainder(data_dir: Path, tmp_path: Path) -> None:
+    logged = write_events(data_dir, [("2026-11-21", "openai", gpt(), None, False)])
+    when = datetime.fromisoformat("2026-11-21T13:00:00+00:00")
+    with open(data_dir / "events.jsonl", "ab") as log:
+        for i, (endpoint, reading, route_class, outcome) in enumerate((
+            ("/v1/fine_tuning/jobs", Reading(), events.RouteClass.BILLABLE, events.Outcome.OK),
+            ("/v1/fine_tuning/jobs", Reading(), events.RouteClass.BILLABLE, events.Outcome.REJECTED),  # never sent
+            ("/v1/chat/completions", openai.read_chat_body({"model": "no-such-model", "usage": OPENAI_CALL}),
+             events.RouteClass.METERED, events.Outcome.OK),
+        )):
+            event = events.cost_event(
+                timestamp=when, request_id=f"mt_r{i:023x}", provider="openai", endpoint=endpoint, requested_model=None,
+                model=reading.model, streaming=False, status_code=200, outcome=outcome, reading=reading,
+                price=PriceBook().price("openai", reading.model, reading.usage, {}, when) if reading.usage else
+                Price(None, None, "fine-tuning: per trained token"),
+                latency_ms=1.0, ttfb_ms=1.0, labels=NO_LABELS, caller=Caller(None, None, "other"), route_class=route_class,
+            )
+            log.write(events.encode(event))
+    usage, costs = openai_pages(Decimal(str(logged[0]["cost_usd"])))
+    (tmp_path / "usage").write_text(json.dumps(usage))
+    done = run(data_dir, "--report", str(tmp_path / "usage"), "--format", "json")
+    summary = json.loads(done.stdout)["summary"]["openai"]
+    assert (summary["unpriced_calls"], summary["billable_unmetered_calls"]) == (2, 1)
+    table = run(data_dir, "--report", str(tmp_path / "usage"))
+    assert "known remainder: 2 call(s) it saw but could not price, 1 of them" in table.stdout

@@ -184,21 +184,23 @@ def pages_of(document: Any) -> list[Any]:
 def logged(db: sqlite3.Connection, providers: list[str], since: str, until: str) -> dict[tuple[str, str, str, str | None], dict[str, Any]]:
     """
     The log's totals per (day, provider, model, key name), cache hits left out (the
-    provider never saw them).
+    provider never saw them); with the calls the proxy forwarded but could not price,
+    and of those the ones to routes billed by what their answers do not say.
     """
     marks = ",".join("?" * len(providers))
     rows = db.execute(
         f"""SELECT day, provider, COALESCE(model, ''), key_name, SUM(input_tokens), SUM(cache_read_tokens),
-                   SUM(cache_write_tokens), SUM(output_tokens), SUM(cost_pico), COUNT(*)
+                   SUM(cache_write_tokens), SUM(output_tokens), SUM(cost_pico), COUNT(*),
+                   SUM(priced = 0 AND outcome != 'rejected'), SUM(route_class = 'billable' AND outcome != 'rejected')
             FROM events WHERE provider IN ({marks}) AND cache_hit = 0 AND day >= ? AND day <= ?
             GROUP BY 1, 2, 3, 4""",
         (*providers, since, until),
     )
     found = {}
-    for day, provider, model, key, inp, read, write, out, cost, calls in rows:
+    for day, provider, model, key, inp, read, write, out, cost, calls, unpriced, billable in rows:
         found[(day, provider, model, key)] = {
             "input_tokens": inp, "cache_read_tokens": read, "cache_write_tokens": write, "output_tokens": out,
-            "cost_usd": Decimal(cost or 0) / PICO, "calls": calls,
+            "cost_usd": Decimal(cost or 0) / PICO, "calls": calls, "unpriced": unpriced or 0, "billable": billable or 0,
         }
     return found
 
@@ -283,6 +285,9 @@ def _summary(reported: Reported, log: dict[Any, dict[str, Any]], rows: list[dict
             "seen_share": round(float(share), 6),
             "basis": basis,
             "bypass_rows": sum(1 for row in rows if row["provider"] == provider and row["bypass"]),
+            # The known remainder: calls the log holds whose cost it cannot say.
+            "unpriced_calls": sum(row["unpriced"] for row in ours),
+            "billable_unmetered_calls": sum(row["billable"] for row in ours),
         }
     return summary
 

@@ -106,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
         if args.format == "table":
             for provider, figures in result["summary"].items():
                 print(f"{provider}: the log saw {figures['seen_share']:.2%} of what the provider reports "
-                      f"(by {figures['basis']}); {figures['bypass_rows']} row(s) of traffic that bypassed the proxy")
+                      f"(by {figures['basis']}); {figures['bypass_rows']} row(s) of traffic that bypassed the proxy; "
+                      f"known remainder: {figures['unpriced_calls']} call(s) it saw but could not price, "
+                      f"{figures['billable_unmetered_calls']} of them to routes billed by what their answers do not say")
     if any(differs(row, args.tolerance) for row in result["rows"]):
         return 1
     if args.fail_on_bypass and any(row["bypass"] for row in result["rows"]):
