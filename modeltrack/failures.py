@@ -51,6 +51,10 @@ NOT_A_FORM = "the request body must be multipart/form-data"
 LOG_NOT_WRITABLE = "the event log is not writable; no call is made that cannot be recorded"
 
 
+#: An upgrade to a WebSocket on a route that is not one.
+NOT_A_SOCKET = "this route is not a WebSocket: its upgrade is refused"
+
+
 def unmetered_billable(route: str, basis: str, policy: str) -> str:
     return (
         f"{route} is billed ({basis}) but modeltrack cannot meter it from its answer, and refuses it "

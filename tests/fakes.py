@@ -23,6 +23,8 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from tests.fake_realtime import FakeSockets
+
 CHAT_USAGE = {
     "prompt_tokens": 1200,
     "completion_tokens": 300,
@@ -268,12 +270,16 @@ class FakeUpstream(Resource):
     open_requests: list[tuple[Request, list[bytes]]] = field(default_factory=list)
     #: Like some OpenAI-compatible servers: no usage in a stream, whatever was asked.
     ignores_stream_options: bool = False
+    #: The WebSocket APIs (tests/fake_realtime.py).
+    sockets: FakeSockets = field(default_factory=FakeSockets)
     isLeaf = True
 
     def __post_init__(self) -> None:
         Resource.__init__(self)
 
     def render(self, request: Request) -> bytes | int:
+        if request.requestHeaders.hasHeader(b"upgrade"):
+            return self.sockets.render(request)
         body = request.content.read()
         self.seen.append(Seen(request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()), body))
         path = request.path.decode()

@@ -22,7 +22,7 @@ from zope.interface.verify import verifyObject
 
 import modeltrack
 from modeltrack.accounting import batches
-from modeltrack.providers import anthropic, bedrock, google, meter, openai, openai_media
+from modeltrack.providers import anthropic, bedrock, google, meter, openai, openai_media, openai_sockets
 from modeltrack.web.client import ConnectionState, UpstreamConnection, UpstreamResponse, _BodyTransport
 from modeltrack.web.relay import Relay
 from modeltrack.web.upstream import BytesProducer, IdleConnections, OriginAgent
@@ -69,6 +69,8 @@ MAKERS: dict[type, Callable[[Path], Any]] = {
     openai_media.TranscriptStreamMeter: lambda _: openai_media.TranscriptStreamMeter(),
     openai_media.SpeechStreamMeter: lambda _: openai_media.SpeechStreamMeter(),
     openai_media._EndsWithUsage: lambda _: openai_media._EndsWithUsage(),
+    openai_sockets.RealtimeMeter: lambda _: openai_sockets.RealtimeMeter("gpt-realtime"),
+    openai_sockets.ResponsesSocketMeter: lambda _: openai_sockets.ResponsesSocketMeter(None),
     google.GenerateStreamMeter: lambda _: google.GenerateStreamMeter(),
     bedrock.ConverseStreamMeter: lambda _: bedrock.ConverseStreamMeter(),
     bedrock.InvokeStreamMeter: lambda _: bedrock.InvokeStreamMeter(),

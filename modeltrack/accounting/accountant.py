@@ -89,7 +89,8 @@ class Accountant:
         if reading.usage_error is not None:
             price = UNPRICED  # counts that cannot be believed are not priced
         elif reading.usage is None:
-            if 200 <= call.status < 300 and call.ticket.hit is None:
+            # (101: a WebSocket session's response, whose usage never came.)
+            if (200 <= call.status < 300 or call.status == 101) and call.ticket.hit is None:
                 # Answered, with no usage reported (a stream cut before it, a server
                 # that ignores stream_options, a route billed by something else): the
                 # cost is unknown, never $0.

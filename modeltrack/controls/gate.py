@@ -240,6 +240,25 @@ class Gate:
             return self._looked_up(hit, ticket, budgets, endpoint, model, body, raw_body, now, request_id)
         return self._reserve(ticket, budgets, endpoint, model, body, raw_body, now, request_id)
 
+    def reserve(
+        self, endpoint: Endpoint, model: str | None, bound: Usage | None, body: dict[str, Any], size: int,
+        caller: Caller, request_id: str, seconds: float,
+    ) -> Ticket | Deferred[Ticket]:
+        """
+        Reserve what one response of a WebSocket session may cost, before it is asked
+        for: C{bound}, or what C{body} (C{size} bytes) may cost as an HTTP call to
+        C{endpoint} would. No routing and no cache: a session's frames pass untouched.
+        """
+        now = datetime.fromtimestamp(seconds, UTC)
+        budgets = self.ledger.matching(caller.who)
+        if not budgets:
+            return Ticket()
+        if bound is not None:
+            estimate = self.prices.price(endpoint.provider, model, bound, {}, now, frozenset(bound.extra or ())).cost_usd
+        else:
+            estimate = self._worst_case(endpoint, model, body, size, now)
+        return self._admit_estimate(Ticket(), budgets, estimate, day_of(now), request_id)
+
     def _looked_up(self, hit: Entry | None, ticket: Ticket, *reserve: Any) -> Ticket | Deferred[Ticket]:
         ticket.hit = hit
         if hit is not None:
@@ -250,14 +269,18 @@ class Gate:
         self, ticket: Ticket, budgets: list[Any], endpoint: Endpoint, model: str | None,
         body: dict[str, Any], raw_body: bytes, now: datetime, request_id: str,
     ) -> Ticket | Deferred[Ticket]:
-        day = day_of(now)
         if budgets:
-            estimate = self._worst_case(endpoint, model, body, raw_body, now)
-            admission = self.ledger.admit(budgets, estimate, day, request_id)
-            if isinstance(admission, Deferred):
-                return admission.addCallback(self._admitted, ticket, day)
-            return self._admitted(admission, ticket, day)
+            return self._admit_estimate(ticket, budgets, self._worst_case(endpoint, model, body, len(raw_body), now),
+                                        day_of(now), request_id)
         return ticket
+
+    def _admit_estimate(
+        self, ticket: Ticket, budgets: list[Any], estimate: Decimal | None, day: str, request_id: str
+    ) -> Ticket | Deferred[Ticket]:
+        admission = self.ledger.admit(budgets, estimate, day, request_id)
+        if isinstance(admission, Deferred):
+            return admission.addCallback(self._admitted, ticket, day)
+        return self._admitted(admission, ticket, day)
 
     def _admitted(self, admission: Admission, ticket: Ticket, day: str) -> Ticket:
         ticket.admission = admission
@@ -288,7 +311,7 @@ class Gate:
         self.ledger.release(ticket.admission)
 
     def _worst_case(
-        self, endpoint: Endpoint, model: str | None, body: dict[str, Any], raw_body: bytes, now: datetime
+        self, endpoint: Endpoint, model: str | None, body: dict[str, Any], size: int, now: datetime
     ) -> Decimal | None:
         """
         The most this call's input can cost, and its output up to the limit it names:
@@ -301,7 +324,7 @@ class Gate:
         """
         provider = endpoint.provider
         if endpoint.bound is not None:
-            bound = endpoint.bound(body, len(raw_body))
+            bound = endpoint.bound(body, size)
             # A bound counts each way the call may be billed: a dimension the model has
             # no rate for is one it is not billed by.
             return self.prices.price(provider, model, bound, {}, now, frozenset(bound.extra or ())).cost_usd
@@ -310,7 +333,7 @@ class Gate:
             if limit_from(body.get(name)):
                 output = body[name]
                 break
-        input_tokens = len(raw_body)
+        input_tokens = size
         if refers_to_content(body):
             window = self.prices.context_window(provider, model) if model else None
             input_tokens += window or self.default_context_tokens

@@ -61,7 +61,7 @@ from modeltrack.web.serving import Timeouts
 from modeltrack.web.site import ProxySite
 from modeltrack.web.status import Readiness
 from modeltrack.web.tls import ReloadableServerTLS
-from modeltrack.web.upstream import OriginAgent, Upstream, load_trust_root, make_pool, plain_agent
+from modeltrack.web.upstream import OriginAgent, Upstream, load_trust_root, make_pool, origin_endpoint, plain_agent
 from modeltrack.web.writethrough import WriteThroughListening
 from twisted import version as twisted_version
 
@@ -463,5 +463,6 @@ def _upstreams(
                 sys.stderr.write(f"modeltrack: {e}\n")
                 raise SystemExit(1) from None
             signers[dialect.name] = signer
-        upstreams[dialect.name] = Upstream(url, agent, signer)
+        sockets = origin_endpoint(reactor, url, settings.connect_timeout, trust_root) if dialect.serves_sockets else None
+        upstreams[dialect.name] = Upstream(url, agent, signer, sockets)
     return upstreams, closers, signers

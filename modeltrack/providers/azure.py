@@ -17,10 +17,10 @@ from modeltrack.providers.dialect import Dialect, Endpoint, Origin, relayable, r
 
 NAME = "azure"
 
-_OPENAI = {endpoint.path[len("/v1") :]: endpoint for endpoint in openai.DIALECT.endpoints}
+_OPENAI = {endpoint.path[len("/v1") :]: endpoint for endpoint in openai.DIALECT.endpoints if endpoint.socket is None}
 _AUDIO = ("/audio/transcriptions", "/audio/translations", "/audio/speech")
 _CLASSIC = ("/chat/completions", "/completions", "/embeddings", "/responses", "/images/generations", *_AUDIO)
-_V1 = ("/chat/completions", "/responses", "/embeddings", "/images/generations", *_AUDIO, "/models")
+_V1 = ("/chat/completions", "/responses", "/embeddings", "/images/generations", *_AUDIO, "/models", "/realtime")
 #: A deployment name as Azure allows it: letters, digits, dashes, underscores, dots.
 _DEPLOYMENT = re.compile(r"/openai/deployments/(?!\.{1,2}/)([A-Za-z0-9._-]{1,64})(/.+)")
 _V1_PREFIX = "/openai/v1"
@@ -35,8 +35,12 @@ _CLASSIC_ENDPOINTS = {
     (_OPENAI[op].method, op): _endpoint("/openai/deployments/{deployment}" + op, op) for op in _CLASSIC
 }
 _V1_ENDPOINTS = {
-    (_OPENAI[op].method, op): _endpoint(_V1_PREFIX + op, op, model_names_deployment=_OPENAI[op].metered) for op in _V1
+    (endpoint.method, op): replace(endpoint, provider=NAME, path=_V1_PREFIX + op, model_names_deployment=endpoint.metered)
+    for endpoint in openai.DIALECT.endpoints
+    if (op := endpoint.path[len("/v1"):]) in _V1
 }
+#: The preview Realtime path: the deployment in its query (C{?deployment=}).
+_CLASSIC_REALTIME = replace(_V1_ENDPOINTS[b"GET", "/realtime"], path="/openai/realtime", model_names_deployment=False)
 
 
 def route(method: bytes, path: str) -> tuple[Endpoint, str] | None:
@@ -44,6 +48,8 @@ def route(method: bytes, path: str) -> tuple[Endpoint, str] | None:
     The endpoint for an Azure client path (below C{/azure}), and the path to send on:
     a metered route, or any other plain path of the API under C{/openai/}, relayed.
     """
+    if method == b"GET" and path == _CLASSIC_REALTIME.path:
+        return _CLASSIC_REALTIME, path
     if path.startswith(_V1_PREFIX + "/"):
         endpoint = _V1_ENDPOINTS.get((method, path[len(_V1_PREFIX) :]))
         if endpoint is not None:
@@ -67,7 +73,7 @@ def route(method: bytes, path: str) -> tuple[Endpoint, str] | None:
 DIALECT = Dialect(
     name=NAME,
     prefix="/azure",
-    endpoints=(*_CLASSIC_ENDPOINTS.values(), *_V1_ENDPOINTS.values()),
+    endpoints=(*_CLASSIC_ENDPOINTS.values(), *_V1_ENDPOINTS.values(), _CLASSIC_REALTIME),
     error_body=openai.error_body,
     credential_headers=(b"api-key", b"authorization"),
     by_prefix_only=True,

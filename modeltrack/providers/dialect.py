@@ -136,6 +136,8 @@ class Endpoint:
         (a transcript as plain text carries no usage): its call is unpriced with it.
     @ivar request_usage: the usage an answer of neither kind (raw audio) is billed by,
         read from the request (speech: its input's characters), or L{None}.
+    @ivar socket: for a WebSocket route (C{GET} and an upgrade), makes the meter of
+        one session, given the model its URL names (L{openai_sockets.ISocketMeter}).
     @ivar at_text_rate: dimensions this route's models bill at the rate of the tokens
         they are part of when they have no rate of their own (gpt-image-1's output rate
         is its image rate).
@@ -164,6 +166,7 @@ class Endpoint:
     measure_audio: str | None = None
     unmetered_answer: str | None = None
     request_usage: Callable[[dict[str, Any]], Usage | None] | None = None
+    socket: Callable[[str | None], Any] | None = None
 
     def error_body(self, error_type: str, message: str) -> dict[str, Any]:
         return self.errors(error_type, message)
@@ -311,3 +314,8 @@ class Dialect:
     region: Region | None = None
     signing: Signing | None = None
     billable: tuple[Billable, ...] = ()
+
+    @property
+    def serves_sockets(self) -> bool:
+        """Some of its routes are WebSockets (L{Endpoint.socket})."""
+        return any(endpoint.socket is not None for endpoint in self.endpoints)

@@ -25,6 +25,7 @@ from modeltrack.providers.openai_media import (
     speech_bound,
     speech_characters,
 )
+from modeltrack.providers.openai_sockets import RealtimeMeter, ResponsesSocketMeter
 from modeltrack.providers.openai_usage import chat_usage, read, read_chat_body, read_responses_body, responses_usage, served
 
 NAME = "openai"
@@ -191,6 +192,9 @@ DIALECT = Dialect(
             unmetered_answer="the audio answer carries no usage (stream_format sse has it)",
         ),
         _endpoint("/v1/models", method=b"GET", metered=False),
+        # The WebSocket APIs: the upgrade is a GET.
+        _endpoint("/v1/realtime", method=b"GET", socket=RealtimeMeter),
+        _endpoint("/v1/responses", method=b"GET", socket=ResponsesSocketMeter),
     ),
     error_body=error_body,
     credential_headers=(b"authorization",),

@@ -20,9 +20,9 @@ class _UsageReader:
     own. (The field names are made once: this runs once a call.)
     """
 
-    def __init__(self, inputs: str, outputs: str) -> None:
-        self._inputs, self._input_details = f"{inputs}_tokens", f"{inputs}_tokens_details"
-        self._outputs, self._output_details = f"{outputs}_tokens", f"{outputs}_tokens_details"
+    def __init__(self, inputs: str, outputs: str, details: str = "tokens_details") -> None:
+        self._inputs, self._input_details = f"{inputs}_tokens", f"{inputs}_{details}"
+        self._outputs, self._output_details = f"{outputs}_tokens", f"{outputs}_{details}"
 
     def __call__(self, raw: dict[str, Any]) -> Usage:
         input_details = raw.get(self._input_details)
@@ -47,6 +47,13 @@ class _UsageReader:
             extras(extra, input_details, _INPUT_MODALITIES)
             extras(extra, input_details.get("cached_tokens_details"), _CACHED_MODALITIES)
             extras(extra, output_details, _OUTPUT_MODALITIES)
+            cached = input_details.get("cached_tokens_details")
+            if usage.cache_read_tokens and isinstance(cached, dict):
+                # Cached tokens and audio (or image) input overlap: how many cached
+                # tokens were audio must be said, 0 included, for the split to be priced.
+                for (source, name), (_, given) in zip(_CACHED_MODALITIES, _INPUT_MODALITIES, strict=True):
+                    if extra.get(given) and source in cached:
+                        extra.setdefault(name, count(cached[source]))
             usage.extra = extra or None
         return usage
 
@@ -56,6 +63,8 @@ _CACHED_MODALITIES = (("audio_tokens", "cache_audio_read_tokens"), ("image_token
 _OUTPUT_MODALITIES = (("audio_tokens", "output_audio_tokens"), ("image_tokens", "output_image_tokens"))
 _CHAT_USAGE = _UsageReader("prompt", "completion")
 _RESPONSES_USAGE = _UsageReader("input", "output")
+#: The Realtime API's: C{input_token_details} (singular), cached tokens by modality.
+_REALTIME_USAGE = _UsageReader("input", "output", "token_details")
 
 
 def chat_usage(raw: dict[str, Any]) -> Usage:
@@ -67,6 +76,10 @@ def chat_usage(raw: dict[str, Any]) -> Usage:
 
 def responses_usage(raw: dict[str, Any]) -> Usage:
     return _RESPONSES_USAGE(raw)
+
+
+def realtime_usage(raw: dict[str, Any]) -> Usage:
+    return _REALTIME_USAGE(raw)
 
 
 def served(reading: Reading, obj: dict[str, Any]) -> None:

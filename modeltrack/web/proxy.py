@@ -74,7 +74,7 @@ class Exchange:
 
     # -- received --------------------------------------------------------------
 
-    def start(self, valid_target: bool = True, body_too_large: bool = False) -> None:
+    def start(self, refused: str | None = None, body_too_large: bool = False) -> None:
         resource, request, endpoint = self._resource, self.request, self.endpoint
         request.notifyFinish().addErrback(self.client_gone)
         if not endpoint.metered and resource.batches is not None:
@@ -88,9 +88,9 @@ class Exchange:
         refusal = refusal or resource.gate.billable_refusal(endpoint, self.caller.who)
         resource.in_flight.add(self)
         resource.stats.requests += 1
-        if not valid_target:
+        if refused is not None:  # a target or an upgrade no API client sends
             request.channel.persistent = False
-            return self._respond(400, "invalid_request_error", failures.INVALID_TARGET, Outcome.REJECTED)
+            return self._respond(400, "invalid_request_error", refused, Outcome.REJECTED)
         if refusal is not None:
             return self._respond(*refusal, Outcome.REJECTED)
         body = None

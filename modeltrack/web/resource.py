@@ -25,6 +25,7 @@ from modeltrack.providers import routes
 from modeltrack.store.journal import Journal
 from modeltrack.web.proxy import Exchange
 from modeltrack.web.serving import DEFAULT_TIMEOUTS, Timeouts
+from modeltrack.web.socket_session import SocketSession, upgrade_wanted
 from modeltrack.web.status import Readiness, StatusPaths, json_response
 from modeltrack.web.upstream import Upstream
 
@@ -76,7 +77,7 @@ class ProxyResource(Resource):
         self.metrics = metrics
         #: Turns every finished call into its event and record, for the sinks.
         self.accountant = Accountant(gate, sinks(journal, stats, gate, metrics, export), clock)
-        self.in_flight: set[Exchange] = set()
+        self.in_flight: set[Exchange | SocketSession] = set()
         #: Every request from its first line to its end, so a drain also waits for
         #: one still arriving (it has no exchange yet).
         self.open_requests: set[ProxyRequest] = set()
@@ -127,7 +128,7 @@ class ProxyResource(Resource):
         self.open_requests.discard(request)
         self._check_drained()
 
-    def forget(self, exchange: Exchange) -> None:
+    def forget(self, exchange: Exchange | SocketSession) -> None:
         self.in_flight.discard(exchange)
         self._check_drained()
 
@@ -152,9 +153,20 @@ class ProxyResource(Resource):
             return self._error(request, 404, "not_found_error", failures.no_route(request.method))
         endpoint, upstream_path = found
         request.route = endpoint.path
+        refused = None if valid else failures.INVALID_TARGET
+        if endpoint.socket is not None:
+            session = SocketSession(self, request, endpoint, upstream_path)
+            try:
+                session.start(refused)
+            except Exception:
+                session.crashed(Failure())
+            return NOT_DONE_YET
+        if refused is None and upgrade_wanted(request.requestHeaders):
+            # Relayed, the upgrade would be dropped: a plain answer to a client waiting for frames.
+            refused = failures.NOT_A_SOCKET
         exchange = Exchange(self, request, endpoint, upstream_path)
         try:
-            exchange.start(valid, body_too_large=request.too_large)
+            exchange.start(refused, body_too_large=request.too_large)
         except Exception:
             exchange.crashed(Failure())
         return NOT_DONE_YET

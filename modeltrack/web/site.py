@@ -11,7 +11,7 @@ from collections.abc import Callable
 from io import BytesIO
 from typing import Any, cast
 
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -189,6 +189,7 @@ class ProxyChannel(http.HTTPChannel):
     _first_line = b""
     _request_version: bytes | None = None
     _refused = False
+    _tunnel: IProtocol | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -221,7 +222,31 @@ class ProxyChannel(http.HTTPChannel):
         else:
             self._head_timer = self.callLater(self.site.head_timeout - late, self._check_deadline)
 
+    def hand_over(self, tunnel: IProtocol) -> None:
+        """
+        The connection is no longer HTTP (a WebSocket upgraded): every byte from now
+        on, and its end, go to C{tunnel}, which is also the transport's producer.
+        """
+        self._tunnel = tunnel
+        self._head_since = None
+        self.setTimeout(None)
+        if self._head_timer is not None and self._head_timer.active():
+            self._head_timer.cancel()
+        self._head_timer = None
+        self.transport.unregisterProducer()
+        tunnel.makeConnection(self.transport)
+        self.transport.resumeProducing()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:  # bytes that came with the upgrade's head
+            self._tunnel.dataReceived(data)
+        else:
+            super().rawDataReceived(data)
+
     def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.dataReceived(data)
+            return
         if self._refused:
             return
         if self.line_mode:  # a request head is arriving
@@ -293,6 +318,8 @@ class ProxyChannel(http.HTTPChannel):
         self.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._tunnel is not None:
+            self._tunnel.connectionLost(reason)
         if self._head_timer is not None and self._head_timer.active():
             self._head_timer.cancel()
         self._head_timer = None

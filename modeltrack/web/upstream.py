@@ -147,13 +147,23 @@ class Upstream:
         its callers must then be named keys, since the proxy's identity pays.
     """
 
-    def __init__(self, base_url: str, agent: IAgent, signer: Any = None) -> None:
+    def __init__(
+        self, base_url: str, agent: IAgent, signer: Any = None, sockets: tuple[IStreamClientEndpoint, bytes] | None = None
+    ) -> None:
+        """
+        @param sockets: the endpoint and C{Host} header WebSocket sessions connect with
+            (L{origin_endpoint}); L{None}: this upstream serves none.
+        """
         parts = urlsplit(base_url)
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self._base = base_url.rstrip("/").encode("ascii")
+        #: The path the origin's API is under, if any (an upstream at C{https://host/api}).
+        self.base_path = parts.path.rstrip("/").encode("ascii")
         #: Twisted's C{Agent} on the public-API path, else an L{OriginAgent}.
         self.agent = agent
         self.signer = signer
+        self.socket_endpoint: IStreamClientEndpoint | None = sockets[0] if sockets else None
+        self.host = sockets[1] if sockets else b""
 
     def request(
         self, method: bytes, path_and_query: bytes, headers: Headers, body: bytes | None
@@ -163,6 +173,35 @@ class Upstream:
             self.signer.sign(method, url, headers, body)
         producer = None if body is None else BytesProducer(body)
         return self.agent.request(method, url, headers, producer)
+
+
+def origin_endpoint(
+    reactor: Any, base_url: str, connect_timeout: float, trust_root: Any = None
+) -> tuple[IStreamClientEndpoint, bytes]:
+    """
+    The endpoint that connects to C{base_url}'s origin (TLS for https, the hostname
+    always verified, against C{trust_root} or the system's CAs), and the C{Host}
+    header for it, as Agent computes it: the port only when not the default.
+    """
+    parts = urlsplit(base_url)
+    hostname = parts.hostname or ""
+    host = hostname.encode("idna")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    header = b"[" + host + b"]" if isIPv6Address(hostname) else host
+    if (parts.scheme, port) not in (("http", 80), ("https", 443)):
+        header += b":%d" % port
+    endpoint: IStreamClientEndpoint
+    if isIPAddress(hostname):
+        endpoint = TCP4ClientEndpoint(reactor, hostname, port, timeout=connect_timeout)
+    elif isIPv6Address(hostname):
+        endpoint = TCP6ClientEndpoint(reactor, hostname, port, timeout=connect_timeout)
+    else:
+        # A name: resolved per new connection (idle connections are reused).
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+    if parts.scheme == "https":
+        creator = BrowserLikePolicyForHTTPS(trust_root).creatorForNetloc(host, port)
+        endpoint = wrapClientTLS(creator, endpoint)
+    return endpoint, header
 
 
 @implementer(IAgent)
@@ -186,25 +225,8 @@ class OriginAgent:
         @param most_idle: how many idle connections are kept for reuse (C{--pool-size}).
         """
         parts = urlsplit(base_url)
-        hostname = parts.hostname or ""
         self._origin = f"{parts.scheme}://{parts.netloc}".encode("ascii")
-        host = hostname.encode("idna")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        # The Host header, as Agent computes it: the port only when not the default.
-        self._host = b"[" + host + b"]" if isIPv6Address(hostname) else host
-        if (parts.scheme, port) not in (("http", 80), ("https", 443)):
-            self._host += b":%d" % port
-        endpoint: IStreamClientEndpoint
-        if isIPAddress(hostname):
-            endpoint = TCP4ClientEndpoint(reactor, hostname, port, timeout=connect_timeout)
-        elif isIPv6Address(hostname):
-            endpoint = TCP6ClientEndpoint(reactor, hostname, port, timeout=connect_timeout)
-        else:
-            # A name: resolved per new connection (idle connections are reused).
-            endpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
-        if parts.scheme == "https":
-            creator = BrowserLikePolicyForHTTPS(trust_root).creatorForNetloc(host, port)
-            endpoint = wrapClientTLS(creator, endpoint)
+        endpoint, self._host = origin_endpoint(reactor, base_url, connect_timeout, trust_root)
         self.connections = IdleConnections(reactor, endpoint, most_idle)
 
     def request(
