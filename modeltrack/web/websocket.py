@@ -165,19 +165,26 @@ class ServerReader:
         self._frames = FrameSplitter()
         self._reader = FrameProtocol(client=True, extensions=[])
         self._message: list[str] | None = None
+        self._in_message = False
 
     def feed(self, data: bytes) -> list[str]:
         self._frames.feed(data)
         self._reader.receive_bytes(data)
         texts = []
         for frame in self._reader.received_frames():
-            payload: Any = frame.payload  # text frames' payloads are str (wsproto decodes them)
-            if frame.opcode is Opcode.TEXT:
-                kind = event_type(payload)
-                self._message = [] if kind is None or self._wanted(kind.encode()) else None
-            if frame.opcode in (Opcode.TEXT, Opcode.CONTINUATION) and self._message is not None:
+            if frame.opcode.iscontrol():
+                continue
+            # (wsproto gives every piece of a message its first frame's opcode.)
+            payload: Any = frame.payload  # a text message's pieces are str (wsproto decodes them)
+            if not self._in_message:
+                self._in_message = True
+                kind = event_type(payload) if frame.opcode is Opcode.TEXT else ""
+                self._message = [] if kind is None or (kind and self._wanted(kind.encode())) else None
+            if self._message is not None:
                 self._message.append(payload)
-                if frame.message_finished:
+            if frame.message_finished:
+                self._in_message = False
+                if self._message is not None:
                     texts.append("".join(self._message))
                     self._message = None
         return texts
@@ -203,8 +210,8 @@ class ClientReader:
         start = 0
         for frame in self._reader.received_frames():
             text = None
-            if frame.opcode is Opcode.TEXT or (frame.opcode is Opcode.CONTINUATION and self._text):
-                payload: Any = frame.payload  # str, for a text message
+            if frame.opcode is Opcode.TEXT:  # every piece of a text message says TEXT
+                payload: Any = frame.payload  # str
                 self._text.append(payload)
                 if frame.message_finished:
                     text, self._text = "".join(self._text), []
