@@ -7,7 +7,7 @@ each upgrade's headers and every client message.
 
 A response's C{metadata.mode} picks a behaviour: C{"hang"} (started, never done),
 C{"masked"} (a masked frame, which a server must never send), C{"huge"} (a frame
-header announcing 17 MiB), C{"vanish"} (the connection dropped mid-response).
+header announcing 17 MiB), C{"vanish"} (the connection closed mid-response, without a close frame).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class _Session:
             wire.write(b"\x81\x7f" + struct.pack("!Q", 17 << 20) + b"x" * 1000)
             return
         if mode == "vanish" and wire is not None:
-            wire.abortConnection()
+            wire.loseConnection()  # what was written goes; no close frame follows
             return
         if self.realtime:
             self.send({"type": "response.done", "event_id": "e", "response": {

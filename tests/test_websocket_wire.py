@@ -40,7 +40,10 @@ def test_the_server_messages_read_are_the_wanted_ones_however_the_bytes_arrive(c
     reader = websocket.ServerReader(lambda kind: kind == b"response.done")
     texts, at = [], 0
     for size in [*cuts, len(data)]:
-        texts += reader.feed(data[at:at + size])
+        chunk = data[at:at + size]
+        read, good, problem = reader.feed(chunk)
+        assert (good, problem) == (len(chunk), None)
+        texts += read
         at += size
     assert texts == wanted
 
@@ -81,8 +84,13 @@ def test_a_frame_over_the_limit_is_refused_from_its_header() -> None:
 def test_what_each_side_must_not_send_is_refused() -> None:
     with pytest.raises(ParseFailed):  # a client's frame unmasked
         websocket.ClientReader().feed(bytes(SERVER.send_data("{}")))
-    with pytest.raises(ParseFailed):  # a server's frame masked
-        websocket.ServerReader(lambda kind: True).feed(bytes(CLIENT.send_data("{}")))
+    # A server's frame masked: the frames before it may go on, not it.
+    good = bytes(SERVER.send_data('{"type":"a"}'))
+    assert websocket.ServerReader(lambda kind: True).feed(good + bytes(CLIENT.send_data("{}"))) == (
+        ['{"type":"a"}'], len(good), websocket.BAD_GATEWAY,
+    )
+    too_big = b"\x81\x7f" + struct.pack("!Q", websocket.MAX_FRAME + 1)
+    assert websocket.ServerReader(lambda kind: True).feed(too_big)[1:] == (0, websocket.TOO_BIG)
 
 
 @pytest.mark.parametrize(("headers", "problem"), [

@@ -217,6 +217,7 @@ class SocketSession:
         """Answer the upgrade with an error of the proxy's own, in the provider's shape; one event."""
         request = self.request
         if not request.finished and not self._gone:
+            request.channel.persistent = False  # the client asked to leave HTTP: it does
             request.setHeader(b"x-modeltrack-request-id", self.request_id.encode())
             if code == 429:
                 request.setHeader(b"x-should-retry", b"false")
@@ -230,17 +231,13 @@ class SocketSession:
         if not self._open:
             return
         self._last = self._resource.clock.seconds()
-        try:
-            texts = self._server.feed(data)
-        except websocket.FrameTooLarge:
-            return self._close(websocket.TOO_BIG, "a frame from the provider is larger than the proxy relays",
-                               Outcome.UPSTREAM_ERROR)
-        except ParseFailed:
-            return self._close(websocket.BAD_GATEWAY, "the provider broke the WebSocket protocol", Outcome.UPSTREAM_ERROR)
+        texts, good, problem = self._server.feed(data)
         for text in texts:
             self._server_event(text)
         if self._open:
-            self._client.write(data)
+            self._client.write(data if good == len(data) else data[:good])
+        if problem is not None:
+            self._close(problem, "the provider broke the WebSocket protocol", Outcome.UPSTREAM_ERROR)
 
     def _server_event(self, text: str) -> None:
         try:

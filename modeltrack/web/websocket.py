@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-from wsproto.frame_protocol import FrameProtocol, Opcode
+from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
 from modeltrack.web.chunked import BadResponse, ChunkedBody
 from modeltrack.web.upstream import for_upstream
@@ -91,7 +91,14 @@ def upgrade_head(target: bytes, host: bytes, headers: Headers) -> bytes:
 
 
 class FrameTooLarge(Exception):
-    """A frame's header announced more than L{MAX_FRAME} bytes."""
+    """
+    A frame's header announced more than L{MAX_FRAME} bytes; C{ends}: where the
+    frames before it ended.
+    """
+
+    def __init__(self, ends: list[int]) -> None:
+        super().__init__()
+        self.ends = ends
 
 
 class FrameSplitter:
@@ -132,7 +139,7 @@ class FrameSplitter:
             elif length == 127:
                 length = int.from_bytes(head[2:10], "big")
             if length > self._limit:
-                raise FrameTooLarge()
+                raise FrameTooLarge(ends)
             at += head_size - len(self._head)
             self._head = b""
             self._left = length
@@ -166,28 +173,53 @@ class ServerReader:
         self._reader = FrameProtocol(client=True, extensions=[])
         self._message: list[str] | None = None
         self._in_message = False
+        self._decided = False  # whether the message under way is read
 
-    def feed(self, data: bytes) -> list[str]:
-        self._frames.feed(data)
+    def feed(self, data: bytes) -> tuple[list[str], int, int | None]:
+        """
+        The texts of the wanted messages C{data} ends, how many of its bytes may be
+        relayed (all, unless a frame in it is one a server must not send: then those
+        before it) and the close code that frame calls for, if any.
+        """
+        texts: list[str] = []
+        problem = None
+        try:
+            ends = self._frames.feed(data)
+        except FrameTooLarge as e:
+            ends, problem = e.ends, TOO_BIG
+            data = data[: ends[-1] if ends else 0]  # the frames before it are read and relayed
         self._reader.receive_bytes(data)
-        texts = []
-        for frame in self._reader.received_frames():
-            if frame.opcode.iscontrol():
-                continue
-            # (wsproto gives every piece of a message its first frame's opcode.)
-            payload: Any = frame.payload  # a text message's pieces are str (wsproto decodes them)
-            if not self._in_message:
-                self._in_message = True
-                kind = event_type(payload) if frame.opcode is Opcode.TEXT else ""
-                self._message = [] if kind is None or (kind and self._wanted(kind.encode())) else None
+        finished = 0
+        try:
+            for frame in self._reader.received_frames():
+                finished += frame.frame_finished
+                if not frame.opcode.iscontrol():
+                    self._read(frame, texts)
+        except ParseFailed:
+            return texts, ends[finished - 1] if finished else 0, BAD_GATEWAY
+        return texts, len(data), problem
+
+    def _read(self, frame: Any, texts: list[str]) -> None:
+        # (wsproto gives every piece of a message its first frame's opcode.)
+        payload: Any = frame.payload  # a text message's pieces are str (wsproto decodes them)
+        if not self._in_message:
+            self._in_message, self._decided = True, frame.opcode is not Opcode.TEXT
+            self._message = None if self._decided else []
+        if self._message is not None:
+            self._message.append(payload)
+            if not self._decided:
+                head = "".join(self._message)[:_HEAD]
+                if len(head) == _HEAD or frame.message_finished:
+                    # Its first bytes are here: a type the meter reads, or none named.
+                    self._decided = True
+                    kind = event_type(head)
+                    if kind is not None and not self._wanted(kind.encode()):
+                        self._message = None
+        if frame.message_finished:
+            self._in_message = False
             if self._message is not None:
-                self._message.append(payload)
-            if frame.message_finished:
-                self._in_message = False
-                if self._message is not None:
-                    texts.append("".join(self._message))
-                    self._message = None
-        return texts
+                texts.append("".join(self._message))
+                self._message = None
 
 
 class ClientReader:
