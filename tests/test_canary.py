@@ -1,7 +1,7 @@
 """
 Fault suite: keys never reach the disk, the log, the metrics, the admin API, an OpenTelemetry
-export or an error body. Six canary keys, one in every place a key can travel (Authorization: Bearer,
-x-api-key, api-key, x-goog-api-key, ?key=, ?api-key=), go together on every call, to
+export or an error body. Seven canary keys, one in every place a key can travel (Authorization: Bearer,
+x-api-key, api-key, x-goog-api-key, ?key=, ?api-key=, a WebSocket subprotocol), go together on every call, to
 every provider (OpenAI, Anthropic, Azure, a compatible upstream, Bedrock, Gemini, Vertex,
 relayed routes), and
 calls end every way a call can end. Then every byte under the data dirs (events, the
@@ -38,6 +38,7 @@ CANARIES = {
     "x-goog-api-key": "canary-goog-apikey-0d1e2f",
     "?key=": "canary-query-key-3a4b5c",
     "?api-key=": "canary-query-apikey-6d7e8f",
+    "subprotocol": "sk-canary-subprotocol-9f8e7d",  # a browser's WebSocket key
 }
 #: Every canary header at once: two credentials for most dialects, refused (400).
 KEY_HEADERS = (
@@ -73,6 +74,43 @@ def request(path: bytes, body: Any, team: bytes = b"ml", query: bytes | None = N
 
 def chat(model: str, **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def socket_sessions(port: int) -> list[bytes]:
+    """
+    Realtime sessions with the key in each place one travels over a WebSocket (a
+    header, a browser's subprotocol, Azure's query), and one refused by its budget:
+    every message, close and refusal received.
+    """
+    import websockets.sync.client as ws_client
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    bearer = {"Authorization": f"Bearer {CANARIES['bearer']}"}
+    sessions = [
+        ("/v1/realtime?model=gpt-realtime", {**bearer, "X-ModelTrack-Team": "ml"}, None),
+        ("/v1/realtime?model=gpt-realtime", {"X-ModelTrack-Team": "ml"},
+         ["realtime", "openai-insecure-api-key." + CANARIES["subprotocol"]]),
+        ("/azure/openai/realtime?api-version=2025-04-01-preview&deployment=dep&api-key=" + CANARIES["?api-key="],
+         {"X-ModelTrack-Team": "ml"}, None),
+        ("/v1/realtime?model=gpt-realtime", {**bearer, "X-ModelTrack-Team": "broke"}, None),
+    ]
+    received: list[bytes] = []
+    for path, headers, subprotocols in sessions:
+        try:
+            with ws_client.connect(f"ws://127.0.0.1:{port}{path}", additional_headers=headers,
+                                   subprotocols=subprotocols, compression=None) as ws:  # type: ignore[arg-type]
+                ws.send(json.dumps({"type": "response.create", "response": {"max_output_tokens": 50}}))
+                while True:
+                    message = ws.recv()
+                    received.append(message.encode() if isinstance(message, str) else message)
+                    if '"response.done"' in str(message):
+                        break
+        except ConnectionClosed as closed:
+            received.append(repr(closed).encode())
+        except InvalidStatus as refused:
+            received.append(refused.response.body or b"")
+            assert refused.response.status_code == 429
+    return received
 
 
 def cut_after_first_bytes(port: int, data: bytes) -> bytes:
@@ -161,6 +199,7 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
             get = b"GET " + path + QUERY + b" HTTP/1.1\r\nHost: p\r\nConnection: close\r\n" + headers + b"\r\n"
             answers.append(await in_thread(rawhttp.exchange, port, get))
         await proxy.service.resource.batches.wait()
+        answers += await in_thread(socket_sessions, port)
         tls = tls_proxy.service.ports[0].getHost().port
         answers.append(await in_thread(rawhttp.exchange, tls, request(b"/v1/messages", {**chat("claude-sonnet-4-5"), "max_tokens": 5})))
         admin = proxy.admin_url.encode().rsplit(b":", 1)[1]
@@ -197,6 +236,9 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
     assert {e["custom_id"] for e in proxy.events() if e["batch"]} == {"q-1", "q-2", "m-1", "m-2"}
     assert collector.spans and collector.metrics  # the export ran, and is searched below
     assert any(e["budget_status"] == "blocked" for e in proxy.events())
+    realtime = [e for e in proxy.events() if e["endpoint"] in ("/v1/realtime", "/openai/realtime")]
+    assert sorted(e["outcome"] for e in realtime) == ["ok"] * 3 + ["rejected"]
+    assert len({e["key_id"] for e in realtime}) == 3  # the bearer twice, the subprotocol's, Azure's query's
     assert [rawhttp.status_of(a) for a in answers[4:8]] == [404, 400, 413, 429]
     assert (data / "modeltrack.db").exists() and (data / "state" / "cache.msgpack").exists()
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
