@@ -70,7 +70,7 @@ def responses_session(url: str, turns: int) -> list[str]:
 async def test_a_realtime_session_is_relayed_and_each_response_priced(reactor: Any, tmp_path: Path, upstream: Any) -> None:
     proxy = start_proxy(reactor, tmp_path, upstream.url)
     try:
-        seen = await in_thread(realtime_session, proxy.url + "/v1", 2, {"X-ModelTrack-Team": "voice"}, True)
+        seen = await in_thread(realtime_session, proxy.url + "/v1", 2, {"X-ModelTrack-Team": "voice", "OpenAI-Beta": "realtime=v1"}, True)
         await proxy.flushed()
     finally:
         await proxy.service.stopService()
@@ -78,6 +78,7 @@ async def test_a_realtime_session_is_relayed_and_each_response_priced(reactor: A
     upgrade = upstream.resource.sockets.upgrades[0]
     assert upgrade.path == "/v1/realtime"
     assert upgrade.headers[b"authorization"] == [b"Bearer sk-realtime-key"]
+    assert upgrade.headers[b"openai-beta"] == [b"realtime=v1"]  # as the client sent it, never added
     assert b"sec-websocket-extensions" not in upgrade.headers and b"x-modeltrack-team" not in upgrade.headers
     assert [m["type"] for m in upgrade.messages] == ["session.update", "input_audio_buffer.commit", "response.create", "response.create"]
     transcription, first, second = proxy.events()

@@ -157,6 +157,20 @@ async def test_a_client_that_vanishes_and_a_session_gone_idle_are_accounted(reac
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_stop_ends_open_sessions_with_their_events(reactor: Any, tmp_path: Path, upstream: Any) -> None:
+    proxy = start_proxy(reactor, tmp_path, upstream.url, drain_seconds=0.2)
+    session = in_thread(until_closed, ws_url(proxy), "hang")
+    while not upstream.resource.sockets.upgrades or not upstream.resource.sockets.upgrades[0].messages:
+        await deferLater(reactor, 0.01, lambda: None)
+    await proxy.service.stopService()
+    got, close = await session
+    assert got[:2] == ["session.created", "response.created"]
+    assert close.code == 1001 and close.reason == "the proxy is stopping"
+    [event] = proxy.events()
+    assert event["outcome"] == "shutdown" and event["priced"] is False
+
+
+@pytest_twisted.ensureDeferred
 async def test_realtime_over_the_tls_listener_and_azure(reactor: Any, tmp_path: Path, upstream: Any) -> None:
     bundle, cert, key, _, _ = ca_and_server(tmp_path, "socket CA")
     proxy = start_proxy(reactor, tmp_path / "data", upstream.url, azure_url=upstream.url, tls_cert=cert, tls_key=key,

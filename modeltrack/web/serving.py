@@ -70,6 +70,8 @@ class Serving(Protocol):
     draining: bool
     #: The exchanges not yet ended.
     in_flight: set[Any]
+    #: Every request from its first line to its end (a WebSocket's until it is upgraded).
+    open_requests: set[Any]
 
     def forget(self, exchange: Any) -> None:
         """An exchange has ended and been accounted."""

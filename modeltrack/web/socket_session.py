@@ -202,6 +202,8 @@ class SocketSession:
         head = answer.head[:-2] + b"X-ModelTrack-Request-Id: %s\r\n\r\n" % self.request_id.encode()
         channel.transport.write(head)
         channel.hand_over(_ClientSide(self))
+        # No longer a request a stop would cut: the session closes itself (with 1001).
+        self._resource.open_requests.discard(self.request)
         self._client = channel.transport
         self._open = True
         upstream = self._upstream
