@@ -72,7 +72,8 @@ class Seen:
     method: bytes
     path: bytes
     headers: list[tuple[bytes, list[bytes]]]
-    body: bytes
+    body: bytes  # its first MiB (an upload's size is C{size})
+    size: int = 0
 
     @classmethod
     def of(cls, request: Request) -> Seen:
@@ -280,8 +281,9 @@ class FakeUpstream(Resource):
     def render(self, request: Request) -> bytes | int:
         if request.requestHeaders.hasHeader(b"upgrade"):
             return self.sockets.render(request)
-        body = request.content.read()
-        self.seen.append(Seen(request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()), body))
+        body = request.content.read(1 << 20)
+        size = len(body) + sum(len(chunk) for chunk in iter(lambda: request.content.read(1 << 20), b""))
+        self.seen.append(Seen(request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()), body, size))
         path = request.path.decode()
         # Azure's paths: /openai/deployments/{deployment}/X and /openai/v1/X are /v1/X.
         azure = path.startswith("/openai/")

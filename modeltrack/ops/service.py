@@ -204,6 +204,7 @@ class ModeltrackService(InOrder):
             settings.head_timeout,
             self.fast_path,
             track=self.resource.track,
+            upload_idle=settings.idle_timeout,
         )
         self.tls = None
         if settings.tls_cert is not None and settings.tls_key is not None:
@@ -464,5 +465,10 @@ def _upstreams(
                 raise SystemExit(1) from None
             signers[dialect.name] = signer
         sockets = origin_endpoint(reactor, url, settings.connect_timeout, trust_root) if dialect.serves_sockets else None
-        upstreams[dialect.name] = Upstream(url, agent, signer, sockets)
+        uploads = None
+        if fast:  # the fast path sends bodies from memory; a streamed one goes through Agent
+            pool = make_pool(reactor, 2)
+            uploads = plain_agent(reactor, pool, settings.connect_timeout, trust_root)
+            closers.append(pool.closeCachedConnections)
+        upstreams[dialect.name] = Upstream(url, agent, signer, sockets, uploads)
     return upstreams, closers, signers

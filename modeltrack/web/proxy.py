@@ -27,6 +27,7 @@ from modeltrack.pricing.usage import Reading
 from modeltrack.providers.dialect import CallRequest, Endpoint
 from modeltrack.web.relay import Discard, Relay
 from modeltrack.web.serving import Phase, Serving
+from modeltrack.web.upload import BodyPipe
 from modeltrack.web.upstream import for_upstream
 from modeltrack.web.writethrough import after_sending
 
@@ -97,8 +98,8 @@ class Exchange:
         if request.has_body or body_too_large:
             if body_too_large:
                 return self._respond(413, "request_too_large", failures.too_large(resource.max_body), Outcome.REJECTED)
-            body = request.content.getvalue()
-            if endpoint.metered:
+            body = request.body_pipe or request.content.getvalue()
+            if endpoint.metered and isinstance(body, bytes):
                 call = endpoint.read_call(body, request.getHeader(b"content-type") or b"")
                 if call is None:
                     return self._respond(400, "invalid_request_error", endpoint.unreadable, Outcome.REJECTED)
@@ -144,14 +145,16 @@ class Exchange:
 
     # -- forwarded -------------------------------------------------------------
 
-    def _forward(self, body: bytes | None) -> None:
+    def _forward(self, body: bytes | BodyPipe | None) -> None:
         resource, request = self._resource, self.request
         self.phase = Phase.ADMITTED
         query = request.uri.partition(b"?")[2]
         target = self._upstream_path.encode("latin-1") + (b"?" + query if query else b"")
         upstream = resource.upstreams[self.endpoint.provider]
         self.forwarded = resource.clock.seconds()
-        self._deadline(resource.timeouts.headers)
+        if isinstance(body, BodyPipe):  # the answer is awaited once the body has all gone
+            body.sent = lambda: self._deadline(resource.timeouts.headers) if self.phase is Phase.FORWARDED else None
+        self._deadline(None if isinstance(body, BodyPipe) else resource.timeouts.headers)
         self.phase = Phase.FORWARDED
         self._pending = upstream.request(request.method, target, for_upstream(request.requestHeaders), body)
         self._pending.addCallbacks(self._got_response, self._request_failed)
@@ -273,10 +276,7 @@ class Exchange:
     def _end(
         self, outcome: Outcome, *, finish: bool = False, abort: bool = False, error_type: str | None = None, stop: bool = False
     ) -> None:
-        """
-        The call has ended: answer (C{finish}) or cut (C{abort}) the client, C{stop}
-        the upstream, and account for it once the answer's bytes are out.
-        """
+        """The call has ended: answer (C{finish}) or cut (C{abort}) the client, C{stop} the upstream, account for it."""
         if self.phase >= Phase.ENDING:
             return
         self.phase = Phase.ENDED
@@ -312,9 +312,8 @@ class Exchange:
 
     def _deadline(self, seconds: float | None) -> None:
         """
-        The next deadline (L{_timed_out}) in place of the last; L{None}: none. A new
-        timer, not a reset: moving a call sooner costs a search through every pending
-        call, and the next wait is usually the shorter one.
+        The next deadline (L{_timed_out}) in place of the last; L{None}: none. (A new
+        timer, not a reset: moving one sooner searches every pending call.)
         """
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -170,6 +171,20 @@ class ProxyResource(Resource):
         except Exception:
             exchange.crashed(Failure())
         return NOT_DONE_YET
+
+    def streams(self, method: bytes, path: bytes, headers: Headers) -> bool:
+        """
+        Whether a body to C{method path} may go on as it arrives (L{BodyPipe}): a route
+        whose bodies the proxy never reads (relayed, billable or not), to a provider
+        whose calls it does not sign (a signature covers the whole body).
+        """
+        if not valid_target(path):
+            return False
+        found = self.routes.match(method, path.decode("latin-1"), headers)
+        if found is None:
+            return False
+        endpoint = found[0]
+        return not endpoint.metered and endpoint.socket is None and self.upstreams[endpoint.provider].signer is None
 
     def _refuse(self, request: ProxyRequest, message: str) -> bytes:
         """

@@ -21,6 +21,7 @@ from twisted.web.resource import IResource
 from modeltrack.failures import log_failure, safe_method
 from modeltrack.web.interfaces import IConnection
 from modeltrack.web.status import STATUS_PATHS
+from modeltrack.web.upload import STREAM_FROM, BodyPipe
 from modeltrack.web.writethrough import WriteThroughServer
 
 DEFAULT_MAX_BODY = 32 << 20
@@ -40,6 +41,7 @@ class ProxyRequest(server.Request):
     """
 
     too_large = False
+    body_pipe: BodyPipe | None = None
     started = 0.0
     route: str | None = None
     channel: ProxyChannel
@@ -84,8 +86,26 @@ class ProxyRequest(server.Request):
         site: ProxySite = self.channel.site
         self.started = site.clock.seconds()
         self.content = BytesIO()
-        if length is not None and length > site.max_body:
+        if site.stream_from is not None and (length is None or length >= site.stream_from):
+            self._maybe_stream(site, length)
+        if length is not None and length > site.max_body and self.body_pipe is None:
             self.too_large = True
+
+    def _maybe_stream(self, site: ProxySite, length: int | None) -> None:
+        """
+        A large body (or one of unknown length) to a route whose bodies the proxy need
+        not read goes on as it arrives: the request is rendered now, its head whole,
+        with a L{BodyPipe} for a body.
+        """
+        method, _, rest = self.channel.request_line.partition(b" ")
+        target = rest.rpartition(b" ")[0]
+        path = target.partition(b"?")[0]
+        streams = getattr(site.resource, "streams", None)
+        if streams is None or not streams(method, path, self.requestHeaders):
+            return
+        self.method, self.uri, self.path = method, target, path
+        self.body_pipe = BodyPipe(length, self.channel.transport, site.clock, site.upload_idle)
+        self._render()
 
     def process(self) -> None:
         """
@@ -94,6 +114,11 @@ class ProxyRequest(server.Request):
         and C{Date} headers, all work a leaf resource relaying the provider's own
         headers does not need, on every request.
         """
+        if self.body_pipe is not None:
+            return self.body_pipe.finish()  # rendered when its head came (see _maybe_stream)
+        self._render()
+
+    def _render(self) -> None:
         self.site = self.channel.site
         self.prepath = []
         self.postpath = []
@@ -101,6 +126,14 @@ class ProxyRequest(server.Request):
             self.render(self.site.resource)
         except BaseException:
             self.processingFailed(Failure())
+
+    def finish(self) -> None:
+        if self.body_pipe is not None and not self.body_pipe.complete:
+            # Answered before its body was all here: the rest is not read (nor parsed as
+            # a next request); the connection closes after the answer.
+            self.channel.persistent = False
+            self.channel.stop_reading()
+        super().finish()
 
     def processingFailed(self, reason: Failure) -> None:
         """
@@ -119,6 +152,8 @@ class ProxyRequest(server.Request):
         self.finish()
 
     def handleContentChunk(self, data: bytes) -> None:
+        if self.body_pipe is not None:
+            return self.body_pipe.write(data)
         if self.too_large:
             return
         if self.content.tell() + len(data) > self.channel.site.max_body:
@@ -189,6 +224,8 @@ class ProxyChannel(http.HTTPChannel):
     _first_line = b""
     _request_version: bytes | None = None
     _refused = False
+    #: The request line of the request under way, once it has come.
+    request_line = b""
     _tunnel: IProtocol | None = None
 
     def connectionMade(self) -> None:
@@ -205,6 +242,7 @@ class ProxyChannel(http.HTTPChannel):
         self._head_bytes = self._head_lines = 0
         self._tail = self._first_line = b""
         self._request_version = None
+        self.request_line = b""
         self._head_since = self.site.clock.seconds()
         # One timer per connection, not one per request: it is not cancelled when a
         # head is whole (a cancel and a new call per request cost more than a check),
@@ -282,10 +320,15 @@ class ProxyChannel(http.HTTPChannel):
             first = (self._first_line + data).lstrip(b"\r\n")
             line, found, _ = first.partition(b"\r\n")
             if found:
+                self.request_line = line
                 self._request_version = line.rpartition(b" ")[2]
             else:
                 self._first_line = first[-MAX_HEAD_LINE:]
         return 0
+
+    def stop_reading(self) -> None:
+        """Read nothing more from this connection (a request answered before its body ended)."""
+        self._refused = True
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._refuse(431)
@@ -340,6 +383,9 @@ class ProxySite(server.Site):
     @ivar fast_path: its listeners accept connections that write through
         (L{modeltrack.web.writethrough.WriteThroughListening}).
     @ivar track: told of every request from its first line (a stop waits for them).
+    @ivar stream_from: bodies this large or more (or of unknown length) to routes whose
+        bodies need no reading stream to the provider (L{BodyPipe}); L{None}: never.
+    @ivar upload_idle: seconds a streamed body may go silent before its client is cut.
     """
 
     requestFactory = ProxyRequest
@@ -355,6 +401,8 @@ class ProxySite(server.Site):
         head_timeout: float = DEFAULT_HEAD_TIMEOUT,
         fast_path: bool = True,
         track: Callable[[ProxyRequest], object] | None = None,
+        stream_from: int | None = STREAM_FROM,
+        upload_idle: float = 300.0,
     ) -> None:
         # No form parsing: bodies here are JSON, and parsing them as forms costs time.
         super().__init__(resource, reactor=clock, parsePOSTFormSubmission=False)
@@ -363,6 +411,8 @@ class ProxySite(server.Site):
         self.head_timeout = head_timeout
         self.fast_path = fast_path
         self.track = track
+        self.stream_from = stream_from
+        self.upload_idle = upload_idle
         self.access_log_on = access_log
         self.displayTracebacks = False
         self.connections: weakref.WeakSet[ProxyChannel] = weakref.WeakSet()

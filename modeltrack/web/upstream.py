@@ -148,11 +148,14 @@ class Upstream:
     """
 
     def __init__(
-        self, base_url: str, agent: IAgent, signer: Any = None, sockets: tuple[IStreamClientEndpoint, bytes] | None = None
+        self, base_url: str, agent: IAgent, signer: Any = None, sockets: tuple[IStreamClientEndpoint, bytes] | None = None,
+        uploads: IAgent | None = None,
     ) -> None:
         """
         @param sockets: the endpoint and C{Host} header WebSocket sessions connect with
             (L{origin_endpoint}); L{None}: this upstream serves none.
+        @param uploads: the agent for bodies streamed as they arrive (Twisted's C{Agent},
+            which streams a body producer; the fast path sends bodies from memory).
         """
         parts = urlsplit(base_url)
         self.origin = f"{parts.scheme}://{parts.netloc}"
@@ -161,14 +164,17 @@ class Upstream:
         self.base_path = parts.path.rstrip("/").encode("ascii")
         #: Twisted's C{Agent} on the public-API path, else an L{OriginAgent}.
         self.agent = agent
+        self.uploads = uploads or agent
         self.signer = signer
         self.socket_endpoint: IStreamClientEndpoint | None = sockets[0] if sockets else None
         self.host = sockets[1] if sockets else b""
 
     def request(
-        self, method: bytes, path_and_query: bytes, headers: Headers, body: bytes | None
+        self, method: bytes, path_and_query: bytes, headers: Headers, body: bytes | IBodyProducer | None
     ) -> Deferred[IResponse]:
         url = self._base + path_and_query
+        if not isinstance(body, (bytes, type(None))):  # a body streamed as it arrives
+            return self.uploads.request(method, url, headers, body)
         if self.signer is not None:
             self.signer.sign(method, url, headers, body)
         producer = None if body is None else BytesProducer(body)
