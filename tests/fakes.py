@@ -59,7 +59,7 @@ ANTHROPIC_USAGE = {
 EMBEDDING_USAGE = {"prompt_tokens": 8, "total_tokens": 8}
 _METERED_PATHS = frozenset(
     ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/messages", "/v1/messages/count_tokens",
-     "/v1/images/generations", "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech")
+     "/v1/images/generations", "/v1/images/edits", "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech")
 )
 #: Usage counts no call has: a model named here is answered with one.
 ABSURD_COUNTS = {"huge-usage": 2**64, "vast-usage": 10**400}
@@ -107,6 +107,10 @@ AZURE_FIRST_CHUNK = sse(None, {
 #: An image's usage as gpt-image-1.5 reports it: no output details.
 IMAGE_USAGE = {
     "input_tokens": 23, "input_tokens_details": {"text_tokens": 23, "image_tokens": 0}, "output_tokens": 1056, "total_tokens": 1079,
+}
+#: An edit's: the input image's tokens among its input.
+IMAGE_EDIT_USAGE = {
+    "input_tokens": 346, "input_tokens_details": {"text_tokens": 23, "image_tokens": 323}, "output_tokens": 1056, "total_tokens": 1402,
 }
 
 
@@ -300,6 +304,10 @@ class FakeUpstream(Resource):
             return self._speech(request, json.loads(body))
         if path.startswith("/v1/audio/"):
             return self._transcript(request, path)
+        if path == "/v1/images/edits":  # a form: its image parts left out
+            form = {k.decode(): v[0].decode() for k, v in request.args.items() if not k.startswith(b"image")}
+            params = {**form, "n": int(form.get("n", 1)), "partial_images": int(form.get("partial_images", 0))}
+            return self._image(request, params, form.get("stream") == "true", "image_edit")
         params = json.loads(body or b"{}")
         requested = params.get("model", "")
         model = AZURE_SNAPSHOT if azure else SNAPSHOTS.get(requested, requested)
@@ -367,12 +375,12 @@ class FakeUpstream(Resource):
             return self._json(request, 200, message_body(model))
         return self._json(request, 404, {"error": {"message": "not here", "type": "invalid_request_error"}})
 
-    def _image(self, request: Request, params: dict[str, Any], stream: bool) -> bytes | int:
+    def _image(self, request: Request, params: dict[str, Any], stream: bool, kind: str = "image_generation") -> bytes | int:
         """
         GPT image models' answers: no model named; usage without output details (as
         gpt-image-1.5 and -2 send it) unless the model is gpt-image-1 (the spec's example).
         """
-        usage: dict[str, Any] = dict(IMAGE_USAGE)
+        usage: dict[str, Any] = dict(IMAGE_EDIT_USAGE if kind == "image_edit" else IMAGE_USAGE)
         if params.get("model") == "gpt-image-1":
             usage["output_tokens_details"] = {"text_tokens": 0, "image_tokens": usage["output_tokens"]}
         n = params.get("n") or 1
@@ -384,12 +392,12 @@ class FakeUpstream(Resource):
         chunks = []
         for _ in range(n):
             for index in range(params.get("partial_images") or 0):
-                partial = {"type": "image_generation.partial_image", "b64_json": "cGFydA==" * 4096, "partial_image_index": index,
+                partial = {"type": f"{kind}.partial_image", "b64_json": "cGFydA==" * 4096, "partial_image_index": index,
                            "created_at": 1, "size": "1024x1024", "quality": "high", "background": "opaque", "output_format": "png"}
-                chunks.append(sse("image_generation.partial_image", partial))
-            done = {"type": "image_generation.completed", "b64_json": "aW1hZ2U=", "created_at": 1, "size": "1024x1024",
+                chunks.append(sse(f"{kind}.partial_image", partial))
+            done = {"type": f"{kind}.completed", "b64_json": "aW1hZ2U=", "created_at": 1, "size": "1024x1024",
                     "quality": "high", "background": "opaque", "output_format": "png", "usage": usage}
-            chunks.append(sse("image_generation.completed", done))
+            chunks.append(sse(f"{kind}.completed", done))
         return self._stream(request, chunks, "")
 
     def _speech(self, request: Request, params: dict[str, Any]) -> bytes | int:

@@ -159,12 +159,11 @@ async def test_billable_calls_through_the_sdk_and_in_the_report(reactor: Any, tm
 @pytest.mark.parametrize(
     "path, route",
     [
-        ("/v1/images/edits", "/v1/images/edits"),
         ("/v1/images/variations", "/v1/images/variations"),
     ],
 )
 def test_routes_not_yet_metered_are_held_by_a_block_budget(path: str, route: str) -> None:
-    # Until their answers are metered, a team at a block limit cannot spend through them.
+    # A route whose answers cannot be metered: a team at a block limit cannot spend through it.
     h = billable_harness(UnmeteredBillable.BLOCK_UNDER_BUDGET, [Budget("ml", Decimal(100))])
     transport = raw(h, path, [("Authorization", "Bearer sk-x"), ("X-ModelTrack-Team", "ml")], b"{}")
     assert status_of(transport) == 403 and h.agent.calls == []
@@ -175,7 +174,9 @@ def test_routes_not_yet_metered_are_held_by_a_block_budget(path: str, route: str
 def test_azure_classes_its_deployment_paths_too() -> None:
     from modeltrack.providers import azure
 
-    found = azure.route(b"POST", "/openai/deployments/my-dep/images/edits")
-    assert found is not None and found[0].billing is not None and found[0].path == "/openai/images/edits"
+    found = azure.route(b"POST", "/openai/deployments/my-dep/images/variations")
+    assert found is not None and found[0].billing is not None and found[0].path == "/openai/images/variations"
+    edits = azure.route(b"POST", "/openai/deployments/my-dep/images/edits")
+    assert edits is not None and edits[0].metered and edits[0].deployment == "my-dep"
     speech = azure.route(b"POST", "/openai/deployments/my-dep/audio/speech")
     assert speech is not None and speech[0].metered and speech[0].deployment == "my-dep"

@@ -117,3 +117,41 @@ async def test_images_through_azure_and_a_compatible_upstream(reactor: Any, tmp_
     assert azure_v1["endpoint"] == "/openai/v1/images/generations"
     assert classic["usage"]["output_image_tokens"] == 1056 == azure_v1["usage"]["output_image_tokens"]
     assert local["provider"] == "local" and local["endpoint"] == "/v1/images/generations" and local["output_tokens"] == 1056
+
+
+# An edit of one image with gpt-image-1.5: 23 text tokens in at 5, 323 image tokens in
+# at 8, 1,056 image tokens out at 32.
+GPT_IMAGE_15_EDIT = (23 * Decimal(5) + 323 * Decimal(8) + 1056 * Decimal(32)) / 10**6
+PNG = ("fox.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40, "image/png")
+
+
+def edit(url: str, **kwargs: Any) -> Any:
+    client = openai.OpenAI(base_url=url, api_key="sk-images", max_retries=0)
+    if kwargs.get("stream"):
+        return [event.type for event in client.images.edit(image=PNG, prompt="give the fox a hat", **kwargs)]
+    return client.images.edit(image=PNG, prompt="give the fox a hat", **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_image_edit_is_metered_from_its_form_streamed_or_not(reactor: Any, tmp_path: Path, upstream: Any) -> None:
+    (tmp_path / "budgets.json").write_text(json.dumps({"budgets": [{"team": "art", "monthly_limit": 0.05, "action": "block"}]}))
+    proxy = start_proxy(reactor, tmp_path, upstream.url)
+    try:
+        image = await in_thread(edit, proxy.url + "/v1", model="gpt-image-1.5", size="1024x1024", quality="medium")
+        assert image.usage.input_tokens == 346
+        kinds = await in_thread(edit, proxy.url + "/v1", model="gpt-image-1.5", stream=True, partial_images=2)
+        assert kinds == ["image_edit.partial_image"] * 2 + ["image_edit.completed"]
+        with pytest.raises(openai.RateLimitError):  # high quality's bound is over the team's limit
+            await in_thread(edit, proxy.url + "/v1", model="gpt-image-1.5", quality="high", size="1024x1024",
+                            extra_headers={"X-ModelTrack-Team": "art"})
+        await proxy.flushed()
+    finally:
+        await proxy.service.stopService()
+    plain, streamed, refused = proxy.events()
+    assert plain["endpoint"] == "/v1/images/edits" and plain["model"] == "gpt-image-1.5" and plain["route_class"] == "metered"
+    assert plain["usage"] == {"input_tokens": 346, "output_tokens": 1056, "input_image_tokens": 323, "output_image_tokens": 1056}
+    assert Decimal(str(plain["cost_usd"])) == GPT_IMAGE_15_EDIT
+    assert streamed["streaming"] and streamed["cost_usd"] == plain["cost_usd"]
+    assert refused["outcome"] == "rejected" and refused["team"] == "art"
+    forwarded = [seen for seen in upstream.resource.seen if seen.path == b"/v1/images/edits"]
+    assert len(forwarded) == 2 and PNG[1] in forwarded[0].body  # the form's bytes, untouched

@@ -25,6 +25,7 @@ from modeltrack.accounting import batches
 from modeltrack.providers import anthropic, bedrock, google, meter, openai, openai_media, openai_sockets
 from modeltrack.web.client import ConnectionState, UpstreamConnection, UpstreamResponse, _BodyTransport
 from modeltrack.web.relay import Relay
+from modeltrack.web.upload import BodyPipe
 from modeltrack.web.upstream import BytesProducer, IdleConnections, OriginAgent
 from tests.memory import Harness
 
@@ -82,6 +83,7 @@ MAKERS: dict[type, Callable[[Path], Any]] = {
     _BodyTransport: lambda _: _BodyTransport(UpstreamConnection(lambda _: None)),
     Relay: lambda _: _relay(),
     BytesProducer: lambda _: BytesProducer(b"{}"),
+    BodyPipe: lambda _: BodyPipe(10, StringTransport(), Clock(), 1.0),
     OriginAgent: lambda _: OriginAgent(MemoryReactorClock(), "https://api.example", 1),
     "modeltrack.web.tls.ReloadableServerTLS": _tls,
 }

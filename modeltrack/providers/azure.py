@@ -19,8 +19,8 @@ NAME = "azure"
 
 _OPENAI = {endpoint.path[len("/v1") :]: endpoint for endpoint in openai.DIALECT.endpoints if endpoint.socket is None}
 _AUDIO = ("/audio/transcriptions", "/audio/translations", "/audio/speech")
-_CLASSIC = ("/chat/completions", "/completions", "/embeddings", "/responses", "/images/generations", *_AUDIO)
-_V1 = ("/chat/completions", "/responses", "/embeddings", "/images/generations", *_AUDIO, "/models", "/realtime")
+_CLASSIC = ("/chat/completions", "/completions", "/embeddings", "/responses", "/images/generations", "/images/edits", *_AUDIO)
+_V1 = ("/chat/completions", "/responses", "/embeddings", "/images/generations", "/images/edits", *_AUDIO, "/models", "/realtime")
 #: A deployment name as Azure allows it: letters, digits, dashes, underscores, dots.
 _DEPLOYMENT = re.compile(r"/openai/deployments/(?!\.{1,2}/)([A-Za-z0-9._-]{1,64})(/.+)")
 _V1_PREFIX = "/openai/v1"

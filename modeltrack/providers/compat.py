@@ -18,14 +18,18 @@ UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 #: Names an upstream cannot take: the built-in providers' prefixes (and those planned).
 RESERVED = frozenset(("openai", "anthropic", "azure", "bedrock", "gemini", "google", "vertex", "v1"))
 _SERVED = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/images/generations",
-           "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech", "/v1/models")
+           "/v1/images/edits", "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech", "/v1/models")
 
 
 def dialect(name: str) -> Dialect:
     """
     The dialect of an OpenAI-compatible upstream called C{name}.
     """
-    endpoints = tuple(replace(endpoint, provider=name) for endpoint in openai.DIALECT.endpoints if endpoint.path in _SERVED)
+    endpoints = tuple(
+        replace(endpoint, provider=name)
+        for endpoint in openai.DIALECT.endpoints
+        if endpoint.path in _SERVED and endpoint.socket is None  # no WebSocket APIs
+    )
     return Dialect(
         name=name,
         prefix="/" + name,

@@ -19,6 +19,7 @@ from modeltrack.providers.openai_media import (
     ImageStreamMeter,
     SpeechStreamMeter,
     TranscriptStreamMeter,
+    edit_bound,
     image_bound,
     read_image_body,
     read_transcription_body,
@@ -147,9 +148,8 @@ _BILLABLE = (
     ("realtime/calls(?:/[^/]+/accept)?", "/realtime/calls", "WebRTC and SIP calls: per token, on the peer connection only"),
     ("realtime/client_secrets", "/realtime/client_secrets", "an ephemeral key: its sessions are billed per token, past the proxy"),
     ("videos|videos/[^/]+/remix|videos/(?:extensions|edits|characters)", "/videos", "video generation: per second rendered"),
-    # Metered by their answers or uploads in time; until then governed like the rest.
-    ("images/edits", "/images/edits", "image edits: per text and image token (multipart, not yet metered)"),
-    ("images/variations", "/images/variations", "image variations: per image (not yet metered)"),
+    # dall-e-2's only (retired): priced per image, which its answer does not say.
+    ("images/variations", "/images/variations", "image variations: per image (dall-e-2, whose answer carries no usage)"),
 )
 
 
@@ -179,6 +179,10 @@ DIALECT = Dialect(
         _endpoint("/v1/embeddings", read_body=read_chat_body),
         _endpoint(
             "/v1/images/generations", read_body=read_image_body, stream_meter=ImageStreamMeter, bound=image_bound,
+            at_text_rate=frozenset(("output_image_tokens",)),
+        ),
+        _endpoint(
+            "/v1/images/edits", form=True, read_body=read_image_body, stream_meter=ImageStreamMeter, bound=edit_bound,
             at_text_rate=frozenset(("output_image_tokens",)),
         ),
         *(

@@ -63,6 +63,19 @@ def image_bound(body: dict[str, Any], body_bytes: int) -> Usage:
     return Usage(input_tokens=body_bytes, output_tokens=output, extra={"output_image_tokens": output})
 
 
+def edit_bound(fields: dict[str, Any], body_bytes: int) -> Usage:
+    """
+    The most an image edit can use: a form's fields are text (C{n}, C{partial_images}
+    read as numbers), and its input, images and all, at most a token per byte, at
+    the image input rate.
+    """
+    numbers = {name: int(fields[name]) for name in ("n", "partial_images") if str(fields.get(name, "")).isdigit()}
+    bound = image_bound({**fields, **numbers}, body_bytes)
+    assert bound.extra is not None
+    bound.extra["input_image_tokens"] = body_bytes
+    return bound
+
+
 def transcription_usage(raw: dict[str, Any]) -> Usage:
     """
     A transcription's usage: tokens (audio input apart), or the seconds of audio
