@@ -78,6 +78,8 @@ class _Session:
         event = json.loads(message)
         self.upgrade.messages.append(event)
         kind = event.get("type")
+        if self.path.endswith("/live/sessions"):
+            return self._live(kind, event)
         if kind == "session.update":
             self.send({"type": "session.updated", "event_id": "event_2", "session": self._session()})
         elif kind == "input_audio_buffer.commit":
@@ -126,6 +128,29 @@ class _Session:
             self.send({"type": "response.completed", "sequence_number": 2, "response": {
                 "id": response_id, "object": "response", "created_at": 1, "model": model, "status": "completed",
                 "output": [], "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": RESPONSES_USAGE}})
+
+    def _live(self, kind: str, event: dict[str, Any]) -> None:
+        """
+        A Live session: every audio append is 20 s more of session (cumulative), a
+        delegation's Responses call ends with its usage, close ends it.
+        """
+        session = {"id": "live_fake", "object": "live.session", "model": (event.get("session") or {}).get("model", "gpt-live-1")}
+        if kind == "session.start":
+            self.live_model = session["model"]
+            self.send({"type": "session.started", "event_id": "e", "session": session})
+            return
+        session["model"] = getattr(self, "live_model", "gpt-live-1")
+        if kind == "session.input_audio.append":
+            self.responses += 1
+            usage = {"seconds": 3600 if event.get("audio") == "HOUR" else 20 * self.responses}
+            self.send({"type": "session.usage.updated", "event_id": "e", "usage": usage})
+            if self.responses == 2:  # the session delegates a task to a Responses model
+                done = {"type": "response.completed", "sequence_number": 3, "response": {
+                    "id": "resp_d", "object": "response", "model": "gpt-5", "status": "completed", "usage": RESPONSES_USAGE}}
+                self.send({"type": "response.event", "event_id": "e", "delegation_id": "d1", "event": done})
+        elif kind == "session.close":
+            self.send({"type": "session.closed", "event_id": "e", "reason": "close_requested", "session": session,
+                       "usage": {"seconds": 20 * self.responses + 0.4}})
 
     def bytesMessageReceived(self, data: bytes) -> None:
         pass

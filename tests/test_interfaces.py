@@ -72,6 +72,7 @@ MAKERS: dict[type, Callable[[Path], Any]] = {
     openai_media._EndsWithUsage: lambda _: openai_media._EndsWithUsage(),
     openai_sockets.RealtimeMeter: lambda _: openai_sockets.RealtimeMeter("gpt-realtime"),
     openai_sockets.ResponsesSocketMeter: lambda _: openai_sockets.ResponsesSocketMeter(None),
+    openai_sockets.LiveMeter: lambda _: openai_sockets.LiveMeter(None),
     google.GenerateStreamMeter: lambda _: google.GenerateStreamMeter(),
     bedrock.ConverseStreamMeter: lambda _: bedrock.ConverseStreamMeter(),
     bedrock.InvokeStreamMeter: lambda _: bedrock.InvokeStreamMeter(),

@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 import pytest_twisted
+from twisted.internet.task import deferLater
 
 from tests.conftest import start_proxy
 from tests.fake_realtime import AUDIO_DELTA
@@ -133,5 +134,96 @@ async def test_a_block_budget_ends_a_session_at_its_limit(reactor: Any, tmp_path
     events = proxy.events()
     spent = sum(Decimal(str(e["cost_usd"])) for e in events if e["team"] == "tight")
     assert spent <= limit and spent == 3 * REALTIME_COST
-    assert len([e for e in events if e["team"] == "tight"]) == 3
-    assert len(events) == 13 and all(e["outcome"] == "ok" for e in events)
+    refused = [e for e in events if e["outcome"] == "rejected"]
+    assert len(refused) == 1 and refused[0]["team"] == "tight" and refused[0]["budget_status"] == "blocked"
+    assert len([e for e in events if e["team"] == "tight" and e["outcome"] == "ok"]) == 3
+    assert len(events) == 14 and len([e for e in events if e["outcome"] == "ok"]) == 13
+
+
+# gpt-live-1: $3 an hour of session. 60.4 s billed as 61.
+LIVE_COST = Decimal(3) * 61 / 3600
+
+
+def live_session(url: str, appends: int, headers: dict[str, str] | None = None) -> list[str]:
+    client = openai.OpenAI(base_url=url, api_key="sk-live-key", max_retries=0)
+    seen: list[str] = []
+    with client.live.connect(extra_headers=headers or {}) as connection:
+        connection.session.start(session={"model": "gpt-live-1"})
+        seen.append(connection.recv().type)  # started, or refused
+        if seen[0] == "error":
+            return seen
+        for _ in range(appends):
+            connection.session.input_audio.append(audio="UklGRg==")
+        connection.session.close()
+        for event in connection:
+            seen.append(event.type)
+            if event.type in ("session.closed", "error"):
+                break
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_live_session_is_one_event_by_its_seconds_and_its_delegations_their_own(
+    reactor: Any, tmp_path: Path, upstream: Any,
+) -> None:
+    # An hour of gpt-live-1 is $3: a team with $2 left cannot start a session.
+    (tmp_path / "budgets.json").write_text(json.dumps({"budgets": [{"team": "small", "monthly_limit": 2, "action": "block"}]}))
+    proxy = start_proxy(reactor, tmp_path, upstream.url)
+    try:
+        seen = await in_thread(live_session, proxy.url + "/v1", 3)
+        refused = await in_thread(live_session, proxy.url + "/v1", 1, {"X-ModelTrack-Team": "small"})
+        await proxy.flushed()
+    finally:
+        await proxy.service.stopService()
+    assert seen[0] == "session.started" and seen[-1] == "session.closed" and seen.count("session.usage.updated") == 3
+    assert refused == ["error"]
+    delegated, session, rejected = proxy.events()
+    assert delegated["model"] == "gpt-5" and Decimal(str(delegated["cost_usd"])) == RESPONSES_COST
+    assert session["endpoint"] == "/v1/live/sessions" and session["model"] == "gpt-live-1"
+    assert session["usage"] == {"audio_seconds": 61} and session["usage_complete"]
+    assert abs(Decimal(str(session["cost_usd"])) - LIVE_COST) < Decimal("1e-15")  # 61/1200 USD, a repeating decimal
+    assert session["session_id"] == delegated["session_id"] == "live_fake"
+    assert rejected["outcome"] == "rejected" and rejected["team"] == "small"
+
+
+def live_left(url: str, audio: str, updates: int, headers: dict[str, str]) -> list[str]:
+    """A Live session left without session.close once C{updates} usage updates came."""
+    client = openai.OpenAI(base_url=url, api_key="sk-live-key", max_retries=0)
+    seen: list[str] = []
+    with client.live.connect(extra_headers=headers) as connection:
+        connection.session.start(session={"model": "gpt-live-1"})
+        seen.append(connection.recv().type)
+        for _ in range(updates):
+            connection.session.input_audio.append(audio=audio)
+        for event in connection:
+            seen.append(event.type)
+            if event.type == "error" or (audio != "HOUR" and seen.count("session.usage.updated") == updates):
+                break
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_live_session_left_or_past_its_reservation_is_billed_by_its_last_seconds(
+    reactor: Any, tmp_path: Path, upstream: Any,
+) -> None:
+    (tmp_path / "budgets.json").write_text(json.dumps({"budgets": [{"team": "hour", "monthly_limit": 10, "action": "block"}]}))
+    proxy = start_proxy(reactor, tmp_path, upstream.url)
+    try:
+        left = await in_thread(live_left, proxy.url + "/v1", "UklGRg==", 2, {})
+        # Held to a budget, a session that reaches the hour reserved for it is closed.
+        past = await in_thread(live_left, proxy.url + "/v1", "HOUR", 1, {"X-ModelTrack-Team": "hour"})
+        for _ in range(300):
+            await proxy.flushed()
+            if len(proxy.events()) == 3:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+    finally:
+        await proxy.service.stopService()
+    assert left.count("session.usage.updated") == 2
+    assert past[-2:] == ["session.usage.updated", "error"]  # what it used, then why it ends
+    delegated, left_event, past_event = proxy.events()  # the session delegated a task on its second append
+    assert delegated["model"] == "gpt-5" and delegated["outcome"] == "ok"
+    assert left_event["outcome"] == "client_closed" and left_event["usage"] == {"audio_seconds": 40}
+    assert not left_event["usage_complete"] and abs(Decimal(str(left_event["cost_usd"])) - Decimal(3) * 40 / 3600) < Decimal("1e-15")
+    assert past_event["outcome"] == "rejected" and past_event["usage"] == {"audio_seconds": 3600}
+    assert Decimal(str(past_event["cost_usd"])) == 3 and past_event["team"] == "hour"

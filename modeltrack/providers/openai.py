@@ -26,7 +26,7 @@ from modeltrack.providers.openai_media import (
     speech_bound,
     speech_characters,
 )
-from modeltrack.providers.openai_sockets import RealtimeMeter, ResponsesSocketMeter
+from modeltrack.providers.openai_sockets import LiveMeter, RealtimeMeter, ResponsesSocketMeter
 from modeltrack.providers.openai_usage import chat_usage, read, read_chat_body, read_responses_body, responses_usage, served
 
 NAME = "openai"
@@ -199,6 +199,7 @@ DIALECT = Dialect(
         # The WebSocket APIs: the upgrade is a GET.
         _endpoint("/v1/realtime", method=b"GET", socket=RealtimeMeter),
         _endpoint("/v1/responses", method=b"GET", socket=ResponsesSocketMeter),
+        _endpoint("/v1/live/sessions", method=b"GET", socket=LiveMeter),
     ),
     error_body=error_body,
     credential_headers=(b"authorization",),

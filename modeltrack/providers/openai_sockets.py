@@ -11,6 +11,7 @@ relay holds each C{response.create} until the controls have reserved that much.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from zope.interface import Attribute, Interface, implementer
@@ -60,6 +61,8 @@ class ISocketMeter(Interface):
 
     model = Attribute("The session's model, as last named (by the upgrade's URL, the session, a response).")
     session_id = Attribute("The provider's id for the session, once it has named one.")
+    creates = Attribute("The client events that start something billed: each is held for its reservation.")
+    exhausted = Attribute("The session has used all that was reserved for it (a Live session's seconds).")
 
     def reads(event_type: bytes) -> bool:
         """Whether a server message of this type is parsed (every other is relayed unread)."""
@@ -75,6 +78,9 @@ class ISocketMeter(Interface):
 
     def reservation(obj: dict[str, Any], size: int) -> Reservation:
         """What the client's C{response.create} (C{obj}, C{size} bytes) may cost."""
+
+    def unfinished(key: str) -> Reading:
+        """What is known of a response started and never billed (the session ended first)."""
 
 
 @implementer(ISocketMeter)
@@ -92,6 +98,9 @@ class RealtimeMeter:
         b"session.created", b"session.updated", b"response.created", b"response.done",
         b"conversation.item.input_audio_transcription.completed", b"error",
     ))
+
+    creates = frozenset(("response.create",))
+    exhausted = False
 
     def __init__(self, model: str | None) -> None:
         self.model = model
@@ -154,6 +163,9 @@ class RealtimeMeter:
         )
         return Reservation(self.model, bound=bound)
 
+    def unfinished(self, key: str) -> Reading:
+        return Reading(model=self.model)
+
 
 _RESPONSE_ENDS = frozenset((b"response.completed", b"response.incomplete", b"response.failed"))
 
@@ -167,6 +179,8 @@ class ResponsesSocketMeter:
     """
 
     _READ = frozenset((b"response.created", *_RESPONSE_ENDS, b"error"))
+    creates = frozenset(("response.create",))
+    exhausted = False
 
     def __init__(self, model: str | None) -> None:
         self.model = model
@@ -196,6 +210,79 @@ class ResponsesSocketMeter:
         body = {key: value for key, value in obj.items() if key != "type"}
         model = text(body.get("model")) or self.model
         return Reservation(model, body=body, size=size)
+
+    def unfinished(self, key: str) -> Reading:
+        return Reading(model=self.model)
+
+
+#: The longest a Live session is reserved for at its start (an hour of audio); a session
+#: held to a block budget is closed when it has used that much.
+LIVE_RESERVED_SECONDS = 3600
+_LIVE = "live session"  # the key of a Live session's one billed thing
+
+
+@implementer(ISocketMeter)
+class LiveMeter:
+    """
+    An OpenAI Live session (C{/v1/live/sessions}): billed per second of the session,
+    reported cumulatively (never summed) by C{session.usage.updated} and, finally,
+    C{session.closed}: one event per session. The Responses calls it delegates to are
+    billed apart, from the C{response.event} that ends each (one event each, at that
+    model's rates). A session is reserved at its C{session.start} for
+    L{LIVE_RESERVED_SECONDS}, and is exhausted once it has used them.
+    """
+
+    _READ = frozenset((b"session.started", b"session.usage.updated", b"session.closed", b"response.event"))
+    creates = frozenset(("session.start",))
+
+    def __init__(self, model: str | None) -> None:
+        self.model = model
+        self.session_id: str | None = None
+        self._seconds = 0
+        self._reserved = 0
+        self._closed = False
+
+    @property
+    def exhausted(self) -> bool:
+        return bool(self._reserved) and self._seconds >= self._reserved
+
+    def reads(self, event_type: bytes) -> bool:
+        return event_type in self._READ
+
+    def server_event(self, event_type: bytes, obj: dict[str, Any], size: int) -> tuple[str | None, list[Billed]]:
+        session = _object(obj.get("session"))
+        self.model = text(session.get("model")) or self.model
+        self.session_id = self.session_id or text(session.get("id"))
+        if event_type == b"response.event":
+            inner = _object(obj.get("event"))
+            if inner.get("type") in ("response.completed", "response.incomplete", "response.failed"):
+                response = _object(inner.get("response"))
+                return None, [Billed(None, read(response, responses_usage), inner.get("type") == "response.failed")]
+            return None, []
+        usage = _object(obj.get("usage"))
+        if type(usage.get("seconds")) in (int, float):
+            self._seconds = max(self._seconds, math.ceil(usage["seconds"]))
+        if event_type == b"session.started":
+            return _LIVE, []
+        if event_type == b"session.closed" and not self._closed:
+            self._closed = True
+            return None, [Billed(_LIVE, self._reading(final=True))]
+        return None, []
+
+    def _reading(self, final: bool) -> Reading:
+        return Reading(model=self.model, usage=Usage(extra={"audio_seconds": self._seconds}), final=final)
+
+    def client_message(self, size: int) -> None:
+        pass
+
+    def reservation(self, obj: dict[str, Any], size: int) -> Reservation:
+        self._reserved = LIVE_RESERVED_SECONDS
+        model = text(dig(obj, "session", "model")) or self.model
+        return Reservation(model, bound=Usage(extra={"audio_seconds": LIVE_RESERVED_SECONDS}))
+
+    def unfinished(self, key: str) -> Reading:
+        # Ended without session.closed: the seconds last reported, a floor of what is billed.
+        return self._reading(final=False)
 
 
 def error_event(code: str, message: str) -> dict[str, Any]:

@@ -103,6 +103,7 @@ class SocketSession:
         self._open = False
         self._ended = False
         self._gone = False  # the client left before the upgrade was answered
+        self._budgeted = False  # a block budget holds a reservation of the session's
         # The server's frames, read beside the relay; the client's, relayed frame by frame.
         self._server = websocket.ServerReader(self.meter.reads if self.meter else lambda kind: False)
         self._client_frames = websocket.ClientReader()
@@ -238,6 +239,11 @@ class SocketSession:
             self._server_event(text)
         if self._open:
             self._client.write(data if good == len(data) else data[:good])
+        if self._open and self.meter.exhausted and self._budgeted:
+            # What it used is relayed; then the session ends, as a response refused would.
+            self._client.write(bytes(self._to_client().send_data(json.dumps(error_event(
+                "budget_exceeded", "the session has used all that was reserved for it under its budget")), True)))
+            self._close(websocket.POLICY_VIOLATION, "the session's reservation is used up", Outcome.REJECTED)
         if problem is not None:
             self._close(problem, "the provider broke the WebSocket protocol", Outcome.UPSTREAM_ERROR)
 
@@ -262,6 +268,7 @@ class SocketSession:
                 self._reserve(self.meter.reservation({}, 0), started)
         for item in billed:
             self._bill(item, now)
+
 
     def _bill(self, item: Billed, now: float, outcome: Outcome | None = None) -> None:
         ticket, started = NO_TICKET, now
@@ -295,7 +302,7 @@ class SocketSession:
     def _client_message(self, text: str) -> Reservation | None:
         """A client's message, sent whole: the reservation it needs first, if any."""
         self.meter.client_message(len(text))
-        if websocket.event_type(text) != "response.create":
+        if websocket.event_type(text) not in self.meter.creates:
             return None
         try:
             obj = json.loads(text)
@@ -337,11 +344,16 @@ class SocketSession:
             self._resource.gate.release(ticket)
             return
         if ticket.refusal is not None:
-            self._resource.gate.release(ticket)
+            # Refused as an HTTP call is: its event, with the budget that refused it.
+            self._resource.accountant.call_ended(SocketCall(
+                self.endpoint, self.caller, self._model, self._resource.clock.seconds(), ticket,
+                status=ticket.refusal_code, outcome=Outcome.REJECTED, reading=Reading(error_type=ticket.refusal[0]),
+            ))
             message = ticket.refusal[1]
             if self._client is not None:
                 self._client.write(bytes(self._to_client().send_data(json.dumps(error_event(*ticket.refusal)), True)))
             return self._close(websocket.POLICY_VIOLATION, message[:120], Outcome.REJECTED)
+        self._budgeted = self._budgeted or bool(ticket.admission.holds)
         if started is None:
             self._reserved.append(ticket)
             self._pump()
@@ -378,7 +390,9 @@ class SocketSession:
         if side == "upstream" and self._client is not None:
             self._client.loseConnection()
         self._open = False
-        self._end(Outcome.CLIENT_CLOSED if side == "client" else Outcome.UPSTREAM_UNREACHABLE)
+        # The provider's side goes first after a client's close frame, as the handshake has it.
+        by_client = side == "client" or self._client_frames.closing
+        self._end(Outcome.CLIENT_CLOSED if by_client else Outcome.UPSTREAM_UNREACHABLE)
 
     def _upstream_lost(self, reason: Failure) -> None:
         if self._ended:
@@ -430,7 +444,7 @@ class SocketSession:
                               reading=reading, request_id=self.request_id)
             resource.accountant.call_ended(call)
         for key in list(self._responses):
-            self._bill(Billed(key, Reading(model=self.meter.model if self.meter else None)), now, outcome)
+            self._bill(Billed(key, self.meter.unfinished(key)), now, outcome)
         while self._reserved:
             resource.gate.release(self._reserved.popleft())
         resource.forget(self)

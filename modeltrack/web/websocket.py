@@ -234,6 +234,8 @@ class ClientReader:
         self._reader = FrameProtocol(client=False, extensions=[])
         self._partial = bytearray()
         self._text: list[str] = []
+        #: The client has sent its close frame (the session ends by its word).
+        self.closing = False
 
     def feed(self, data: bytes) -> list[tuple[bytes, str | None]]:
         ends = iter(self._frames.feed(data))
@@ -242,6 +244,7 @@ class ClientReader:
         start = 0
         for frame in self._reader.received_frames():
             text = None
+            self.closing = self.closing or frame.opcode is Opcode.CLOSE
             if frame.opcode is Opcode.TEXT:  # every piece of a text message says TEXT
                 payload: Any = frame.payload  # str
                 self._text.append(payload)
