@@ -68,9 +68,18 @@ class FakeGoogle(Resource):
     def render(self, request: Request) -> bytes | int:
         self.seen.append(Seen.of(request))
         path = request.path.decode()
+        operation = {"name": "models/veo/operations/op1", "done": True, "response": {"generateVideoResponse": {
+            "generatedSamples": [{"video": {"uri": "https://example.invalid/v.mp4"}}]}}}
+        if request.method == b"GET" and "/operations/" in path:  # a Veo operation, polled
+            return self._json(request, 200, operation)
         if request.method == b"GET":
             return self._json(request, 200, {"models": [{"name": "models/gemini-2.5-flash"}]})
         model, _, method = path.rpartition("/")[2].partition(":")
+        if method == "predictLongRunning":  # Veo: an operation, no usage
+            resource = path.rpartition(":")[0].split("/", 2)[2]  # below its version: models/... or projects/...
+            return self._json(request, 200, {"name": f"{resource}/operations/op1"})
+        if method == "fetchPredictOperation":  # Vertex's way of polling one
+            return self._json(request, 200, operation)
         if model == "fail-429":
             return self._json(request, 429, {"error": {"code": 429, "message": "Resource exhausted", "status": "RESOURCE_EXHAUSTED"}})
         if method == "countTokens":

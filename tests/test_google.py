@@ -18,6 +18,7 @@ import treq
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 from google import genai
+from google.genai import types
 from google.oauth2.credentials import Credentials
 from twisted.logger import globalLogPublisher
 
@@ -171,3 +172,43 @@ async def test_the_cache_never_answers_one_gemini_key_with_anothers_call(reactor
         assert response.headers.getRawHeaders("x-modeltrack-cache") is None  # not cacheable
     finally:
         await proxy.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_veo_is_priced_per_second_of_video_from_pricing_json(reactor: Any, tmp_path: Path, google: Any) -> None:
+    """
+    One event per operation, priced by its request (durationSeconds x sampleCount) at
+    pricing.json's rate; polled, it is relayed with no event; a model with no rate is
+    unpriced with a note, never $0.
+    """
+    (tmp_path / "pricing.json").write_text(json.dumps({"models": {"veo-3.0-generate-001": {"video_second": 0.4}}}))
+    proxy = start_proxy(reactor, tmp_path, "http://127.0.0.1:9", gemini_url=google.url, vertex_url=google.url)
+    vertex = genai.Client(vertexai=True, project="acme-prod", location="us-central1", credentials=Credentials(token=TOKEN),
+                          http_options={"base_url": proxy.url + "/vertex"})
+
+    def on_vertex() -> bool:
+        config = types.GenerateVideosConfig(number_of_videos=2, duration_seconds=6)
+        operation = vertex.models.generate_videos(model="veo-3.0-generate-001", prompt="a fox", config=config)
+        return bool(vertex.operations.get(operation).done)
+
+    gemini = proxy.url + "/gemini/v1beta/models/"
+    headers = {"x-goog-api-key": KEY, "content-type": "application/json"}
+    try:
+        # The Gemini API's REST calls (google-genai sends Veo calls to Vertex only).
+        body = {"instances": [{"prompt": "a fox in the snow"}], "parameters": {"sampleCount": 2, "durationSeconds": 6}}
+        started = await treq.post(gemini + "veo-3.0-generate-001:predictLongRunning", json=body, headers=headers)
+        name = (await started.json())["name"]
+        polled = await treq.get(proxy.url + "/gemini/v1beta/" + name, headers=headers)
+        assert (await polled.json())["done"] is True
+        plain = {"instances": [{"prompt": "a fox"}]}
+        await (await treq.post(gemini + "veo-2.0-generate-001:predictLongRunning", json=plain, headers=headers)).text()
+        assert await in_thread(on_vertex)
+        await proxy.flushed()
+    finally:
+        await proxy.service.stopService()
+    veo3, veo2, on_vertex = proxy.events()  # polling left none
+    assert veo3["endpoint"] == "/v1beta/models/{model}:predictLongRunning" and veo3["model"] == "veo-3.0-generate-001"
+    assert veo3["usage"] == {"video_seconds": 12} and Decimal(str(veo3["cost_usd"])) == Decimal("4.8")
+    assert veo3["price_source"] == "pricing.json" and veo3["route_class"] == "metered"
+    assert veo2["usage"] == {"video_seconds": 8} and veo2["cost_usd"] is None and "video_second" in veo2["price_note"]
+    assert on_vertex["provider"] == "vertex" and Decimal(str(on_vertex["cost_usd"])) == Decimal("4.8")

@@ -51,9 +51,13 @@ AT_TEXT_RATE = {
 #: Anthropic's own API; genai-prices has no variant for it. Any other geography leaves
 #: a call unpriced.
 GEO_RATES = {"global": Decimal(1), "us": Decimal("1.1")}
+#: A rate genai-prices has no unit for: USD per second of video generated (Veo), set in
+#: pricing.json; the usage dimension it prices is C{video_seconds}.
+VIDEO_SECOND = "video_second"
 #: The per-million-token rates a pricing.json entry may set (genai-prices' names).
 OVERRIDE_KEYS = frozenset(
-    ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok", *EXTRA_RATES.values())
+    ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok", *EXTRA_RATES.values(),
+     VIDEO_SECOND)
 )
 
 
@@ -111,7 +115,8 @@ class PriceBook:
         """
         Per-model rates from pricing.json (L{None}: the file is gone, no overrides).
         """
-        self._overrides = {key: LinearPrice(rates) for key, rates in (overrides or {}).items()}
+        per_second = {} if overrides is None else overrides.video_second
+        self._overrides = {key: LinearPrice(rates, per_second.get(key)) for key, rates in (overrides or {}).items()}
         self.aliases = {} if overrides is None else dict(overrides.aliases)
 
     def price(
@@ -151,6 +156,8 @@ class PriceBook:
             source = "genai-prices"
             rates = self._resolve(price_provider, model, context, when)
             if rates is None:
+                if usage.extra and "video_seconds" in usage.extra:
+                    return Price(None, None, f"no rate per second of video for {model}: set {VIDEO_SECOND} in pricing.json")
                 return UNPRICED
         if usage.extra:
             unrated = rates.unrated(usage, AT_TEXT_RATE.get(price_provider, frozenset()) | at_text_rate)
@@ -240,8 +247,9 @@ class LinearPrice:
     genai-prices would price it (a property test holds the two equal).
     """
 
-    def __init__(self, rates: ModelPrice) -> None:
+    def __init__(self, rates: ModelPrice, video_second: Decimal | None = None) -> None:
         self._rates = rates
+        self._video_second = video_second
         starts = sorted(
             {
                 tier.start
@@ -259,11 +267,18 @@ class LinearPrice:
         which is not billed at the text rate either (L{None} if every one is priced).
         """
         for name, n in (usage.extra or {}).items():
-            if n and name not in at_text_rate and getattr(self._rates, EXTRA_RATES.get(name, name), None) is None:
+            if name == "video_seconds":
+                rated = self._video_second is not None
+            else:
+                rated = name in at_text_rate or getattr(self._rates, EXTRA_RATES.get(name, name), None) is not None
+            if n and not rated:
                 return name
         return None
 
     def cost(self, usage: Usage) -> Decimal:
+        if usage.extra and "video_seconds" in usage.extra:
+            assert self._video_second is not None  # else unrated
+            return self._video_second * usage.extra["video_seconds"]  # a video call bills nothing else
         if usage.extra:
             # Audio, image or video: rare enough to ask genai-prices itself (100 us).
             return self._rates.calc_price(
@@ -329,6 +344,8 @@ class Overrides(dict[tuple[str, str], ModelPrice]):
     def __init__(self) -> None:
         super().__init__()
         self.aliases = {}
+        #: USD per second of video generated, per entry (a rate genai-prices has no unit for).
+        self.video_second: dict[tuple[str, str], Decimal] = {}
 
 
 def load_overrides(path: Path) -> Overrides | None:
@@ -360,28 +377,30 @@ def load_overrides(path: Path) -> Overrides | None:
             raise PricingFileError(f"{path.name}: aliases.{name}: expected the name of the model it stands for")
         overrides.aliases[name] = target
     for model, rates in models.items():
-        overrides["", model.lower()] = _override(path.name, model, rates)
+        overrides["", model.lower()] = _override(path.name, model, rates, overrides)
     for provider, section in providers.items():
         scoped = section.get("models") if isinstance(section, dict) else None
         if not isinstance(scoped, dict):
             raise PricingFileError(f'{path.name}: providers.{provider}: expected an object with a "models" object')
         for model, rates in scoped.items():
-            overrides[provider, model.lower()] = _override(path.name, f"{provider} {model}", rates)
+            overrides[provider, model.lower()] = _override(path.name, f"{provider} {model}", rates, overrides, provider)
     return overrides
 
 
-def _override(filename: str, model: str, rates: Any) -> ModelPrice:
+def _override(filename: str, model: str, rates: Any, overrides: Overrides, provider: str = "") -> ModelPrice:
     where = f"{filename}: {model}"
     if not isinstance(rates, dict) or not rates:
         raise PricingFileError(f"{where}: expected an object of per-million-token rates")
     unknown = set(rates) - OVERRIDE_KEYS
     if unknown:
         raise PricingFileError(f"{where}: unknown keys {sorted(unknown)}")
-    if "input_mtok" not in rates or "output_mtok" not in rates:
+    if set(rates) != {VIDEO_SECOND} and ("input_mtok" not in rates or "output_mtok" not in rates):
         raise PricingFileError(f"{where}: input_mtok and output_mtok are required")
     values = {}
     for key, value in rates.items():
         if isinstance(value, bool) or not isinstance(value, (int, Decimal)) or value < 0:
             raise PricingFileError(f"{where}: {key} must be a non-negative number")
         values[key] = Decimal(value)
+    if VIDEO_SECOND in values:
+        overrides.video_second[provider, model.rpartition(" ")[2].lower()] = values.pop(VIDEO_SECOND)
     return ModelPrice(**values)

@@ -117,8 +117,33 @@ _STREAM = Endpoint(
     GEMINI_PROVIDER, "/models/{model}:streamGenerateContent", error_body,
     read_body=read_body, stream_meter=GenerateStreamMeter, streams=True,
 )
+#: Veo's default clip length, where a request names none.
+VEO_DEFAULT_SECONDS = 8
+
+
+def video_seconds(body: dict[str, Any]) -> Usage:
+    """
+    What a Veo request is billed by: seconds of video, C{durationSeconds} (else Veo's
+    default, 8) for each of C{sampleCount} videos; its answer (a long-running
+    operation) says nothing of it.
+    """
+    parameters: dict[str, Any] = body["parameters"] if isinstance(body.get("parameters"), dict) else {}
+    duration = parameters.get("durationSeconds")
+    duration = duration if type(duration) is int and duration > 0 else VEO_DEFAULT_SECONDS
+    count = parameters.get("sampleCount")
+    count = count if type(count) is int and count > 0 else 1
+    return Usage(extra={"video_seconds": duration * count})
+
+
+#: Veo: metered by the request (one event per operation; polling it is relayed, free).
+_VIDEO = Endpoint(
+    GEMINI_PROVIDER, "/models/{model}:predictLongRunning", error_body, request_usage=video_seconds,
+    bound=lambda body, size: video_seconds(body),
+    unmetered_answer="video generation: per second rendered, from the request",
+)
 _GEMINI_METHODS = {
     "generateContent": _GENERATE,
+    "predictLongRunning": _VIDEO,
     "streamGenerateContent": _STREAM,
     "embedContent": Endpoint(GEMINI_PROVIDER, "/models/{model}:embedContent", error_body, read_body=read_body),
     "batchEmbedContents": Endpoint(GEMINI_PROVIDER, "/models/{model}:batchEmbedContents", error_body, read_body=read_body),
@@ -152,10 +177,6 @@ def gemini_route(method: bytes, path: str) -> tuple[Endpoint, str] | None:
 _GEMINI_BILLABLE = (
     Billable(b"POST", re.compile(r"/v1\w*/models/[^/:]+:predict"), "/models/{model}:predict", "images: per image generated"),
     Billable(
-        b"POST", re.compile(r"/v1\w*/models/[^/:]+:predictLongRunning"), "/models/{model}:predictLongRunning",
-        "video generation: per second rendered",
-    ),
-    Billable(
         b"POST", re.compile(r"/v1\w*/models/[^/:]+:batchGenerateContent"), "/models/{model}:batchGenerateContent",
         "batch: per token, reported in the batch's operation",
     ),
@@ -172,6 +193,9 @@ _VERTEX_METHODS = {
     ("google", "generateContent"): replace(_GENERATE, provider=VERTEX_PROVIDER),
     ("google", "streamGenerateContent"): replace(_STREAM, provider=VERTEX_PROVIDER),
     ("google", "countTokens"): replace(_GEMINI_METHODS["countTokens"], provider=VERTEX_PROVIDER),
+    ("google", "predictLongRunning"): replace(_VIDEO, provider=VERTEX_PROVIDER),
+    # Vertex polls a Veo operation with a POST to the model: free.
+    ("google", "fetchPredictOperation"): Endpoint(VERTEX_PROVIDER, "fetchPredictOperation", error_body, metered=False),
     # Claude on Vertex: Anthropic's Messages body, answers and errors.
     ("anthropic", "rawPredict"): Endpoint(VERTEX_PROVIDER, "rawPredict", anthropic.error_body, read_body=anthropic.read_body),
     ("anthropic", "streamRawPredict"): Endpoint(
