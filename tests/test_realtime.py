@@ -144,7 +144,12 @@ async def test_a_block_budget_ends_a_session_at_its_limit(reactor: Any, tmp_path
 LIVE_COST = Decimal(3) * 61 / 3600
 
 
-def live_session(url: str, appends: int, headers: dict[str, str] | None = None) -> list[str]:
+def live_session(url: str, appends: int, headers: dict[str, str] | None = None, audio: str = "UklGRg==",
+                 close: bool = True) -> list[str]:
+    """
+    A Live session through the SDK: started, C{appends} audio appends, then closed; or,
+    not C{close}, left once their usage updates came (unless the proxy ends it first).
+    """
     client = openai.OpenAI(base_url=url, api_key="sk-live-key", max_retries=0)
     seen: list[str] = []
     with client.live.connect(extra_headers=headers or {}) as connection:
@@ -153,11 +158,14 @@ def live_session(url: str, appends: int, headers: dict[str, str] | None = None) 
         if seen[0] == "error":
             return seen
         for _ in range(appends):
-            connection.session.input_audio.append(audio="UklGRg==")
-        connection.session.close()
+            connection.session.input_audio.append(audio=audio)
+        if close:
+            connection.session.close()
         for event in connection:
             seen.append(event.type)
             if event.type in ("session.closed", "error"):
+                break
+            if not close and audio != "HOUR" and seen.count("session.usage.updated") == appends:
                 break
     return seen
 
@@ -186,22 +194,6 @@ async def test_a_live_session_is_one_event_by_its_seconds_and_its_delegations_th
     assert rejected["outcome"] == "rejected" and rejected["team"] == "small"
 
 
-def live_left(url: str, audio: str, updates: int, headers: dict[str, str]) -> list[str]:
-    """A Live session left without session.close once C{updates} usage updates came."""
-    client = openai.OpenAI(base_url=url, api_key="sk-live-key", max_retries=0)
-    seen: list[str] = []
-    with client.live.connect(extra_headers=headers) as connection:
-        connection.session.start(session={"model": "gpt-live-1"})
-        seen.append(connection.recv().type)
-        for _ in range(updates):
-            connection.session.input_audio.append(audio=audio)
-        for event in connection:
-            seen.append(event.type)
-            if event.type == "error" or (audio != "HOUR" and seen.count("session.usage.updated") == updates):
-                break
-    return seen
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_live_session_left_or_past_its_reservation_is_billed_by_its_last_seconds(
     reactor: Any, tmp_path: Path, upstream: Any,
@@ -209,9 +201,9 @@ async def test_a_live_session_left_or_past_its_reservation_is_billed_by_its_last
     (tmp_path / "budgets.json").write_text(json.dumps({"budgets": [{"team": "hour", "monthly_limit": 10, "action": "block"}]}))
     proxy = start_proxy(reactor, tmp_path, upstream.url)
     try:
-        left = await in_thread(live_left, proxy.url + "/v1", "UklGRg==", 2, {})
+        left = await in_thread(live_session, proxy.url + "/v1", 2, None, "UklGRg==", False)
         # Held to a budget, a session that reaches the hour reserved for it is closed.
-        past = await in_thread(live_left, proxy.url + "/v1", "HOUR", 1, {"X-ModelTrack-Team": "hour"})
+        past = await in_thread(live_session, proxy.url + "/v1", 1, {"X-ModelTrack-Team": "hour"}, "HOUR", False)
         for _ in range(300):
             await proxy.flushed()
             if len(proxy.events()) == 3:
