@@ -435,3 +435,62 @@ async def test_a_lease_goes_back_when_the_budget_is_nearly_spent(reactor: Any, r
     finally:
         a._redis.disconnect()
         b._redis.disconnect()
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+@pytest_twisted.ensureDeferred
+async def test_back_to_back_calls_are_admitted_while_they_fit(
+    reactor: Any, tmp_path: Path, upstream: Any, redis: Any, instances: int,
+) -> None:
+    """
+    One client's calls one after another under a small block budget (no lease fits in
+    1 % of it), through one instance or two in turn: each call is admitted exactly
+    when its worst case fits beside what the calls before it cost, and once one is
+    refused so is every one after it.
+    """
+    limit = Decimal("0.03")
+    names = ["a", "b"][:instances]
+    for name in names:
+        budget_file(tmp_path / name, str(limit))
+    proxies = [start_proxy(reactor, tmp_path / name, upstream.url, redis_url=redis.url) for name in names]
+    try:
+        codes = [await post(proxies[n % instances].url) for n in range(10)]
+    finally:
+        for proxy in proxies:
+            await proxy.service.stopService()
+    # The worst case of CALL: its bytes as gpt-4o input ($2.50/M), its max_tokens as output ($10/M).
+    worst = len(CALL) * Decimal("2.5") / 10**6 + 300 * Decimal(10) / 10**6
+    fits = max(k for k in range(1, 11) if (k - 1) * GPT4O_CHAT_COST + worst <= limit)
+    assert codes == [200] * fits + [429] * (10 - fits)
+    events = [e for proxy in proxies for e in proxy.events()]
+    assert spent(events) == fits * GPT4O_CHAT_COST <= limit
+    refusal = next(e for e in events if e["outcome"] == "rejected")
+    assert refusal["budget_status"] == "blocked"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_that_fits_once_ended_calls_are_counted_is_admitted(reactor: Any, redis: Any) -> None:
+    """
+    The issue's case, on a clock that never lets the settle batch go by itself: a $0.01
+    budget, calls of $0.001143 whose worst case is $0.00327, each asked right after
+    the one before ended. Before refusing, the ledger settles what ended and asks
+    again: six fit ($0.005715 spent + $0.00327 <= $0.01), the seventh does not, and its
+    refusal says what was spent and what calls under way hold, apart.
+    """
+    budget = Budget("again", Decimal("0.01"))
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    ledger = RedisLedger(connect(redis.url), clock, "solo")
+    ledger.replace([budget])
+    cost, worst = Decimal("0.001143"), Decimal("0.00327")
+    try:
+        statuses = []
+        for n in range(8):
+            admission = await admitted(ledger, [budget], worst, DAY, f"call-{n}")
+            statuses.append(admission.status)
+            if admission.status != "blocked":
+                ledger.settle(admission, Who("again"), DAY, cost)
+        assert statuses == ["ok"] * 6 + ["blocked"] * 2, statuses
+        assert admission.spend == 6 * cost and admission.held == 0
+    finally:
+        ledger._redis.disconnect()

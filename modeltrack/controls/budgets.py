@@ -186,6 +186,8 @@ class Admission:
     request_id: str = ""
     #: Admitted from this process's lease of a shared budget (no reservation of its own).
     leased: bool = False
+    #: What calls under way held against C{budget} (reservations, leases), before this call.
+    held: Decimal = Decimal(0)
 
     @property
     def warning(self) -> bytes | None:
@@ -225,10 +227,11 @@ def decide(
             status = BudgetStatus.WARNING
         else:
             status = BudgetStatus.OK
-        rows.append((budget, status, percent, spend))
+        rows.append((budget, status, percent, spend, reserved))
     # max() keeps the first of equals: the most specific.
-    budget, status, percent, spend = max(rows, key=lambda row: (_SEVERITY[row[1]], row[2]))
+    budget, status, percent, spend, reserved = max(rows, key=lambda row: (_SEVERITY[row[1]], row[2]))
     admission = Admission(budget, budget.period_of(day), Decimal(0), status, percent, spend)
+    admission.held = reserved
     admission.holds = tuple((held, held.period_of(day)) for held in budgets)
     return admission
 

@@ -297,7 +297,8 @@ class Gate:
                 "budget_exceeded",
                 f"budget for {refused_by.scope} would be exceeded: limit {refused_by.limit} USD "
                 f"per {'month' if refused_by.period is BudgetPeriod.MONTHLY else 'day'}, "
-                f"spent {spend.quantize(Decimal('0.000001'))} USD",
+                f"spent {spend.quantize(Decimal('0.000001'))} USD, "
+                f"{admission.held.quantize(Decimal('0.000001'))} USD held by calls under way",
             )
         warning = admission.warning
         if warning is not None:

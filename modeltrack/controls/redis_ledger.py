@@ -225,7 +225,16 @@ class RedisLedger(BudgetLedger):
     def _command(self, d: Deferred[Any]) -> Deferred[Any]:
         return d.addTimeout(COMMAND_SECONDS, self._clock)
 
-    def admit(self, budgets: list[Budget], estimate: Decimal | None, day: str, request_id: str = "") -> Any:
+    def admit(
+        self, budgets: list[Budget], estimate: Decimal | None, day: str, request_id: str = "", again: bool = False
+    ) -> Any:
+        """
+        A call's admission by the figures in Redis (or from a lease). Near a limit, a
+        call that would be refused is asked about once more (C{again}) after this
+        process has settled the calls that ended and given back its idle leases: a
+        call whose worst case fits beside what has been spent is never refused for
+        what this process still held.
+        """
         if not budgets:
             return Admission()
         if estimate is None:
@@ -253,7 +262,7 @@ class RedisLedger(BudgetLedger):
         ]
         d = self._command(self._redis.eval(redis_scripts.RESERVE, keys, argv + args))
 
-        def decided(figures: list[Any]) -> Admission:
+        def decided(figures: list[Any]) -> Admission | Deferred[Admission]:
             self._recovered()
             rows = [[int(x) for x in figures[5 * i : 5 * i + 5]] for i in range(len(budgets))]
             for budget, base, (spent, _, grant, held, others) in zip(budgets, bases, rows, strict=True):
@@ -270,6 +279,8 @@ class RedisLedger(BudgetLedger):
             # The same rule as in one process, on the shared figures (the estimate as reserved).
             admission = decide(budgets, standings, Decimal(estimate_nano) / NANO, day)
             admission.request_id = request_id
+            if admission.status is BudgetStatus.BLOCKED and not again and self._holds_back(bases):
+                return self._free(bases).addCallback(lambda _: self.admit(budgets, estimate, day, request_id, again=True))
             if admission.status is not BudgetStatus.BLOCKED:
                 admission.reserved = estimate
                 self._hold_locally(admission, estimate)
@@ -288,6 +299,23 @@ class RedisLedger(BudgetLedger):
             return admission
 
         return d.addCallbacks(decided, unreachable)
+
+    def _holds_back(self, bases: list[str]) -> bool:
+        """This process holds something it no longer needs: ended calls not yet settled, or idle leases."""
+        return bool(self._settling_args) or any(
+            (lease := self._leases.get(base)) is not None and lease.granted > lease.used for base in bases
+        )
+
+    def _free(self, bases: list[str]) -> Deferred[Any]:
+        """Give back the idle part of these budgets' leases and settle every call that ended, now."""
+        for base in bases:
+            lease = self._leases.get(base)
+            if lease is not None and lease.granted > lease.used:
+                idle, lease.granted = lease.granted - lease.used, lease.used
+                self._return(base, idle)
+        if self._settling is not None:
+            self._settling.cancel()
+        return self._settle_now()
 
     def release(self, admission: Admission) -> None:
         self.settle(admission, Who(), "", Decimal(0))
