@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +110,63 @@ def test_more_than_one_worker_under_a_block_budget_needs_redis(tmp_path: Path) -
     )
     assert done.returncode != 0
     assert "modeltrack: --workers: more than one worker under a block budget needs a shared ledger: give --redis-url" in done.stderr
+
+
+STREAM = json.dumps({"model": "hang-body", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def open_stream(port: int, opened: threading.Barrier) -> socket.socket:
+    """A stream opened at the same instant as the others; returned once its first chunk came."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    opened.wait()
+    connection.sendall(rawhttp.post(b"/v1/chat/completions", STREAM, b"Authorization: Bearer sk-x\r\n"))
+    received = b""
+    while b"data:" not in received:
+        received += connection.recv(65536)
+    return connection
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_streams_spreads_across_workers(reactor: Any, tmp_path: Path, upstream: Any) -> None:
+    """
+    24 streams opened together through 2 workers: no worker takes more than 60 % of
+    them (a worker accepts one connection each time it is woken, and none while it
+    holds more than the least loaded worker, so a burst is not swallowed by the first
+    worker awake).
+    """
+    port = free_port()
+    data = tmp_path / "data"
+    proxy = Running(
+        [*TWISTD, "-n", "--pidfile=", "modeltrack", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=512",
+         "--data-dir", str(data), "--openai-url", upstream.url, "--anthropic-url", upstream.url,
+         "--workers", "2", "--admin-listen", "none"],
+        env=environment(),
+    )
+
+    def burst() -> list[socket.socket]:
+        proxy.wait_for(lambda lines: any("with 2 workers" in line for line in lines))
+        opened = threading.Barrier(24)
+        with ThreadPoolExecutor(24) as pool:
+            return list(pool.map(lambda _: open_stream(port, opened), range(24)))
+
+    def counted() -> dict[str, int]:
+        series: dict[str, int] = {}
+        for _ in range(200):
+            series = {path.name: len(path.read_text().splitlines()) for path in data.glob("events*.jsonl")}
+            if sum(series.values()) == 24:
+                return series
+            time.sleep(0.05)
+        raise AssertionError(series)
+
+    try:
+        streams = await deferToThread(burst)
+        for request, rest in upstream.resource.open_requests:  # every stream ends now
+            for chunk in rest:
+                request.write(chunk)
+            request.finish()
+        for connection in streams:
+            connection.close()
+        series = await deferToThread(counted)
+    finally:
+        await deferToThread(proxy.stop, signal.SIGTERM)
+    assert max(series.values()) <= 24 * 0.6, series

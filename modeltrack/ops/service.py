@@ -56,13 +56,14 @@ from modeltrack.store.datadir import state_dir, write_atomically
 from modeltrack.store.index_process import IndexProcess
 from modeltrack.store.journal import Journal, series_of
 from modeltrack.web import fastpath
+from modeltrack.web.balance import Deferring, WorkerLoads
 from modeltrack.web.resource import ProxyResource
 from modeltrack.web.serving import Timeouts
 from modeltrack.web.site import ProxySite
 from modeltrack.web.status import Readiness
 from modeltrack.web.tls import ReloadableServerTLS
 from modeltrack.web.upstream import OriginAgent, Upstream, load_trust_root, make_pool, origin_endpoint, plain_agent
-from modeltrack.web.writethrough import WriteThroughListening
+from modeltrack.web.writethrough import WriteThroughListening, adopt_shared
 from twisted import version as twisted_version
 
 log = Logger()
@@ -206,6 +207,8 @@ class ModeltrackService(InOrder):
             track=self.resource.track,
             upload_idle=settings.idle_timeout,
         )
+        if settings.workers > 1:  # each worker's connections, where every worker sees them
+            self.site.loads = WorkerLoads(state_dir(settings.data_dir) / "workers" / "connections", settings.worker, settings.workers)
         self.tls = None
         if settings.tls_cert is not None and settings.tls_key is not None:
             self.tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key)
@@ -319,7 +322,11 @@ class ModeltrackService(InOrder):
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)
             with socket.socket(fileno=os.dup(fd)) as probe:
                 family = probe.family
-            port = self._listening_for(option).adoptStreamPort(fd, family, factory)
+            if option == "--admin-listen":
+                port = self._reactor.adoptStreamPort(fd, family, factory)
+            else:  # shared with the other workers
+                deferring = None if self.site.loads is None else Deferring(self.site.loads, self._reactor)
+                port = adopt_shared(self._reactor, fd, family, factory, self.fast_path, deferring)
             os.close(fd)  # the reactor holds its own copy
             results.append((option, port))
         self._bound(results)

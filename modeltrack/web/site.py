@@ -19,6 +19,7 @@ from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from modeltrack.failures import log_failure, safe_method
+from modeltrack.web.balance import WorkerLoads
 from modeltrack.web.interfaces import IConnection
 from modeltrack.web.status import STATUS_PATHS
 from modeltrack.web.upload import STREAM_FROM, BodyPipe
@@ -361,6 +362,8 @@ class ProxyChannel(http.HTTPChannel):
         self.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.site.loads is not None:
+            self.site.loads.closed()
         if self._tunnel is not None:
             self._tunnel.connectionLost(reason)
         if self._head_timer is not None and self._head_timer.active():
@@ -416,10 +419,14 @@ class ProxySite(server.Site):
         self.access_log_on = access_log
         self.displayTracebacks = False
         self.connections: weakref.WeakSet[ProxyChannel] = weakref.WeakSet()
+        #: With --workers: the connections each worker holds (L{WorkerLoads}).
+        self.loads: WorkerLoads | None = None
 
     def buildProtocol(self, addr: IAddress) -> ProxyChannel:  # type: ignore[override]  # see protocol
         protocol = cast(ProxyChannel, super().buildProtocol(addr))
         self.connections.add(protocol)
+        if self.loads is not None:
+            self.loads.opened()
         return protocol
 
     def close_idle_connections(self) -> None:

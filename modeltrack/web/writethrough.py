@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IProtocol, IReactorFDSet, IReactorTime
 from twisted.logger import Logger
 
 from modeltrack.failures import log_failure
+from modeltrack.web.balance import Deferring
 
 log = Logger()
 
@@ -173,6 +174,56 @@ class WriteThroughPort(tcp.Port):
     """
 
     transport = WriteThroughServer
+
+
+class _OneAcceptPerWakeup:
+    """
+    A port on a socket every worker accepts on: one connection each time it is woken
+    (Twisted's ports accept up to a hundred, so the first worker awake would take a
+    whole burst). Each worker then takes what it has time for: a busy one comes back
+    to the socket later, and the others take the rest.
+    """
+
+    #: Lets the other workers accept while this one holds more than its share.
+    deferring: Deferring | None = None
+
+    @property
+    def numberAccepts(self) -> int:
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        pass  # Twisted's adaptive accept count does not apply
+
+    def doRead(self) -> Any:
+        if self.deferring is not None and self.deferring.defer(self):
+            return None
+        return super().doRead()  # type: ignore[misc]
+
+
+class SharedWriteThroughPort(_OneAcceptPerWakeup, WriteThroughPort):
+    """A L{WriteThroughPort} on a socket the workers share."""
+
+
+class SharedPort(_OneAcceptPerWakeup, tcp.Port):
+    """Twisted's own TCP port (no fast path) on a socket the workers share."""
+
+
+def adopt_shared(
+    reactor: Any, fileDescriptor: int, addressFamily: int, factory: Any, fast: bool, deferring: Deferring | None = None
+) -> Any:
+    """
+    A worker's listener on the socket the supervisor bound: accepting one connection
+    per wakeup, and none while C{deferring} says its worker holds more than its share
+    (TCP; any other family is the reactor's own port).
+    """
+    if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+        return reactor.adoptStreamPort(fileDescriptor, addressFamily, factory)
+    kind = SharedWriteThroughPort if fast else SharedPort
+    listening = kind._fromListeningDescriptor(reactor, fileDescriptor, addressFamily, factory)
+    listening.deferring = deferring
+    listening.startListening()
+    return listening
 
 
 class WriteThroughListening:
