@@ -229,11 +229,9 @@ class RedisLedger(BudgetLedger):
         self, budgets: list[Budget], estimate: Decimal | None, day: str, request_id: str = "", again: bool = False
     ) -> Any:
         """
-        A call's admission by the figures in Redis (or from a lease). Near a limit, a
-        call that would be refused is asked about once more (C{again}) after this
-        process has settled the calls that ended and given back its idle leases: a
-        call whose worst case fits beside what has been spent is never refused for
-        what this process still held.
+        A call's admission by the figures in Redis (or from a lease). One that would be
+        refused is asked about once more (C{again}) after this process has settled the
+        calls that ended and given back its idle leases.
         """
         if not budgets:
             return Admission()
