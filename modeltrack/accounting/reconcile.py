@@ -189,10 +189,11 @@ def logged(db: sqlite3.Connection, providers: list[str], since: str, until: str)
     """
     marks = ",".join("?" * len(providers))
     rows = db.execute(
-        f"""SELECT day, provider, COALESCE(model, ''), key_name, SUM(input_tokens), SUM(cache_read_tokens),
-                   SUM(cache_write_tokens), SUM(output_tokens), SUM(cost_pico), COUNT(*),
-                   SUM(priced = 0 AND outcome != 'rejected'), SUM(route_class = 'billable' AND outcome != 'rejected')
-            FROM events WHERE provider IN ({marks}) AND cache_hit = 0 AND day >= ? AND day <= ?
+        f"""SELECT day, provider, model, NULLIF(key_name, ''), SUM(input_tokens), SUM(cache_read_tokens),
+                   SUM(cache_write_tokens), SUM(output_tokens), SUM(cost_pico), SUM(requests),
+                   SUM(CASE WHEN outcome != 'rejected' THEN unpriced ELSE 0 END),
+                   SUM(CASE WHEN route_class = 'billable' AND outcome != 'rejected' THEN requests ELSE 0 END)
+            FROM daily WHERE provider IN ({marks}) AND cache_hit = 0 AND day >= ? AND day <= ?
             GROUP BY 1, 2, 3, 4""",
         (*providers, since, until),
     )

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from modeltrack.pricing.usage import MAX_COUNT
+from modeltrack.store import rollups
 from modeltrack.store.datadir import create_file
 from modeltrack.store.journal import live_files, segments
 
@@ -32,7 +33,7 @@ PICO = Decimal(10) ** 12
 DB_NAME = "modeltrack.db"
 
 #: Raised whenever the events table changes; an index of another version is rebuilt.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     request_id TEXT PRIMARY KEY,
@@ -87,7 +88,8 @@ _COLUMNS = (
     "cache_write_tokens", "reasoning_tokens", "cost_pico", "saved_pico", "priced", "cache_hit",
     "latency_ms",
 )
-_INSERT = f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+#: The events of a batch (L{rollups.add}: the same columns, in this order) into the index.
+_INSERT_BATCH = f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)} FROM batch"
 
 
 def connect(data_dir: Path, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -100,9 +102,13 @@ def connect(data_dir: Path, check_same_thread: bool = True) -> sqlite3.Connectio
         if version != SCHEMA_VERSION:
             # An index made by another version: the event log is the truth, so it is
             # read again from the start into the current schema.
-            db.executescript("DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS skipped_lines; DROP TABLE IF EXISTS sources;")
+            db.executescript(
+                "DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS skipped_lines; DROP TABLE IF EXISTS sources; "
+                "DROP TABLE IF EXISTS daily; DROP TABLE IF EXISTS session_days;"
+            )
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.executescript(SCHEMA)
+        rollups.create(db)
     return db
 
 
@@ -282,7 +288,7 @@ def _commit(
     db: sqlite3.Connection, rows: list[tuple[Any, ...]], skipped: list[int], name: str, inode: int, offset: int, sealed: bool
 ) -> None:
     with db:
-        db.executemany(_INSERT, rows)
+        rollups.add(db, rows, _INSERT_BATCH)
         db.executemany("INSERT OR IGNORE INTO skipped_lines (name, offset) VALUES (?, ?)", [(name, at) for at in skipped])
         db.execute(
             "INSERT OR REPLACE INTO sources (name, inode, offset, sealed) VALUES (?, ?, ?, ?)",

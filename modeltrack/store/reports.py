@@ -17,18 +17,22 @@ from typing import Any
 from modeltrack.store.index import PICO
 from modeltrack.store.journal import live_files, segments
 
-#: --by name -> the column (or expression) rows are grouped by. A key is named by its
-#: name in keys.json, or by its fingerprint when it has none.
+#: --by name -> the column (or expression) rows are grouped by, in the rollups (where a
+#: missing label is ''). A key is named by its name in keys.json, or by its fingerprint
+#: when it has none.
 GROUP_KEYS = {
-    "team": "team", "app": "app", "feature": "feature", "model": "model", "provider": "provider", "day": "day",
-    "key": "COALESCE(key_name, key_id)", "client": "client", "endpoint": "endpoint", "route_class": "route_class",
+    "team": "NULLIF(team, '')", "app": "NULLIF(app, '')", "feature": "NULLIF(feature, '')",
+    "model": "NULLIF(model, '')", "provider": "provider", "day": "day",
+    "key": "COALESCE(NULLIF(key_name, ''), NULLIF(key_id, ''))", "client": "NULLIF(client, '')",
+    "endpoint": "endpoint", "route_class": "route_class",
 }
 
-
+#: The totals of a group of rollup rows (see L{modeltrack.store.rollups}).
 _TOTALS = (
-    "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_pico), SUM(saved_pico), SUM(1 - priced), "
-    "SUM(route_class = 'billable')"
+    "SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cost_pico), SUM(saved_pico), SUM(unpriced), "
+    "SUM(CASE WHEN route_class = 'billable' THEN requests ELSE 0 END)"
 )
+_SESSION_TOTALS = _TOTALS.replace("CASE WHEN route_class = 'billable' THEN requests ELSE 0 END", "0")
 
 
 def _usd(pico: int | None) -> str:
@@ -81,7 +85,7 @@ def report(
     check_keys(by)
     columns = [GROUP_KEYS[key] for key in by]
     where, params = _between(since, until)
-    query = f"SELECT {', '.join(columns + [_TOTALS])} FROM events{where}"
+    query = f"SELECT {', '.join(columns + [_TOTALS])} FROM daily{where}"
     if columns:
         query += f" GROUP BY {', '.join(columns)} ORDER BY SUM(cost_pico) DESC, {', '.join(columns)}"
     rows = []
@@ -100,10 +104,9 @@ def sessions(
     duration in seconds, with the same totals as L{report}.
     """
     where, params = _between(since, until)
-    where = (where + " AND" if where else " WHERE") + " session_id IS NOT NULL"
     query = (
-        f"SELECT session_id, GROUP_CONCAT(DISTINCT model), GROUP_CONCAT(DISTINCT team), "
-        f"MIN(timestamp), MAX(timestamp), {_TOTALS} FROM events{where} "
+        f"SELECT session_id, GROUP_CONCAT(NULLIF(models, '')), GROUP_CONCAT(NULLIF(teams, '')), "
+        f"MIN(first_at), MAX(last_at), {_SESSION_TOTALS} FROM session_days{where} "
         f"GROUP BY session_id ORDER BY SUM(cost_pico) DESC, session_id LIMIT ?"
     )
     rows = []
@@ -111,8 +114,8 @@ def sessions(
         started, ended = _instant(first), _instant(last)
         rows.append({
             "session_id": session,
-            "models": sorted((models or "").split(",")) if models else [],
-            "teams": sorted(teams.split(",")) if teams else [],
+            "models": sorted(set(models.split(","))) if models else [],
+            "teams": sorted(set(teams.split(","))) if teams else [],
             "first_call": first,
             "last_call": last,
             "duration_seconds": round((ended - started).total_seconds(), 3),
@@ -174,8 +177,8 @@ def key_usage(db: sqlite3.Connection, since: str | None = None, until: str | Non
     """
     where, params = _between(since, until)
     query = (
-        f"SELECT COALESCE(key_name, key_id) AS k, key_name, GROUP_CONCAT(DISTINCT key_id), MAX(timestamp), "
-        f"{_TOTALS} FROM events{where}{' AND' if where else ' WHERE'} k IS NOT NULL "
+        f"SELECT {GROUP_KEYS['key']} AS k, NULLIF(key_name, ''), GROUP_CONCAT(DISTINCT NULLIF(key_id, '')), MAX(last_at), "
+        f"{_TOTALS} FROM daily{where}{' AND' if where else ' WHERE'} k IS NOT NULL "
         f"GROUP BY k ORDER BY SUM(cost_pico) DESC, k"
     )
     rows = []

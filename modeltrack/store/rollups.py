@@ -1,0 +1,103 @@
+"""
+The index's rollups: what every report reads instead of raw rows, so that a report's
+cost grows with the number of groups, not with the log.
+
+- C{daily}: per UTC day and (provider, endpoint, route class, model, team, app,
+  feature, key, client, outcome, cache hit or not), the calls and their sums; and the
+  last call's time.
+- C{session_days}: per session and day, the same sums, its models and teams, and its
+  first and last call.
+
+They are added to in the same transaction as the raw rows, from the rows of a batch
+that were not in the index yet (read twice, an event counts once), so each rollup
+equals a sum over the raw events, to the picodollar. A label the event did not have is
+C{''} here (SQLite's UNIQUE holds NULLs apart), and C{NULL} again when read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+#: The labels a daily row is kept apart by, after its day (and whether it was a cache hit).
+DAILY_KEYS = (
+    "provider", "endpoint", "route_class", "model", "team", "app", "feature", "key_name", "key_id", "client", "outcome",
+)
+#: The sums every rollup row holds.
+SUMS = (
+    "requests", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "cost_pico", "saved_pico", "unpriced",
+)
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS daily (
+    day TEXT NOT NULL,
+    {", ".join(f"{key} TEXT NOT NULL" for key in DAILY_KEYS)},
+    cache_hit INTEGER NOT NULL,
+    {", ".join(f"{name} INTEGER NOT NULL" for name in SUMS)},
+    last_at TEXT NOT NULL,
+    PRIMARY KEY (day, {", ".join(DAILY_KEYS)}, cache_hit)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS session_days (
+    session_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    models TEXT NOT NULL,
+    teams TEXT NOT NULL,
+    first_at TEXT NOT NULL,
+    last_at TEXT NOT NULL,
+    {", ".join(f"{name} INTEGER NOT NULL" for name in SUMS)},
+    PRIMARY KEY (day, session_id)
+) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS batch (
+    request_id TEXT PRIMARY KEY, timestamp TEXT, day TEXT, provider TEXT, endpoint TEXT, route_class TEXT,
+    model TEXT, team TEXT, app TEXT, feature TEXT, session_id TEXT, key_id TEXT, key_name TEXT, client TEXT,
+    outcome TEXT, input_tokens INTEGER, output_tokens INTEGER, cache_read_tokens INTEGER, cache_write_tokens INTEGER,
+    reasoning_tokens INTEGER, cost_pico INTEGER, saved_pico INTEGER, priced INTEGER, cache_hit INTEGER, latency_ms REAL
+);
+"""
+
+_ROW_SUMS = (
+    "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), SUM(cache_write_tokens), "
+    "SUM(reasoning_tokens), COALESCE(SUM(cost_pico), 0), COALESCE(SUM(saved_pico), 0), SUM(1 - priced)"
+)
+_ADDED = ", ".join(f"{name} = {name} + excluded.{name}" for name in SUMS)
+#: Only the rows of the batch the index did not hold yet.
+_NEW = "FROM batch WHERE request_id NOT IN (SELECT request_id FROM events)"
+
+_LABELS = ", ".join(f"COALESCE({key}, '')" for key in DAILY_KEYS)
+_DAILY = f"""
+INSERT INTO daily (day, {", ".join(DAILY_KEYS)}, cache_hit, {", ".join(SUMS)}, last_at)
+SELECT day, {_LABELS}, cache_hit, {_ROW_SUMS}, MAX(timestamp)
+{_NEW} GROUP BY day, {_LABELS}, cache_hit
+ON CONFLICT DO UPDATE SET {_ADDED}, last_at = MAX(last_at, excluded.last_at)
+"""
+#: A session's models (or teams) already listed are not listed again (read as a set).
+_MORE = (
+    "CASE WHEN excluded.{0} = '' OR instr(',' || {0} || ',', ',' || excluded.{0} || ',') > 0 THEN {0} "
+    "WHEN {0} = '' THEN excluded.{0} ELSE {0} || ',' || excluded.{0} END"
+)
+_SESSIONS = f"""
+INSERT INTO session_days (session_id, day, models, teams, first_at, last_at, {", ".join(SUMS)})
+SELECT session_id, day, COALESCE(GROUP_CONCAT(DISTINCT model), ''), COALESCE(GROUP_CONCAT(DISTINCT team), ''),
+       MIN(timestamp), MAX(timestamp), {_ROW_SUMS}
+{_NEW} AND session_id IS NOT NULL GROUP BY session_id, day
+ON CONFLICT DO UPDATE SET {_ADDED},
+    models = {_MORE.format("models")},
+    teams = {_MORE.format("teams")},
+    first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at)
+"""
+
+
+def create(db: sqlite3.Connection) -> None:
+    db.executescript(SCHEMA)
+
+
+def add(db: sqlite3.Connection, rows: list[tuple[object, ...]], insert_events: str) -> None:
+    """
+    Within the caller's transaction: C{rows} into the rollups (those not indexed yet)
+    and then into the events table (C{insert_events}, its column order theirs).
+    """
+    db.executemany(f"INSERT OR IGNORE INTO batch VALUES ({', '.join('?' * 25)})", rows)
+    db.execute(_DAILY)
+    db.execute(_SESSIONS)
+    db.execute(insert_events)
+    db.execute("DELETE FROM batch")
