@@ -93,12 +93,19 @@ class Found(HTMLParser):
         super().__init__()
         self.by_id: dict[str, dict[str, Any]] = {}
         self.bars = 0
+        #: The stacked chart's bars (series, exact cost) and its legend.
+        self.stacked: list[tuple[str, Decimal]] = []
+        self.legend: list[str] = []
         self._open: list[dict[str, Any]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
         if tag == "rect" and "data-day" in attributes:
             self.bars += 1
+            if "data-series" in attributes:
+                self.stacked.append((attributes["data-series"] or "", Decimal(attributes["data-usd"] or "0")))
+        if tag == "li" and "data-series" in attributes:
+            self.legend.append(attributes["data-series"] or "")
         element = {"tag": tag, **attributes, "text": ""}
         if "id" in attributes:
             self.by_id[attributes["id"] or ""] = element
@@ -130,10 +137,27 @@ def sqlite_sum(db: sqlite3.Connection, where: str, *params: str) -> tuple[Decima
     return Decimal(cost or 0) / PICO, requests, unpriced or 0
 
 
+def money(amount: Decimal) -> str:
+    """A cost as the dashboard shows it: to the cent, half up, grouped; under a cent, <$0.01."""
+    cents = (abs(amount) * 100).quantize(Decimal(1), rounding="ROUND_HALF_UP")
+    if amount and not cents:
+        return "<$0.01"
+    return ("-" if amount < 0 else "") + f"${cents / 100:,.2f}"
+
+
 def shown(found: Found, element_id: str) -> Decimal:
     element = found.by_id[element_id]
-    assert element["text"].strip().endswith("$" + element["data-usd"])  # what is read is what is shown
-    return Decimal(element["data-usd"])
+    exact = Decimal(element["data-usd"])
+    assert element["text"].strip().endswith(money(exact))  # shown to the cent...
+    assert element["title"] == f"${element['data-usd']}"  # ... the exact figure on hover
+    return exact
+
+
+def change(now: Decimal, before: Decimal) -> str:
+    if not before:
+        return "–" if not now else "new"
+    tenths = int((now - before) * 1000 / before)  # toward zero, as BigInt division
+    return f"{'+' if tenths > 0 else '-' if tenths < 0 else ''}{abs(tenths) // 10:,}.{abs(tenths) % 10}%"
 
 
 @pytest_twisted.ensureDeferred
@@ -177,11 +201,22 @@ async def test_every_page_shows_the_sqlite_totals(reactor: Any, tmp_path: Path) 
         days_in_month = (date.fromisoformat(following) - date.fromisoformat(first)).days
         projection = (month_cost / today.day * days_in_month).quantize(Decimal("0.000001"))
         assert shown(overview, "projection") == projection
-        assert overview.by_id["requests-month"]["text"].strip().endswith(str(month_requests))
+        assert overview.by_id["requests-month"]["data-value"] == str(month_requests)
+        assert overview.by_id["requests-month"]["text"] == f"{month_requests:,}"
         assert overview.bars == days_in_month
+        # Against the period of the same length just before this one (last month's calls fall in it).
+        before_first = (date.fromisoformat(first) - timedelta(days=days_in_month)).isoformat()
+        before_cost = sqlite_sum(db, "day >= ? AND day < ?", before_first, first)[0]
+        assert before_cost == Decimal("39.96") and overview.by_id["change"]["text"] == change(month_cost, before_cost)
         for page in ("teams", "apps", "models", "keys", "clients"):
-            assert shown(pages[page], "total-cost") == month_cost, page
-            assert pages[page].by_id["total-requests"]["text"] == str(month_requests)
+            found = pages[page]
+            assert shown(found, "total-cost") == month_cost, page
+            assert found.by_id["total-requests"]["data-value"] == str(month_requests)
+            # The chart: spend by day stacked by the page's dimension, 8 at most and "other", summing to the total.
+            assert found.stacked and sum(cost for _, cost in found.stacked) == month_cost, page
+            assert 1 <= len(found.legend) <= 9 and {series for series, _ in found.stacked} <= set(found.legend)
+            assert found.by_id["csv"]["href"].startswith("blob:")
+        assert pages["teams"].by_id["change"]["text"] == change(month_cost, before_cost)
         assert shown(pages["sessions"], "total-cost") == sessions_cost
         for found in pages.values():  # the unpriced calls are called out on every page
             banner = found.by_id["unpriced"]
@@ -189,12 +224,12 @@ async def test_every_page_shows_the_sqlite_totals(reactor: Any, tmp_path: Path) 
             assert "hidden" not in banner and banner["text"].startswith(f"{month_unpriced} calls in {month} had no known price")
         budgets_page = pages["budgets"].by_id["page"]["text"]
         research_spend = sqlite_sum(db, "team = 'research' AND day >= ? AND day < ?", first, following)[0]
-        assert f"${research_spend}" in budgets_page and "blocked" in budgets_page  # past its 1 USD limit
+        assert money(research_spend) in budgets_page and "blocked" in budgets_page  # past its 1 USD limit
         assert "team=web" in budgets_page and "key=search-prod" in budgets_page
 
         keys_page = pages["keys"].by_id["page"]["text"]
         named_cost = sqlite_sum(db, "key_name = 'search-prod' AND day >= ? AND day < ?", first, following)[0]
-        assert f"${named_cost}" in keys_page  # both fingerprints of the rotated key, under its name
+        assert money(named_cost) in keys_page  # both fingerprints of the rotated key, under its name
         assert "k_00000000000000a1 k_00000000000000a2" in keys_page
         assert "k_00000000000000c1" in keys_page  # unnamed: known by its fingerprint
         assert "unused-key" in keys_page and "never" in keys_page  # listed, no call yet

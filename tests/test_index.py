@@ -6,6 +6,9 @@ last line left for the next pass, exact sums.
 from __future__ import annotations
 
 import json
+import os
+import time
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -209,3 +212,38 @@ def test_price_needs_no_data_dir(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert missing.returncode == 2  # a data dir named but missing is still a mistake
+
+
+def test_retention_drops_raw_rows_and_indexed_segments_never_rollups(tmp_path: Path, capsys) -> None:
+    old_day = (date.today() - timedelta(days=45)).isoformat()
+    new_day = (date.today() - timedelta(days=2)).isoformat()
+    old = tmp_path / "events-20000101T000000.000000Z.jsonl"  # a sealed segment, 45 days old
+    old.write_bytes(b"".join(event(n, "ml", "0.001", old_day) for n in range(5)))
+    stamp = time.time() - 45 * 86400
+    os.utime(old, (stamp, stamp))
+    recent = tmp_path / "events-20990101T000000.000000Z.jsonl"  # sealed, recent
+    recent.write_bytes(event(10, "ml", "0.001", new_day))
+    (tmp_path / "events.jsonl").write_bytes(event(11, "web", "0.002", new_day))
+    assert cli.main(["index", "--data-dir", str(tmp_path), "--retain-days", "30", "--log-retain-days", "30"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "dropped 5 raw rows, deleted 1 sealed segments"
+    assert not old.exists() and recent.exists() and (tmp_path / "events.jsonl").exists()
+    db = index.connect(tmp_path)
+    assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 2
+    rows = {r["team"]: r for r in reports.report(db, ["team"])}  # the rollups keep every day
+    assert rows["ml"]["requests"] == 6 and Decimal(rows["ml"]["cost_usd"]) == Decimal("0.006")
+    index.update(db, tmp_path)  # the deleted segment is not read again, nor counted twice
+    assert reports.report(db, [])[0]["requests"] == 7
+
+
+def test_the_table_is_for_people_and_csv_json_stay_exact(tmp_path: Path, capsys) -> None:
+    lines = [event(n, "ml", "0.72400974", "2026-11-02") for n in range(1000)] + [event(5000, "tiny", "0.000003", "2026-11-02")]
+    (tmp_path / "events.jsonl").write_bytes(b"".join(lines))
+    assert cli.main(["report", "--data-dir", str(tmp_path), "--by", "team", "--format", "table"]) == 0
+    header, ml, tiny = capsys.readouterr().out.splitlines()
+    assert header.split() == ["team", "requests", "input_tokens", "output_tokens", "cost_usd", "saved_usd", "unpriced",
+                              "billable_unmetered"]
+    assert ml.split() == ["ml", "1,000", "1,200,000", "300,000", "$724.01", "$0.00", "0", "0"]
+    assert tiny.split()[4] == "<$0.01"
+    assert len(ml) == len(header)  # the numbers line up on the right
+    assert cli.main(["report", "--data-dir", str(tmp_path), "--by", "team", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "ml,1000,1200000,300000,724.00974,0,0,0"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Any
 
 from modeltrack.cli.arguments import add_data_dir, add_progress, seconds
@@ -24,15 +25,23 @@ def add_command(commands: Any) -> None:
         help="keep going: update every SECONDS, and at once for each line on stdin (answered "
         "with a line on stdout once done) until stdin ends; the proxy runs its index this way",
     )
+    command.add_argument("--retain-days", type=int, metavar="N",
+                         help="drop raw rows older than N days (the rollups every report reads stay)")
+    command.add_argument("--log-retain-days", type=int, metavar="N",
+                         help="delete sealed segments of the event log older than N days once indexed whole")
     command.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     db = index.connect(args.data_dir)
+    keep = index.Retention(args.retain_days, args.log_retain_days)
     if args.follow:
         os.nice(10)  # background work: whatever else runs here (the proxy) comes first
-        index.follow(db, args.data_dir, args.follow, sys.stdin.fileno(), sys.stdout.buffer)
+        index.follow(db, args.data_dir, args.follow, sys.stdin.fileno(), sys.stdout.buffer, keep)
         return 0
     read = update_with_progress(db, args.data_dir, args.progress)
     print(f"indexed {read} event lines")
+    if keep != index.KEEP_ALL:
+        dropped, deleted = index.retain(db, args.data_dir, keep, time.time())
+        print(f"dropped {dropped} raw rows, deleted {len(deleted)} sealed segments")
     return 0

@@ -10,6 +10,7 @@ import io
 import json
 import sqlite3
 import sys
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,44 @@ def render(rows: list[dict[str, Any]], columns: list[str], form: str) -> str:
         writer.writeheader()
         writer.writerows(rows)
         return out.getvalue()
-    cells = [columns] + [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in rows]
+    # For people: thousands separators, costs to the cent, numbers to the right
+    # (csv and json keep the exact figures).
+    cells = [columns] + [[_for_people(c, row.get(c)) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    return "".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n" for line in cells)
+    numeric = [bool(rows) and all(_is_number(row.get(c)) for row in rows) for c in columns]
+    return "".join(
+        "  ".join(cell.rjust(w) if right else cell.ljust(w) for cell, w, right in zip(line, widths, numeric, strict=True)).rstrip()
+        + "\n"
+        for line in cells
+    )
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or value is None:
+        return value is None
+    if isinstance(value, int | float | Decimal):
+        return True
+    try:
+        Decimal(str(value))
+    except InvalidOperation:
+        return False
+    return True
+
+
+def _for_people(column: str, value: Any) -> str:
+    """A cell of a table: C{-} for nothing, C{1,234,567}, C{$724.01} for a cost (C{<$0.01} under a cent)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not _is_number(value):
+        return str(value)
+    number = Decimal(str(value))
+    if column.endswith("_usd"):
+        if 0 < abs(number) < Decimal("0.01"):
+            return "<$0.01"
+        return f"${number.quantize(Decimal('0.01')):,}"
+    if number == number.to_integral_value():
+        return f"{int(number):,}"
+    return f"{number:,}"
 
 
 def update_with_progress(db: sqlite3.Connection, data_dir: Path, show: bool | None) -> int:

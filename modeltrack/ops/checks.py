@@ -127,6 +127,16 @@ def positive(options: usage.Options, name: str, allow_zero: bool = False) -> flo
     return value
 
 
+def days(options: usage.Options, name: str) -> int | None:
+    """A whole number of days, at least one; L{None} when the option is not given."""
+    if options[name] is None:
+        return None
+    text = str(options[name])
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"--{name}: {text!r} is not a whole number of days, 1 or more")
+    return int(text)
+
+
 def check_endpoint(description: str, option: str = "--listen") -> None:
     from twisted.internet import endpoints, reactor
 

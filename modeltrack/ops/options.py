@@ -35,6 +35,7 @@ from modeltrack.ops.checks import (
     check_workers,
     choice,
     choices,
+    days,
     environment_name,
     positive,
 )
@@ -120,6 +121,8 @@ class ProxyOptions(usage.Options):
         ["reserve-output-tokens", None, "4096", "Output tokens a budget reserves for a call that names no max_tokens (or max_output_tokens, max_completion_tokens)."],
         ["reserve-context-tokens", None, "200000", "Input tokens a budget reserves for content a call refers to (URL, file id, earlier response, server-side tool) when the model's context window is not known."],
         ["index-seconds", None, "10", "How often the SQLite index catches up with the event log (the admin API also catches up before each answer)."],
+        ["index-retain-days", None, None, "Drop the index's raw rows older than N days (never its rollups, which every report reads); off by default."],
+        ["log-retain-days", None, None, "Delete sealed segments of the event log older than N days once the index has read them whole; off by default."],
     ]
 
     def __init__(self) -> None:
@@ -201,6 +204,8 @@ def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Setting
         **check_admin(options, environ, listen + listen_tls),
         alert_webhook=check_webhook(options["alert-webhook"] or environ.get("MODELTRACK_ALERT_WEBHOOK") or None),
         index_seconds=positive(options, "index-seconds"),
+        index_retain_days=days(options, "index-retain-days"),
+        log_retain_days=days(options, "log-retain-days"),
         reserve_output_tokens=int(positive(options, "reserve-output-tokens")),
         reserve_context_tokens=int(positive(options, "reserve-context-tokens")),
         fast_path=not options["no-fast-path"],

@@ -53,6 +53,7 @@ from modeltrack.providers import registry
 from modeltrack.providers.dialect import Dialect
 from modeltrack.providers.routes import RouteTable
 from modeltrack.store.datadir import state_dir, write_atomically
+from modeltrack.store.index import Retention
 from modeltrack.store.index_process import IndexProcess
 from modeltrack.store.journal import Journal, series_of
 from modeltrack.web import fastpath
@@ -153,7 +154,8 @@ class ModeltrackService(InOrder):
             unmetered_billable=settings.unmetered_billable,
         )
         self.control_files = ControlFiles(settings.data_dir, self.gate, self.keys)
-        self.indexer = IndexProcess(settings.data_dir, reactor, settings.index_seconds)
+        self.indexer = IndexProcess(settings.data_dir, reactor, settings.index_seconds,
+                                    Retention(settings.index_retain_days, settings.log_retain_days))
         # Counted only when the admin listener can serve them: a few microseconds a call.
         self.metrics = None
         self.admin = None

@@ -80,6 +80,9 @@ class Settings:
     admin_token_file: Path | None = None
     alert_webhook: str | None = None
     index_seconds: float = 10.0
+    #: Days raw index rows, and indexed sealed segments of the log, are kept (None: always).
+    index_retain_days: int | None = None
+    log_retain_days: int | None = None
     reserve_output_tokens: int = 4096
     reserve_context_tokens: int = 200_000
     fast_path: bool = True

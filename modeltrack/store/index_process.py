@@ -32,6 +32,7 @@ from twisted.python.threadpool import ThreadPool
 
 from modeltrack.failures import log_failure
 from modeltrack.store import index
+from modeltrack.store.index import KEEP_ALL, Retention
 
 log = Logger()
 T = TypeVar("T")
@@ -88,8 +89,9 @@ class IndexProcess:
     thread the proxy's queries run on.
     """
 
-    def __init__(self, data_dir: Path, reactor: Any, interval: float = 10.0) -> None:
+    def __init__(self, data_dir: Path, reactor: Any, interval: float = 10.0, keep: Retention = KEEP_ALL) -> None:
         self._data_dir = data_dir
+        self._keep = keep
         self._reactor = reactor
         self._interval = interval
         self._pool = ThreadPool(1, 1, name="modeltrack-index")
@@ -107,6 +109,10 @@ class IndexProcess:
             sys.executable, "-m", "modeltrack.cli", "index", "--data-dir", str(self._data_dir),
             "--follow", str(self._interval),
         ]
+        if self._keep.index_days is not None:
+            argv += ["--retain-days", str(self._keep.index_days)]
+        if self._keep.log_days is not None:
+            argv += ["--log-retain-days", str(self._keep.log_days)]
         # The child inherits the environment (PYTHONPATH, a virtualenv); it nices itself.
         self._reactor.spawnProcess(
             process, sys.executable, argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"},

@@ -27,6 +27,8 @@ GROUP_KEYS = {
     "endpoint": "endpoint", "route_class": "route_class",
 }
 
+#: The --by keys the coarse daily rollup holds.
+_COARSE = frozenset(("team", "model", "provider", "day", "endpoint", "route_class"))
 #: The totals of a group of rollup rows (see L{modeltrack.store.rollups}).
 _TOTALS = (
     "SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cost_pico), SUM(saved_pico), SUM(unpriced), "
@@ -85,7 +87,9 @@ def report(
     check_keys(by)
     columns = [GROUP_KEYS[key] for key in by]
     where, params = _between(since, until)
-    query = f"SELECT {', '.join(columns + [_TOTALS])} FROM daily{where}"
+    # The coarse rollup (a few hundred rows a day) where it holds every label asked for.
+    table = "daily_models" if set(by) <= _COARSE else "daily"
+    query = f"SELECT {', '.join(columns + [_TOTALS])} FROM {table}{where}"
     if columns:
         query += f" GROUP BY {', '.join(columns)} ORDER BY SUM(cost_pico) DESC, {', '.join(columns)}"
     rows = []

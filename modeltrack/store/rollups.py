@@ -5,6 +5,8 @@ cost grows with the number of groups, not with the log.
 - C{daily}: per UTC day and (provider, endpoint, route class, model, team, app,
   feature, key, client, outcome, cache hit or not), the calls and their sums; and the
   last call's time.
+- C{daily_models}: the same with only (provider, endpoint, route class, model, team,
+  outcome, cache hit): what most reports group by, in a few hundred rows a day.
 - C{session_days}: per session and day, the same sums, its models and teams, and its
   first and last call.
 
@@ -22,6 +24,8 @@ import sqlite3
 DAILY_KEYS = (
     "provider", "endpoint", "route_class", "model", "team", "app", "feature", "key_name", "key_id", "client", "outcome",
 )
+#: The labels of the coarse daily rollup, which most reports read (a few hundred rows a day).
+COARSE_KEYS = ("provider", "endpoint", "route_class", "model", "team", "outcome")
 #: The sums every rollup row holds.
 SUMS = (
     "requests", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
@@ -37,6 +41,14 @@ CREATE TABLE IF NOT EXISTS daily (
     last_at TEXT NOT NULL,
     PRIMARY KEY (day, {", ".join(DAILY_KEYS)}, cache_hit)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS daily_models (
+    day TEXT NOT NULL,
+    {", ".join(f"{key} TEXT NOT NULL" for key in COARSE_KEYS)},
+    cache_hit INTEGER NOT NULL,
+    {", ".join(f"{name} INTEGER NOT NULL" for name in SUMS)},
+    last_at TEXT NOT NULL,
+    PRIMARY KEY (day, {", ".join(COARSE_KEYS)}, cache_hit)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS session_days (
     session_id TEXT NOT NULL,
     day TEXT NOT NULL,
@@ -47,12 +59,6 @@ CREATE TABLE IF NOT EXISTS session_days (
     {", ".join(f"{name} INTEGER NOT NULL" for name in SUMS)},
     PRIMARY KEY (day, session_id)
 ) WITHOUT ROWID;
-CREATE TEMP TABLE IF NOT EXISTS batch (
-    request_id TEXT PRIMARY KEY, timestamp TEXT, day TEXT, provider TEXT, endpoint TEXT, route_class TEXT,
-    model TEXT, team TEXT, app TEXT, feature TEXT, session_id TEXT, key_id TEXT, key_name TEXT, client TEXT,
-    outcome TEXT, input_tokens INTEGER, output_tokens INTEGER, cache_read_tokens INTEGER, cache_write_tokens INTEGER,
-    reasoning_tokens INTEGER, cost_pico INTEGER, saved_pico INTEGER, priced INTEGER, cache_hit INTEGER, latency_ms REAL
-);
 """
 
 _ROW_SUMS = (
@@ -60,16 +66,24 @@ _ROW_SUMS = (
     "SUM(reasoning_tokens), COALESCE(SUM(cost_pico), 0), COALESCE(SUM(saved_pico), 0), SUM(1 - priced)"
 )
 _ADDED = ", ".join(f"{name} = {name} + excluded.{name}" for name in SUMS)
-#: Only the rows of the batch the index did not hold yet.
-_NEW = "FROM batch WHERE request_id NOT IN (SELECT request_id FROM events)"
+#: Only the rows the batch added: past the last row before it (an event already
+#: indexed was ignored, and added no row).
+_NEW = "FROM events WHERE rowid > :before"
 
-_LABELS = ", ".join(f"COALESCE({key}, '')" for key in DAILY_KEYS)
-_DAILY = f"""
-INSERT INTO daily (day, {", ".join(DAILY_KEYS)}, cache_hit, {", ".join(SUMS)}, last_at)
-SELECT day, {_LABELS}, cache_hit, {_ROW_SUMS}, MAX(timestamp)
-{_NEW} GROUP BY day, {_LABELS}, cache_hit
+
+
+def _daily(table: str, keys: tuple[str, ...]) -> str:
+    labels = ", ".join(f"COALESCE({key}, '')" for key in keys)
+    return f"""
+INSERT INTO {table} (day, {", ".join(keys)}, cache_hit, {", ".join(SUMS)}, last_at)
+SELECT day, {labels}, cache_hit, {_ROW_SUMS}, MAX(timestamp)
+{_NEW} GROUP BY day, {labels}, cache_hit
 ON CONFLICT DO UPDATE SET {_ADDED}, last_at = MAX(last_at, excluded.last_at)
 """
+
+
+_DAILY = _daily("daily", DAILY_KEYS)
+_DAILY_MODELS = _daily("daily_models", COARSE_KEYS)
 #: A session's models (or teams) already listed are not listed again (read as a set).
 _MORE = (
     "CASE WHEN excluded.{0} = '' OR instr(',' || {0} || ',', ',' || excluded.{0} || ',') > 0 THEN {0} "
@@ -93,11 +107,11 @@ def create(db: sqlite3.Connection) -> None:
 
 def add(db: sqlite3.Connection, rows: list[tuple[object, ...]], insert_events: str) -> None:
     """
-    Within the caller's transaction: C{rows} into the rollups (those not indexed yet)
-    and then into the events table (C{insert_events}, its column order theirs).
+    Within the caller's transaction: C{rows} into the events table (C{insert_events},
+    which ignores an event indexed before), and those it added into the rollups.
     """
-    db.executemany(f"INSERT OR IGNORE INTO batch VALUES ({', '.join('?' * 25)})", rows)
-    db.execute(_DAILY)
-    db.execute(_SESSIONS)
-    db.execute(insert_events)
-    db.execute("DELETE FROM batch")
+    before = {"before": db.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0]}
+    db.executemany(insert_events, rows)
+    db.execute(_DAILY, before)
+    db.execute(_DAILY_MODELS, before)
+    db.execute(_SESSIONS, before)

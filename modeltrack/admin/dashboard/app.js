@@ -30,8 +30,128 @@ function el(tag, attributes, ...children) {
   return node;
 }
 
+// 1234567 -> "1,234,567" (digits of a BigInt or a number, grouped by three).
+function grouped(value) {
+  const digits = String(value);
+  const sign = digits.startsWith("-") ? "-" : "";
+  return sign + digits.replace("-", "").replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+}
+
+// Money for people: to the cent (half up), grouped; "<$0.01" for less than a cent.
+function money(text) {
+  const pico = toPico(text), negative = pico < 0n, size = negative ? -pico : pico;
+  const cents = (size + PICO / 200n) / (PICO / 100n);
+  if (size > 0n && cents === 0n) return (negative ? "-" : "") + "<$0.01";
+  return (negative ? "-" : "") + "$" + grouped(cents / 100n) + "." + (cents % 100n).toString().padStart(2, "0");
+}
+
+// A cost as shown (to the cent), the exact figure on hover and in data-usd.
 function usd(text, attributes) {
-  return el("span", { class: "usd", "data-usd": fromPico(toPico(text)), ...(attributes || {}) }, "$" + fromPico(toPico(text)));
+  const exact = fromPico(toPico(text));
+  return el("span", { class: "usd", "data-usd": exact, title: "$" + exact, ...(attributes || {}) }, money(exact));
+}
+
+const COLORS = ["#2f6fde", "#e07b39", "#3aa76d", "#a45ee5", "#d64550", "#1fa3b3", "#c9a227", "#5b6b8c", "#b0b7c3"];
+const SVG = "http://www.w3.org/2000/svg";
+
+function svgNode(tag, attributes) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  return node;
+}
+
+function periodDays(first, following) {
+  const days = [];
+  for (let day = new Date(first + "T00:00:00Z"); day < new Date(following + "T00:00:00Z"); day.setUTCDate(day.getUTCDate() + 1)) {
+    days.push(day.toISOString().slice(0, 10));
+  }
+  return days;
+}
+
+// Spend by day, stacked by a dimension: its 8 costliest values, the rest as "other".
+function stackedChart(rows, key, first, following, title) {
+  const days = periodDays(first, following);
+  const totals = new Map();
+  for (const row of rows) totals.set(row[key] ?? "–", (totals.get(row[key] ?? "–") || 0n) + toPico(row.cost_usd));
+  const ranked = [...totals.entries()].sort((a, b) => (b[1] > a[1] ? 1 : b[1] < a[1] ? -1 : 0)).map(([name]) => name);
+  const shown = ranked.slice(0, 8), other = ranked.length > 8;
+  const series = other ? [...shown, "other"] : shown;
+  const spend = new Map();  // day -> series -> pico
+  for (const row of rows) {
+    const name = shown.includes(row[key] ?? "–") ? row[key] ?? "–" : "other";
+    const day = spend.get(row.day) || new Map();
+    day.set(name, (day.get(name) || 0n) + toPico(row.cost_usd));
+    spend.set(row.day, day);
+  }
+  const dayTotal = (day) => [...(spend.get(day) || new Map()).values()].reduce((a, b) => a + b, 0n);
+  const most = days.reduce((m, day) => (dayTotal(day) > m ? dayTotal(day) : m), 1n);
+  const width = 24, height = 160;
+  const svg = svgNode("svg", { viewBox: `0 0 ${days.length * width} ${height + 16}`, role: "img", "aria-label": title });
+  days.forEach((day, i) => {
+    let top = height;
+    series.forEach((name, s) => {
+      const value = (spend.get(day) || new Map()).get(name) || 0n;
+      if (!value) return;
+      const h = Number((value * 1000000n) / most) / 1000000 * height;
+      top -= h;
+      const bar = svgNode("rect", {
+        x: i * width + 3, y: top, width: width - 6, height: h, fill: COLORS[s], "data-day": day, "data-series": name,
+        "data-usd": fromPico(value),
+      });
+      const tip = svgNode("title", {});
+      tip.textContent = `${day} ${name}: ${money(fromPico(value))}`;
+      bar.append(tip);
+      svg.append(bar);
+    });
+    const label = svgNode("text", { x: i * width + width / 2, y: height + 12, "text-anchor": "middle" });
+    label.textContent = day.slice(8);
+    svg.append(label);
+  });
+  const legend = el("ul", { class: "legend" }, ...series.map((name, s) => {
+    const swatch = el("span", { class: "swatch" });
+    swatch.style.background = COLORS[s];  // CSSOM, allowed by the CSP
+    return el("li", { "data-series": name }, swatch, name);
+  }));
+  return el("div", { class: "chart", id: "chart" }, el("h2", {}, title), svg, legend);
+}
+
+// The period as long as this one, just before it.
+function previousPeriod(first, following) {
+  const start = new Date(first + "T00:00:00Z"), end = new Date(following + "T00:00:00Z");
+  const before = new Date(start.getTime() - (end - start));
+  return [before.toISOString().slice(0, 10), first];
+}
+
+function change(now, before) {
+  if (before === 0n) return now === 0n ? "–" : "new";
+  const tenths = ((now - before) * 1000n) / before;
+  const sign = tenths > 0n ? "+" : tenths < 0n ? "-" : "";
+  const size = tenths < 0n ? -tenths : tenths;
+  return `${sign}${grouped(size / 10n)}.${size % 10n}%`;
+}
+
+// A dimension's page: its chart over the period, its change against the period before,
+// and its table.
+async function dimensionPage(dimension, by, first, following, label, heading, extra) {
+  const [previousFirst, previousFollowing] = previousPeriod(first, following);
+  const [rows, daily, before] = await Promise.all([
+    api(`/api/spend?by=${by.join(",")}&since=${first}&until=${following}`),
+    api(`/api/spend?by=day,${dimension}&since=${first}&until=${following}`),
+    api(`/api/spend?by=${dimension}&since=${previousFirst}&until=${previousFollowing}`),
+  ]);
+  const earlier = new Map(before.map((row) => [row[dimension] ?? "–", toPico(row.cost_usd)]));
+  const now = rows.reduce((total, row) => total + toPico(row.cost_usd), 0n);
+  const then = before.reduce((total, row) => total + toPico(row.cost_usd), 0n);
+  const versus = ["vs previous", (row) => change(toPico(row.cost_usd), earlier.get(row[dimension] ?? "–") || 0n), true, null];
+  return [
+    el("h2", {}, `${heading}: ${label}`),
+    el("div", { class: "cards" },
+      card(`Spend`, usd(fromPico(now))),
+      card(`Against the ${periodDays(previousFirst, previousFollowing).length} days before`,
+        el("span", { id: "change" }, change(now, then)))),
+    stackedChart(daily, dimension, first, following, `Spend by day and ${dimension}`),
+    spendTable(rows, by, [...(extra || []), ...(by.length === 1 ? [versus] : [])], heading.toLowerCase()),
+  ];
 }
 
 async function api(path) {
@@ -77,38 +197,69 @@ function card(label, value) {
   return el("div", { class: "card" }, el("div", { class: "label" }, label), el("div", { class: "value" }, value));
 }
 
-// A table of spend rows (the report's shape) with a footer of exact totals.
-function spendTable(rows, keys, extra) {
-  const columns = keys.map((key) => [key, (row) => row[key] ?? "–", false]).concat(extra || [], [
-    ["requests", (row) => row.requests, true],
-    ["input tokens", (row) => row.input_tokens, true],
-    ["output tokens", (row) => row.output_tokens, true],
-    ["cost", (row) => usd(row.cost_usd), true],
-    ["saved", (row) => usd(row.saved_usd), true],
-    ["unpriced", (row) => row.unpriced, true],
-  ]);
-  const head = el("tr", {}, ...columns.map(([name, , numeric]) => el("th", numeric ? { class: "n" } : {}, name)));
-  const body = rows.map((row) => el("tr", {}, ...columns.map(([, cell, numeric]) => el("td", numeric ? { class: "n" } : {}, cell(row)))));
+// A table of spend rows (the report's shape) with a footer of exact totals, columns that
+// sort when their heading is clicked, and the rows as CSV (exact figures) to download.
+function spendTable(rows, keys, extra, name) {
+  const text = (row, key) => row[key] ?? "–";
+  const columns = keys.map((key) => [key, (row) => text(row, key), false, (row) => String(text(row, key))]).concat(
+    (extra || []).map(([title, cell, numeric, sort]) => [title, cell, numeric, sort === undefined ? (row) => String(cell(row)) : sort]), [
+      ["requests", (row) => grouped(row.requests), true, (row) => BigInt(row.requests)],
+      ["input tokens", (row) => grouped(row.input_tokens), true, (row) => BigInt(row.input_tokens)],
+      ["output tokens", (row) => grouped(row.output_tokens), true, (row) => BigInt(row.output_tokens)],
+      ["cost", (row) => usd(row.cost_usd), true, (row) => toPico(row.cost_usd)],
+      ["saved", (row) => usd(row.saved_usd), true, (row) => toPico(row.saved_usd)],
+      ["unpriced", (row) => grouped(row.unpriced), true, (row) => BigInt(row.unpriced)],
+    ]);
+  const body = el("tbody", {});
+  const fill = (ordered) => body.replaceChildren(...ordered.map((row) =>
+    el("tr", {}, ...columns.map(([, cell, numeric]) => el("td", numeric ? { class: "n" } : {}, cell(row))))));
+  let sorted = { column: -1, descending: true };
+  const head = el("tr", {}, ...columns.map(([title, , numeric, sort], i) => {
+    const th = el("th", { class: (numeric ? "n " : "") + "sortable", "data-column": title }, title);
+    if (sort) {
+      th.addEventListener("click", () => {
+        sorted = { column: i, descending: sorted.column === i ? !sorted.descending : numeric };
+        const ordered = [...rows].sort((a, b) => {
+          const x = sort(a), y = sort(b);
+          const order = x < y ? -1 : x > y ? 1 : 0;
+          return sorted.descending ? -order : order;
+        });
+        fill(ordered);
+      });
+    }
+    return th;
+  }));
+  fill(rows);
   const sum = (field) => rows.reduce((total, row) => total + BigInt(row[field]), 0n);
   const cost = rows.reduce((total, row) => total + toPico(row.cost_usd), 0n);
   const saved = rows.reduce((total, row) => total + toPico(row.saved_usd), 0n);
   const foot = el("tr", {},
     el("td", { colspan: String(columns.length - 6) }, "Total"),
-    el("td", { class: "n", id: "total-requests" }, sum("requests").toString()),
-    el("td", { class: "n" }, sum("input_tokens").toString()),
-    el("td", { class: "n" }, sum("output_tokens").toString()),
+    el("td", { class: "n", id: "total-requests", "data-value": sum("requests").toString() }, grouped(sum("requests"))),
+    el("td", { class: "n" }, grouped(sum("input_tokens"))),
+    el("td", { class: "n" }, grouped(sum("output_tokens"))),
     el("td", { class: "n" }, usd(fromPico(cost), { id: "total-cost" })),
     el("td", { class: "n" }, usd(fromPico(saved), { id: "total-saved" })),
-    el("td", { class: "n" }, sum("unpriced").toString()));
-  return el("table", {}, el("thead", {}, head), el("tbody", {}, ...body), el("tfoot", {}, foot));
+    el("td", { class: "n" }, grouped(sum("unpriced"))));
+  const table = el("table", { id: "spend" }, el("thead", {}, head), body, el("tfoot", {}, foot));
+  return el("div", {}, table, csvLink(rows, keys, name || "spend"));
+}
+
+// The rows as CSV, exact as the API gives them.
+function csvLink(rows, keys, name) {
+  const fields = [...keys, "requests", "input_tokens", "output_tokens", "cost_usd", "saved_usd", "unpriced"];
+  const quote = (value) => {
+    const cell = value === null || value === undefined ? "" : String(value);
+    return /[",\n]/.test(cell) ? `"${cell.replace(/"/g, '""')}"` : cell;
+  };
+  const csv = [fields.join(","), ...rows.map((row) => fields.map((field) => quote(row[field])).join(","))].join("\n") + "\n";
+  const link = el("a", { id: "csv", class: "csv", download: `modeltrack-${name}.csv` }, "Download CSV");
+  link.setAttribute("href", URL.createObjectURL(new Blob([csv], { type: "text/csv" })));
+  return link;
 }
 
 function dayChart(summary) {
-  const [first, following] = [summary.since, summary.until];
-  const days = [];
-  for (let day = new Date(first + "T00:00:00Z"); day < new Date(following + "T00:00:00Z"); day.setUTCDate(day.getUTCDate() + 1)) {
-    days.push(day.toISOString().slice(0, 10));
-  }
+  const days = periodDays(summary.since, summary.until);
   const spend = Object.fromEntries(summary.by_day.map((row) => [row.day, Number(row.cost_usd)]));
   const most = Math.max(...days.map((day) => spend[day] || 0), 1e-12);
   const width = 24, height = 140;
@@ -125,7 +276,7 @@ function dayChart(summary) {
     bar.setAttribute("height", h);
     bar.setAttribute("data-day", day);
     const tip = document.createElementNS(svg.namespaceURI, "title");
-    tip.textContent = `${day}: $${spend[day] || 0}`;
+    tip.textContent = `${day}: ${money(String(spend[day] || 0))}`;
     bar.append(tip);
     const label = document.createElementNS(svg.namespaceURI, "text");
     label.setAttribute("x", i * width + width / 2);
@@ -141,29 +292,31 @@ const pages = {
   async overview(summary, first, following, label) {
     const period = summary.month_totals;
     const current = summary.today >= first && summary.today < following;
+    const [previousFirst, previousFollowing] = previousPeriod(first, following);
+    const before = await api(`/api/summary?since=${previousFirst}&until=${previousFollowing}`);
     return [
       el("h2", {}, `Overview: ${label}`),
       el("div", { class: "cards" },
         card("Spend today", usd(summary.today_totals.cost_usd, { id: "spend-today" })),
         card(current ? "Period to date" : "Period total", usd(period.cost_usd, { id: "spend-month" })),
         card("Projection to the period's end", usd(summary.projected_month_usd, { id: "projection" })),
-        card("Requests in the period", el("span", { id: "requests-month" }, String(period.requests))),
-        card("Saved by cache and routing", usd(period.saved_usd, { id: "saved-month" }))),
+        card("Requests in the period", el("span", { id: "requests-month", "data-value": String(period.requests) }, grouped(period.requests))),
+        card("Saved by cache and routing", usd(period.saved_usd, { id: "saved-month" })),
+        card(`Against the ${periodDays(previousFirst, previousFollowing).length} days before`,
+          el("span", { id: "change" }, change(toPico(period.cost_usd), toPico(before.month_totals.cost_usd))))),
       dayChart(summary),
     ];
   },
   async teams(summary, first, following, label) {
-    const rows = await api(`/api/spend?by=team&since=${first}&until=${following}`);
-    return [el("h2", {}, `Teams: ${label}`), spendTable(rows, ["team"])];
+    return dimensionPage("team", ["team"], first, following, label, "Teams");
   },
   async apps(summary, first, following, label) {
-    const rows = await api(`/api/spend?by=app,feature&since=${first}&until=${following}`);
-    return [el("h2", {}, `Apps and features: ${label}`), spendTable(rows, ["app", "feature"])];
+    return dimensionPage("app", ["app", "feature"], first, following, label, "Apps and features");
   },
   async models(summary, first, following, label) {
-    const rows = await api(`/api/spend?by=provider,model&since=${first}&until=${following}`);
-    const perThousand = ["cost per 1k requests", (row) => usd(fromPico((toPico(row.cost_usd) * 1000n) / BigInt(row.requests))), true];
-    return [el("h2", {}, `Models: ${label}`), spendTable(rows, ["provider", "model"], [perThousand])];
+    const perThousand = ["cost per 1k requests", (row) => usd(fromPico((toPico(row.cost_usd) * 1000n) / BigInt(row.requests))), true,
+      (row) => (toPico(row.cost_usd) * 1000n) / BigInt(row.requests)];
+    return dimensionPage("model", ["provider", "model"], first, following, label, "Models", [perThousand]);
   },
   async keys(summary, first, following, label) {
     const rows = await api(`/api/keys?since=${first}&until=${following}`);
@@ -178,11 +331,12 @@ const pages = {
       ["last call", (row) => row.last_call ?? "never", false],
       ["budget (today)", budget, false],
     ];
-    return [el("h2", {}, `Keys: ${label}`), spendTable(rows, ["key"], extra)];
+    const daily = await api(`/api/spend?by=day,key&since=${first}&until=${following}`);
+    return [el("h2", {}, `Keys: ${label}`), stackedChart(daily, "key", first, following, "Spend by day and key"),
+      spendTable(rows, ["key"], extra, "keys")];
   },
   async clients(summary, first, following, label) {
-    const rows = await api(`/api/spend?by=client&since=${first}&until=${following}`);
-    return [el("h2", {}, `Client programs: ${label}`), spendTable(rows, ["client"])];
+    return dimensionPage("client", ["client"], first, following, label, "Client programs");
   },
   async sessions(summary, first, following, label) {
     const rows = await api(`/api/sessions?top=50&since=${first}&until=${following}`);
@@ -192,7 +346,7 @@ const pages = {
       ["first call", (row) => row.first_call, false],
       ["duration (s)", (row) => row.duration_seconds, true],
     ];
-    return [el("h2", {}, `Most expensive sessions: ${label}`), spendTable(rows, ["session_id"], extra)];
+    return [el("h2", {}, `Most expensive sessions: ${label}`), spendTable(rows, ["session_id"], extra, "sessions")];
   },
   async budgets() {
     const report = await api("/api/budgets");
@@ -210,7 +364,7 @@ const pages = {
     });
     const head = el("tr", {}, ...["scope", "period", "action", "spent", "limit", "", "used", "state"].map((name) => el("th", {}, name)));
     return [el("h2", {}, "Budgets"), el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)),
-      el("p", {}, `Open reservations: $${report.open_reservations_usd}`)];
+      el("p", {}, "Open reservations: ", usd(report.open_reservations_usd))];
   },
   async reconciliation() {
     const result = await api("/api/reconciliation");
