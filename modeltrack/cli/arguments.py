@@ -5,6 +5,7 @@ The arguments several commands share: the data dir, a period, a format, progress
 from __future__ import annotations
 
 import argparse
+import os
 from datetime import date
 from pathlib import Path
 
@@ -45,6 +46,13 @@ def seconds(value: str) -> float:
 
 def add_data_dir(command: argparse.ArgumentParser) -> None:
     command.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
+
+
+def add_store(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--store", metavar="URL", default=os.environ.get("MODELTRACK_STORE"),
+                         help="the fleet's PostgreSQL store (postgresql://user@host/db?sslmode=verify-full) "
+                         "[env MODELTRACK_STORE]; its password from --store-password-file, never the URL")
+    command.add_argument("--store-password-file", type=Path, metavar="FILE", help="the store's password (a systemd credential too)")
 
 
 def add_progress(command: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from modeltrack.cli.arguments import add_report, period
+from modeltrack.cli.arguments import add_report, add_store, period
 from modeltrack.cli.output import TOTAL_COLUMNS, render, update_with_progress
 from modeltrack.store import index, reports
 
@@ -17,6 +17,7 @@ def add_command(commands: Any) -> None:
     command = commands.add_parser("report", help="spend per group")
     add_report(command)
     command.add_argument("--by", default="team", help="group keys, comma-separated: " + ",".join(reports.GROUP_KEYS))
+    add_store(command)
     command.set_defaults(run=run)
 
 
@@ -27,8 +28,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"modeltrack: --by: {e}", file=sys.stderr)
         return 2
-    db = index.connect(args.data_dir)
-    update_with_progress(db, args.data_dir, args.progress)
-    rows = reports.report(db, by, *period(args))
+    if args.store:  # the whole fleet, from its store
+        from modeltrack.store import fleet
+
+        rows = reports.report(fleet.Reader(fleet.connect(args.store, args.store_password_file)), by, *period(args))
+    else:
+        db = index.connect(args.data_dir)
+        update_with_progress(db, args.data_dir, args.progress)
+        rows = reports.report(db, by, *period(args))
     sys.stdout.write(render(rows, by + TOTAL_COLUMNS, args.format))
     return 0

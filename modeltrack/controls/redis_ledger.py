@@ -35,13 +35,10 @@ nano-USD (a call's cost rounded up, at most $10^-9 a call: a budget never under-
 
 from __future__ import annotations
 
-import os
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -122,21 +119,6 @@ class Lease:
 
 def nano_up(amount: Decimal) -> int:
     return int((amount * NANO).to_integral_value(ROUND_CEILING))
-
-
-def install_id(state_dir: Path) -> str:
-    """
-    This install's name among the contributors to a shared budget, made once.
-    """
-    path = state_dir / "instance-id"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        name = secrets.token_hex(8)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(name + "\n")
-        return name
 
 
 class RedisLedger(BudgetLedger):

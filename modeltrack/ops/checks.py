@@ -127,6 +127,25 @@ def positive(options: usage.Options, name: str, allow_zero: bool = False) -> flo
     return value
 
 
+def check_store(options: usage.Options, environ: Mapping[str, str]) -> dict[str, Any]:
+    """--store and its password file: a PostgreSQL URL that holds no password (argv and
+    the environment are visible to others; the password comes from a file)."""
+    url = options["store"] or environ.get("MODELTRACK_STORE") or None
+    password_file = options["store-password-file"]
+    if url is None:
+        if password_file:
+            raise ConfigError("--store-password-file needs --store")
+        return {"store": None, "store_password_file": None}
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ConfigError("--store: expected postgresql://user@host[:port]/database")
+    if parts.password is not None:
+        raise ConfigError("--store: the URL holds a password; put it in --store-password-file")
+    if password_file and not Path(password_file).is_file():
+        raise ConfigError(f"--store-password-file: {password_file} is not a file")
+    return {"store": url, "store_password_file": Path(password_file) if password_file else None}
+
+
 def days(options: usage.Options, name: str) -> int | None:
     """A whole number of days, at least one; L{None} when the option is not given."""
     if options[name] is None:

@@ -29,6 +29,7 @@ from modeltrack.ops.checks import (
     check_otlp,
     check_providers,
     check_redis,
+    check_store,
     check_tls,
     check_upstreams,
     check_webhook,
@@ -123,6 +124,8 @@ class ProxyOptions(usage.Options):
         ["index-seconds", None, "10", "How often the SQLite index catches up with the event log (the admin API also catches up before each answer)."],
         ["index-retain-days", None, None, "Drop the index's raw rows older than N days (never its rollups, which every report reads); off by default."],
         ["log-retain-days", None, None, "Delete sealed segments of the event log older than N days once the index has read them whole; off by default."],
+        ["store", None, None, "The fleet's PostgreSQL store, postgresql://user@host/db (sslmode=verify-full with --ca-bundle): this instance's events are shipped to it, exactly once [env MODELTRACK_STORE; pip install 'modeltrack[postgres]']."],
+        ["store-password-file", None, None, "File holding the store's password (a systemd credential: $CREDENTIALS_DIRECTORY/name)."],
     ]
 
     def __init__(self) -> None:
@@ -205,6 +208,7 @@ def settings_from(options: usage.Options, environ: Mapping[str, str]) -> Setting
         alert_webhook=check_webhook(options["alert-webhook"] or environ.get("MODELTRACK_ALERT_WEBHOOK") or None),
         index_seconds=positive(options, "index-seconds"),
         index_retain_days=days(options, "index-retain-days"),
+        **check_store(options, environ),
         log_retain_days=days(options, "log-retain-days"),
         reserve_output_tokens=int(positive(options, "reserve-output-tokens")),
         reserve_context_tokens=int(positive(options, "reserve-context-tokens")),

@@ -37,7 +37,7 @@ from modeltrack.controls.gate import Gate
 from modeltrack.controls.keys import Keyring, install_secret
 from modeltrack.controls.redis_cache import RedisCache
 from modeltrack.controls.redis_client import connect
-from modeltrack.controls.redis_ledger import RedisLedger, install_id
+from modeltrack.controls.redis_ledger import RedisLedger
 from modeltrack.controls.spendlog import rebuild
 from modeltrack.observe.logs import destination, observer
 from modeltrack.observe.metrics import Metrics
@@ -52,7 +52,7 @@ from modeltrack.pricing.prices import PriceBook
 from modeltrack.providers import registry
 from modeltrack.providers.dialect import Dialect
 from modeltrack.providers.routes import RouteTable
-from modeltrack.store.datadir import state_dir, write_atomically
+from modeltrack.store.datadir import install_id, state_dir, write_atomically
 from modeltrack.store.index import Retention
 from modeltrack.store.index_process import IndexProcess
 from modeltrack.store.journal import Journal, series_of
@@ -154,8 +154,11 @@ class ModeltrackService(InOrder):
             unmetered_billable=settings.unmetered_billable,
         )
         self.control_files = ControlFiles(settings.data_dir, self.gate, self.keys)
+        store = None
+        if settings.store is not None:
+            store = (settings.store, settings.store_password_file, install_id(state_dir(settings.data_dir)))
         self.indexer = IndexProcess(settings.data_dir, reactor, settings.index_seconds,
-                                    Retention(settings.index_retain_days, settings.log_retain_days))
+                                    Retention(settings.index_retain_days, settings.log_retain_days), store)
         # Counted only when the admin listener can serve them: a few microseconds a call.
         self.metrics = None
         self.admin = None

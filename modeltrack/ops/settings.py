@@ -83,6 +83,9 @@ class Settings:
     #: Days raw index rows, and indexed sealed segments of the log, are kept (None: always).
     index_retain_days: int | None = None
     log_retain_days: int | None = None
+    #: The fleet's PostgreSQL store (its URL holds no password) and its password file.
+    store: str | None = None
+    store_password_file: Path | None = None
     reserve_output_tokens: int = 4096
     reserve_context_tokens: int = 200_000
     fast_path: bool = True

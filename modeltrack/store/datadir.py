@@ -7,6 +7,7 @@ own group (and the state dir, which holds the secret, beyond its user).
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 DATA_DIR_MODE = 0o750
@@ -54,3 +55,19 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, path)
+
+
+def install_id(state_dir: Path) -> str:
+    """
+    This install's name, made once: among the contributors to a shared budget, and the
+    instance whose events the fleet's store holds.
+    """
+    path = state_dir / "instance-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        name = secrets.token_hex(8)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(name + "\n")
+        return name

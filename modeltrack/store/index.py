@@ -131,7 +131,7 @@ def _refuse_constant(name: str) -> None:
 _decode = json.JSONDecoder(parse_constant=_refuse_constant).decode
 
 
-def _decode_line(line: bytes) -> Any:
+def decode_line(line: bytes) -> Any:
     """
     One event line's JSON: orjson's (a quarter of the time), else the standard
     library's, which also reads an escaped lone surrogate (the log writes one as
@@ -170,7 +170,7 @@ _LABELS = ("model", "team", "app", "feature", "session_id", "key_id", "key_name"
 _COUNTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
-def _row(event: dict[str, Any]) -> tuple[Any, ...]:
+def event_row(event: dict[str, Any]) -> tuple[Any, ...]:
     """
     The index row of one event; L{BadLine} if any field is not what an event holds.
     (The checks are written for speed: this runs for every line of the log.)
@@ -206,7 +206,7 @@ def _warn_on_stderr(message: str) -> None:
     sys.stderr.flush()
 
 
-def _whole_lines(path: Path, offset: int) -> Iterator[tuple[bytes, int]]:
+def whole_lines(path: Path, offset: int) -> Iterator[tuple[bytes, int]]:
     """
     Complete lines from C{offset} on, each with the offset just past it; a last line
     without its newline (being written) is not returned.
@@ -269,9 +269,9 @@ def update(
         skipped: list[int] = []
         start = offset
         try:
-            for line, offset_after in _whole_lines(path, offset):
+            for line, offset_after in whole_lines(path, offset):
                 try:
-                    rows.append(_row(_decode_line(line)))
+                    rows.append(event_row(decode_line(line)))
                 except (ValueError, RecursionError) as e:  # BadLine, JSON, UTF-8
                     problem = str(e) if isinstance(e, BadLine) else "not a JSON line"
                     warn(f"modeltrack index: skipped a line of {path.name} at offset {offset}: {problem}")
@@ -346,13 +346,15 @@ def retain(db: sqlite3.Connection, data_dir: Path, keep: Retention, now: float) 
 
 def follow(
     db: sqlite3.Connection, data_dir: Path, interval: float, requests: int, answers: Any, keep: Retention = KEEP_ALL,
+    after: Callable[[], object] | None = None,
 ) -> None:
     """
     Keep the index current until C{requests} (a file descriptor) reaches its end: an
     update every C{interval} seconds, and one as soon as a request line arrives, after
     which one answer line per request is written to C{answers}. Every request read
     before an update started is answered after it, so the asker sees every event
-    written before it asked.
+    written before it asked. C{after} runs after each pass (the shipper to the fleet's
+    store).
     """
     retained = 0.0
     while True:
@@ -371,3 +373,5 @@ def follow(
         if asked:
             answers.write(b"ok\n" * asked)
             answers.flush()
+        if after is not None:  # (the fleet's store: after the answers, which wait for no one else)
+            after()

@@ -89,9 +89,17 @@ class IndexProcess:
     thread the proxy's queries run on.
     """
 
-    def __init__(self, data_dir: Path, reactor: Any, interval: float = 10.0, keep: Retention = KEEP_ALL) -> None:
+    def __init__(
+        self, data_dir: Path, reactor: Any, interval: float = 10.0, keep: Retention = KEEP_ALL,
+        store: tuple[str, Path | None, str] | None = None,
+    ) -> None:
+        """
+        @param store: the fleet's store the child ships to: its URL, password file and
+            this instance's name.
+        """
         self._data_dir = data_dir
         self._keep = keep
+        self._store = store
         self._reactor = reactor
         self._interval = interval
         self._pool = ThreadPool(1, 1, name="modeltrack-index")
@@ -113,6 +121,11 @@ class IndexProcess:
             argv += ["--retain-days", str(self._keep.index_days)]
         if self._keep.log_days is not None:
             argv += ["--log-retain-days", str(self._keep.log_days)]
+        if self._store is not None:
+            url, password_file, instance = self._store
+            argv += ["--store", url, "--instance", instance]
+            if password_file is not None:
+                argv += ["--store-password-file", str(password_file)]
         # The child inherits the environment (PYTHONPATH, a virtualenv); it nices itself.
         self._reactor.spawnProcess(
             process, sys.executable, argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"},

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from modeltrack.store.index import PICO
 from modeltrack.store.journal import live_files, segments
@@ -76,8 +77,14 @@ def check_keys(by: list[str]) -> None:
             raise ValueError(f"unknown --by key {key!r}: use {', '.join(GROUP_KEYS)}")
 
 
+class Database(Protocol):
+    """What a report reads: the index (SQLite), or the fleet's store (L{modeltrack.store.fleet.Reader})."""
+
+    def execute(self, query: str, params: Any = ..., /) -> Iterable[Any]: ...
+
+
 def report(
-    db: sqlite3.Connection, by: list[str], since: str | None = None, until: str | None = None
+    db: Database, by: list[str], since: str | None = None, until: str | None = None
 ) -> list[dict[str, Any]]:
     """
     Spend per group between C{since} (inclusive) and C{until} (exclusive), both

@@ -1,0 +1,207 @@
+"""
+The fleet's store on a real PostgreSQL server: two instances' logs shipped exactly once
+(sealed segments and a live file, shipped again and again, a batch that dies before its
+commit, checkpoints set back to the start), the store's rollups equal to the sum of its
+raw events and of both logs, raw events in monthly partitions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+
+from modeltrack import cli
+from modeltrack.store import fleet
+from tests import postgres, processes
+from tests.test_shared_ledger import CALL, free_port
+
+pytestmark = pytest.mark.skipif(not postgres.available(), reason="tools/install-test-tools.sh installs postgresql")
+
+
+@pytest.fixture(scope="module")
+def server() -> Any:
+    running = postgres.PostgresServer()
+    yield running
+    running.remove()
+
+
+def event(n: int, instance: str, day: str, team: str, session: str | None, cost: str | None) -> str:
+    return json.dumps({
+        "timestamp": f"{day}T1{n % 10}:00:0{n % 10}.{n:06d}Z", "request_id": f"mt_{instance}_{n}", "provider": "openai",
+        "endpoint": "/v1/chat/completions", "route_class": "metered", "model": "gpt-4o" if n % 3 else "gpt-4o-mini",
+        "team": team, "app": "bot", "feature": None, "session_id": session, "key_id": f"k_{n % 4}", "key_name": None,
+        "client": "openai-python/2", "outcome": "ok", "input_tokens": 100 + n, "output_tokens": 10 + n, "cache_read_tokens": 0,
+        "cache_write_tokens": 0, "reasoning_tokens": 0, "cost_usd": None if cost is None else float(cost),
+        "priced": cost is not None, "cache_hit": False, "latency_ms": 12.5,
+    }) + "\n"
+
+
+def write_log(data: Path, instance: str, count: int) -> tuple[int, Decimal]:
+    """An instance's log over two months: a sealed segment per day, today's live file."""
+    data.mkdir(parents=True, exist_ok=True)
+    days = ["2026-11-29", "2026-11-30", "2026-12-01", "2026-12-02"]
+    total = Decimal(0)
+    for n in range(count):
+        day = days[n * len(days) // count]
+        cost = None if n % 17 == 0 else "0.00472"
+        total += Decimal(cost or 0)
+        name = "events.jsonl" if day == days[-1] else f"events-{day.replace('-', '')}T000000.000000Z.jsonl"
+        with (data / name).open("a") as f:
+            f.write(event(n, instance, day, ["ml", "web", None][n % 3], f"s{n % 9}" if n % 2 else None, cost))
+    return count, total
+
+
+def store_totals(server: postgres.PostgresServer) -> dict[str, Any]:
+    [(events, raw_cost)] = server.query("SELECT count(*), coalesce(sum(cost_pico), 0) FROM events")
+    [(daily_requests, daily_cost)] = server.query("SELECT sum(requests), sum(cost_pico) FROM daily")
+    [(models_requests, models_cost)] = server.query("SELECT sum(requests), sum(cost_pico) FROM daily_models")
+    [(session_requests,)] = server.query("SELECT coalesce(sum(requests), 0) FROM session_days")
+    [(raw_sessions,)] = server.query("SELECT count(*) FROM events WHERE session_id IS NOT NULL")
+    return {
+        "events": int(events), "raw_cost": int(raw_cost), "daily": (int(daily_requests), int(daily_cost)),
+        "models": (int(models_requests), int(models_cost)), "sessions": (int(session_requests), int(raw_sessions)),
+    }
+
+
+def test_two_instances_ship_exactly_once(server: postgres.PostgresServer, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    calls_a, cost_a = write_log(tmp_path / "a", "a", 12_000)  # more than two batches
+    calls_b, cost_b = write_log(tmp_path / "b", "b", 3_000)
+    conn = fleet.connect(server.url)
+    assert fleet.ship(conn, tmp_path / "a", "a") == calls_a
+    # A batch that dies between its insert and its commit (a kill -9, a lost
+    # connection): nothing of it stays, and its checkpoint did not move.
+    real = fleet._ship_batch
+    calls = {"n": 0}
+
+    def dying(*args: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            with args[0].transaction():
+                args[0].execute("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE events) ON COMMIT DELETE ROWS")
+                args[0].execute("INSERT INTO events_2026_11 SELECT * FROM events_2026_11 LIMIT 0")
+                raise ConnectionError("killed mid-batch")
+        return real(*args)
+
+    monkeypatch.setattr(fleet, "_ship_batch", dying)
+    with pytest.raises(ConnectionError):
+        fleet.ship(conn, tmp_path / "b", "b")
+    monkeypatch.setattr(fleet, "_ship_batch", real)
+    assert fleet.ship(conn, tmp_path / "b", "b") == calls_b
+    assert fleet.ship(conn, tmp_path / "a", "a") == 0 and fleet.ship(conn, tmp_path / "b", "b") == 0  # nothing new
+    # Checkpoints lost (set back to the start): every line is read again, none counted again.
+    server.query('UPDATE shipped SET "offset" = 0, sealed = false')
+    assert fleet.ship(conn, tmp_path / "a", "a") == 0 and fleet.ship(conn, tmp_path / "b", "b") == 0
+    # More lines in a's live file: only they go.
+    with (tmp_path / "a" / "events.jsonl").open("a") as f:
+        f.write(event(99_999, "a", "2026-12-02", "ml", "s1", "1.5"))
+    assert fleet.ship(conn, tmp_path / "a", "a") == 1
+    conn.close()
+
+    totals = store_totals(server)
+    expected_cost = int((cost_a + cost_b + Decimal("1.5")) * 10**12)
+    assert totals["events"] == calls_a + calls_b + 1 and totals["raw_cost"] == expected_cost
+    assert totals["daily"] == totals["models"] == (totals["events"], expected_cost)  # the rollups are the raw sums
+    assert totals["sessions"][0] == totals["sessions"][1]
+    partitions = {name for (name,) in server.query("SELECT tablename FROM pg_tables WHERE tablename LIKE 'events_2026_%'")}
+    assert partitions == {"events_2026_11", "events_2026_12"}
+    instances = dict(server.query("SELECT instance, events FROM instances"))
+    assert instances == {"a": str(calls_a + 1), "b": str(calls_b)}
+    # The fleet in one report, from the store's rollups (no data dir of its own).
+    assert cli.main(["report", "--store", server.url, "--by", "team", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sum(row["requests"] for row in rows) == calls_a + calls_b + 1
+    assert sum(Decimal(row["cost_usd"]) for row in rows) == cost_a + cost_b + Decimal("1.5")
+    assert {row["team"] for row in rows} == {"ml", "web", None}
+
+
+def child_of(pid: int) -> int:
+    """The index process a proxy runs."""
+    found = subprocess.run(["pgrep", "-P", str(pid), "-f", "modeltrack.cli index"], capture_output=True, text=True).stdout.split()
+    return int(found[0])
+
+
+def logged(data: Path) -> set[str]:
+    return {json.loads(line)["request_id"] for path in data.glob("events*.jsonl") for line in path.read_text().splitlines()}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fleet_ships_through_an_outage_and_a_kill(reactor: Any, tmp_path: Path, upstream: Any, server: Any) -> None:
+    """
+    Two instances run by twistd with --store while PostgreSQL is down: 5,000 calls
+    served and logged; the server comes back and the store holds exactly the events of
+    both logs. Then 3,000 more calls to one instance with the server down again, the
+    server back and that instance's shipper and the instance itself killed with -9 as it
+    ships, the instance started again: still exactly the events of both logs.
+    """
+    server.query("TRUNCATE events, daily, daily_models, session_days, shipped, instances")
+    server.stop()
+    ports = {name: free_port() for name in ("a", "b")}
+    options = ("--store", server.url, "--index-seconds", "0.2")
+    running = {name: processes.proxy(port, tmp_path / name, upstream.url, *options) for name, port in ports.items()}
+
+    def count() -> int:
+        return int(server.query("SELECT count(*) FROM events")[0][0])
+
+    async def calls(names: list[str], total: int) -> list[int]:
+        async def one(n: int) -> int:
+            response = await treq.post(f"http://127.0.0.1:{ports[names[n % len(names)]]}/v1/chat/completions", data=CALL,
+                                       headers={"Authorization": "Bearer sk-x", "Content-Type": "application/json"})
+            await response.content()
+            return int(response.code)
+        codes = []
+        for start in range(0, total, 50):
+            codes += await gatherResults([ensureDeferred(one(n)) for n in range(start, min(start + 50, total))])
+        return codes
+
+    async def until_stored(expected: int) -> None:
+        for _ in range(600):
+            try:
+                if count() == expected:
+                    return
+            except subprocess.CalledProcessError:
+                pass
+            await deferLater(reactor, 0.1, lambda: None)
+        raise AssertionError(f"the store holds {count()} events, not {expected}")
+
+    try:
+        for proxy in running.values():
+            await deferToThread(proxy.wait_for, processes.listening)
+        assert set(await calls(["a", "b"], 5000)) == {200}
+        server.start()
+        await until_stored(5000)
+        stored = {row[0] for row in server.query("SELECT request_id FROM events")}
+        assert stored == logged(tmp_path / "a") | logged(tmp_path / "b")
+        # Down again; 3,000 calls to b; back, and b killed as it ships.
+        server.stop()
+        assert set(await calls(["b"], 3000)) == {200}
+        shipper = child_of(running["b"].process.pid)
+        server.start()
+        await deferLater(reactor, 0.3, lambda: None)  # its next pass has begun: a batch of 3,000 lines
+        os.kill(shipper, signal.SIGKILL)
+        os.kill(running["b"].process.pid, signal.SIGKILL)
+        await deferToThread(running["b"].stop, signal.SIGKILL)
+        running["b"] = processes.proxy(ports["b"], tmp_path / "b", upstream.url, *options)
+        await deferToThread(running["b"].wait_for, processes.listening)
+        await until_stored(8000)
+    finally:
+        for proxy in running.values():
+            await deferToThread(proxy.stop, signal.SIGTERM)
+        if server.query("SELECT 1") is None:
+            server.start()
+    stored = server.query("SELECT request_id FROM events")
+    assert len(stored) == len({row[0] for row in stored}) == 8000  # no duplicate, no gap
+    assert {row[0] for row in stored} == logged(tmp_path / "a") | logged(tmp_path / "b")
+    totals = store_totals(server)
+    assert totals["daily"] == totals["models"] == (8000, totals["raw_cost"])
