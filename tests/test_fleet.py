@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from twisted.internet.threads import deferToThread
 from modeltrack import cli
 from modeltrack.store import fleet
 from tests import postgres, processes
+from tests.conftest import start_proxy
+from tests.test_dashboard import CHROMIUM, OUTPUT, Found, chromium, shown
 from tests.test_shared_ledger import CALL, free_port
 
 pytestmark = pytest.mark.skipif(not postgres.available(), reason="tools/install-test-tools.sh installs postgresql")
@@ -61,6 +64,12 @@ def write_log(data: Path, instance: str, count: int) -> tuple[int, Decimal]:
         with (data / name).open("a") as f:
             f.write(event(n, instance, day, ["ml", "web", None][n % 3], f"s{n % 9}" if n % 2 else None, cost))
     return count, total
+
+
+def empty(server: postgres.PostgresServer) -> None:
+    """The store's tables made, and emptied."""
+    fleet.connect(server.url).close()
+    server.query("TRUNCATE events, daily, daily_models, session_days, shipped, instances")
 
 
 def store_totals(server: postgres.PostgresServer) -> dict[str, Any]:
@@ -145,7 +154,7 @@ async def test_a_fleet_ships_through_an_outage_and_a_kill(reactor: Any, tmp_path
     server back and that instance's shipper and the instance itself killed with -9 as it
     ships, the instance started again: still exactly the events of both logs.
     """
-    server.query("TRUNCATE events, daily, daily_models, session_days, shipped, instances")
+    empty(server)
     server.stop()
     ports = {name: free_port() for name in ("a", "b")}
     options = ("--store", server.url, "--index-seconds", "0.2")
@@ -205,3 +214,46 @@ async def test_a_fleet_ships_through_an_outage_and_a_kill(reactor: Any, tmp_path
     assert {row[0] for row in stored} == logged(tmp_path / "a") | logged(tmp_path / "b")
     totals = store_totals(server)
     assert totals["daily"] == totals["models"] == (8000, totals["raw_cost"])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by tools/install-test-tools.sh")
+@pytest_twisted.ensureDeferred
+async def test_the_admin_api_and_dashboard_show_the_fleet(reactor: Any, tmp_path: Path, server: Any) -> None:
+    """
+    With --store, every page reads the fleet from the store: the teams page's total is
+    both instances' spend, and the Fleet page lists each instance with what it shipped.
+    """
+    empty(server)
+    today = date.today()
+    for name, count in (("a", 400), ("b", 300)):
+        data = tmp_path / name
+        data.mkdir()
+        with (data / "events.jsonl").open("w") as f:
+            for n in range(count):
+                f.write(event(n, name, today.isoformat(), ["ml", "web"][n % 2], None, "0.25"))
+        conn = fleet.connect(server.url)
+        assert fleet.ship(conn, data, name) == count
+        conn.close()
+    proxy = start_proxy(reactor, tmp_path / "mine", "http://127.0.0.1:9", admin_listen="tcp:0:interface=127.0.0.1",
+                        store=server.url)
+    profile = tmp_path / "chromium-profile"
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    try:
+        answer = json.loads(await (await treq.get(proxy.admin_url + "/api/spend?by=team")).content())
+        assert sum(row["requests"] for row in answer) == 700 and sum(Decimal(r["cost_usd"]) for r in answer) == 175
+        fleet_answer = json.loads(await (await treq.get(proxy.admin_url + "/api/fleet")).content())
+        assert fleet_answer["store"] is True
+        assert {(row["instance"], row["events"]) for row in fleet_answer["instances"]} >= {("a", 400), ("b", 300)}
+        found = {}
+        for page in ("teams", "fleet"):
+            url = f"{proxy.admin_url}/#{page}"
+            dom = await chromium(f"--user-data-dir={profile}", "--dump-dom", url)
+            await chromium(f"--user-data-dir={profile}", "--window-size=1280,900", f"--screenshot={OUTPUT}/fleet-{page}.png", url)
+            found[page] = Found()
+            found[page].feed(dom)
+            assert found[page].by_id["page"]["data-state"] == "ready", dom[-2000:]
+    finally:
+        await proxy.service.stopService()
+    assert shown(found["teams"], "total-cost") == Decimal(175)  # both instances' spend, not this one's (none)
+    assert found["fleet"].by_id["fleet-events"]["data-value"] == "700"
+    assert "Fleet: every instance shipping to the store" in found["fleet"].by_id["page"]["text"]

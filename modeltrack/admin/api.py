@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from modeltrack.accounting.reconcile import RESULT_FILE
-from modeltrack.store import reports
+from modeltrack.store import fleet, reports
 
 #: Most events C{/api/events} returns.
 MOST_EVENTS = 1000
@@ -45,7 +45,7 @@ class AdminAPI:
         L{BadQuery}.
         """
         handler = getattr(self, "_" + name, None) if name in (
-            "summary", "spend", "sessions", "budgets", "keys", "events", "reconciliation"
+            "summary", "spend", "sessions", "budgets", "keys", "events", "reconciliation", "fleet"
         ) else None
         if handler is None:
             return None
@@ -108,6 +108,28 @@ class AdminAPI:
         data_dir = self._data_dir
         return self._indexer.query(lambda db: reports.recent(data_dir, limit))
 
+
+    def _fleet(self, query: dict[str, str]) -> Deferred[Any]:
+        """
+        Each instance of the fleet: events shipped to the store, its last event's time,
+        when it last shipped and its lag (bytes of its log not shipped, and in events).
+        Without a store, this instance alone, from its index.
+        """
+        if not getattr(self._indexer, "fleet", False):
+            def local(db: Any) -> dict[str, Any]:
+                events, last = db.execute("SELECT COUNT(*), MAX(timestamp) FROM events").fetchone()
+                return {"store": False, "instances": [
+                    {"instance": "this instance", "events": events, "last_event_at": last, "shipped_at": None,
+                     "lag_bytes": 0, "lag_events": 0}]}
+            return self._indexer.query(local)
+
+        def shipped(db: Any) -> dict[str, Any]:
+            rows = db.execute(fleet.FLEET)
+            return {"store": True, "instances": [
+                {"instance": name, "events": events, "last_event_at": last, "shipped_at": shipped_at,
+                 "lag_bytes": lag_bytes, "lag_events": int(lag_events or 0)}
+                for name, events, last, shipped_at, lag_bytes, lag_events in rows]}
+        return self._indexer.query(shipped)
 
     def _reconciliation(self, query: dict[str, str]) -> Deferred[Any]:
         """

@@ -56,7 +56,7 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS shipped (instance text NOT NULL, source text NOT NULL, inode bigint NOT NULL,
         "offset" bigint NOT NULL, sealed boolean NOT NULL, PRIMARY KEY (instance, source))""",
     """CREATE TABLE IF NOT EXISTS instances (instance text PRIMARY KEY, events bigint NOT NULL,
-        last_event_at text, shipped_at timestamptz NOT NULL)""",
+        last_event_at text, shipped_at timestamptz NOT NULL, pending_bytes bigint NOT NULL DEFAULT 0)""",
 ]
 
 _SUMS = (
@@ -204,6 +204,32 @@ def drop_partitions(conn: Any, days: int, now: datetime) -> list[str]:
     return dropped
 
 
+def pending_bytes(conn: Any, data_dir: Path, instance: str) -> int:
+    """What this instance's log holds past its checkpoints, in bytes (its lag)."""
+    known = {source: (inode, offset) for source, inode, offset in conn.execute(
+        'SELECT source, inode, "offset" FROM shipped WHERE instance = %s', (instance,))}
+    pending = 0
+    for path in segments(data_dir) + live_files(data_dir):
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            continue
+        inode, offset = known.get(path.name, (stat.st_ino, 0))
+        pending += stat.st_size - (offset if inode == stat.st_ino else 0)
+    return max(0, pending)
+
+
+#: The fleet's instances, as the store knows them: events shipped, the last one's time,
+#: when each last shipped, and its lag (bytes of its log not shipped; in events, at the
+#: mean size of those it shipped).
+FLEET = """
+SELECT i.instance, i.events, i.last_event_at, to_char(i.shipped_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+       i.pending_bytes, CASE WHEN i.events > 0 THEN ceil(i.pending_bytes / (s.bytes::float / i.events)) ELSE 0 END
+FROM instances i LEFT JOIN (SELECT instance, sum("offset") AS bytes FROM shipped GROUP BY instance) s USING (instance)
+ORDER BY i.instance
+"""
+
+
 class Shipper:
     """
     Ships this instance's log to the store after each pass of the index. A store out of
@@ -225,6 +251,8 @@ class Shipper:
             if self._conn is None or self._conn.closed:
                 self._conn = connect(self._url, self._password_file)
             shipped = ship(self._conn, self._data_dir, self._instance)
+            self._conn.execute("UPDATE instances SET pending_bytes = %s WHERE instance = %s",
+                               (pending_bytes(self._conn, self._data_dir, self._instance), self._instance))
             now = datetime.now(UTC)
             if self._retain_days is not None and now.timestamp() - self._retained >= 3600:
                 self._retained = now.timestamp()
@@ -244,15 +272,27 @@ class Shipper:
         return shipped
 
 
+#: The index's SQLite aggregates as PostgreSQL says them (a session's models and teams
+#: are arrays in the store).
+_SPOKEN = {
+    "GROUP_CONCAT(NULLIF(models, ''))": "string_agg(array_to_string(models, ','), ',')",
+    "GROUP_CONCAT(NULLIF(teams, ''))": "string_agg(array_to_string(teams, ','), ',')",
+    "GROUP_CONCAT(DISTINCT NULLIF(key_id, ''))": "string_agg(DISTINCT NULLIF(key_id, ''), ',')",
+}
+
+
 class Reader:
     """
     The store read through the index's report queries (L{modeltrack.store.reports}):
-    their C{?} parameters as psycopg's, their sums as whole numbers.
+    their C{?} parameters as psycopg's, their few SQLite aggregates as PostgreSQL's,
+    their sums as whole numbers.
     """
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 
     def execute(self, query: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        for sqlite, spoken in _SPOKEN.items():
+            query = query.replace(sqlite, spoken)
         rows = self._conn.execute(query.replace("?", "%s"), tuple(params)).fetchall()
         return [tuple(int(v) if type(v).__name__ == "Decimal" and v == v.to_integral_value() else v for v in row) for row in rows]

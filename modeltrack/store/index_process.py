@@ -100,6 +100,7 @@ class IndexProcess:
         self._data_dir = data_dir
         self._keep = keep
         self._store = store
+        self._fleet: Any = None  # the store's connection, on the query thread
         self._reactor = reactor
         self._interval = interval
         self._pool = ThreadPool(1, 1, name="modeltrack-index")
@@ -152,6 +153,8 @@ class IndexProcess:
         self._pool.stop()
         if self._db is not None:
             self._db.close()  # the thread is gone: no other user is left
+        if self._fleet is not None:
+            self._fleet.close()
         process, self._process = self._process, None
         if process is None or process.ended.called:
             return succeed(None)
@@ -164,10 +167,29 @@ class IndexProcess:
 
         return process.ended.addBoth(stopped)
 
-    def query(self, read: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+    def _from_store(self, read: Callable[[Any], T]) -> T:
+        """C{read} on the fleet's store (on the query thread), connected again if it was lost."""
+        from modeltrack.store import fleet
+
+        assert self._store is not None
+        if self._fleet is None or self._fleet.closed:
+            self._fleet = fleet.connect(self._store[0], self._store[1])
+        try:
+            return read(fleet.Reader(self._fleet))
+        except Exception:
+            self._fleet.close()
+            raise
+
+    @property
+    def fleet(self) -> bool:
+        """Queries read the whole fleet, from its store."""
+        return self._store is not None
+
+    def query(self, read: Callable[[Any], T]) -> Deferred[T]:
         """
         C{read(connection)} on the query thread, once the index holds every event
-        written before this call (or, if the index process is down, on what it holds).
+        written before this call (or, if the index process is down, on what it holds);
+        with a store, on the store (once this instance's events are shipped).
         """
         if self._process is None or self._process.ended.called:
             refreshed: Deferred[None] = succeed(None)
@@ -176,6 +198,8 @@ class IndexProcess:
             refreshed.addErrback(lambda failure: log_failure(log, "Index not brought up to date", failure))
 
         def run() -> T:
+            if self._store is not None:
+                return self._from_store(read)
             if self._db is None:
                 self._db = index.connect(self._data_dir, check_same_thread=False)
             return read(self._db)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -108,7 +107,7 @@ def report(
 
 
 def sessions(
-    db: sqlite3.Connection, top: int, since: str | None = None, until: str | None = None
+    db: Database, top: int, since: str | None = None, until: str | None = None
 ) -> list[dict[str, Any]]:
     """
     The C{top} most expensive sessions: their calls, models, first and last call and
@@ -125,8 +124,8 @@ def sessions(
         started, ended = _instant(first), _instant(last)
         rows.append({
             "session_id": session,
-            "models": sorted(set(models.split(","))) if models else [],
-            "teams": sorted(set(teams.split(","))) if teams else [],
+            "models": sorted({model for model in (models or "").split(",") if model}),
+            "teams": sorted({team for team in (teams or "").split(",") if team}),
             "first_call": first,
             "last_call": last,
             "duration_seconds": round((ended - started).total_seconds(), 3),
@@ -148,7 +147,7 @@ def month_bounds(day: date) -> tuple[str, str]:
     return first.isoformat(), following.isoformat()
 
 
-def summary(db: sqlite3.Connection, today: date, since: str | None = None, until: str | None = None) -> dict[str, Any]:
+def summary(db: Database, today: date, since: str | None = None, until: str | None = None) -> dict[str, Any]:
     """
     Spend today and in a period (UTC days C{since} inclusive to C{until} exclusive;
     this month if not given), per day of the period, and a projection to its end at
@@ -181,7 +180,7 @@ def summary(db: sqlite3.Connection, today: date, since: str | None = None, until
     }
 
 
-def key_usage(db: sqlite3.Connection, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+def key_usage(db: Database, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
     """
     Spend per key (named by its keys.json name, else its fingerprint) between C{since}
     and C{until}, with its fingerprints and its last call, most expensive first.
@@ -189,7 +188,7 @@ def key_usage(db: sqlite3.Connection, since: str | None = None, until: str | Non
     where, params = _between(since, until)
     query = (
         f"SELECT {GROUP_KEYS['key']} AS k, NULLIF(key_name, ''), GROUP_CONCAT(DISTINCT NULLIF(key_id, '')), MAX(last_at), "
-        f"{_TOTALS} FROM daily{where}{' AND' if where else ' WHERE'} k IS NOT NULL "
+        f"{_TOTALS} FROM daily{where}{' AND' if where else ' WHERE'} {GROUP_KEYS['key']} IS NOT NULL "
         f"GROUP BY k ORDER BY SUM(cost_pico) DESC, k"
     )
     rows = []

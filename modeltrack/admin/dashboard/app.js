@@ -366,6 +366,27 @@ const pages = {
     return [el("h2", {}, "Budgets"), el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)),
       el("p", {}, "Open reservations: ", usd(report.open_reservations_usd))];
   },
+  async fleet(summary) {
+    const report = await api("/api/fleet");
+    const age = (instant) => {
+      if (!instant) return "–";
+      const seconds = Math.max(0, Math.round((Date.parse(summary.now || new Date().toISOString()) - Date.parse(instant)) / 1000));
+      return seconds < 120 ? `${seconds} s ago` : seconds < 7200 ? `${Math.round(seconds / 60)} min ago` : `${Math.round(seconds / 3600)} h ago`;
+    };
+    const head = el("tr", {}, ...["instance", "events shipped", "last event", "last shipped", "lag (events)", "lag (bytes)"]
+      .map((name, i) => el("th", i && i !== 2 && i !== 3 ? { class: "n" } : {}, name)));
+    const rows = report.instances.map((row) => el("tr", { "data-instance": row.instance },
+      el("td", {}, row.instance), el("td", { class: "n", "data-value": String(row.events) }, grouped(row.events)),
+      el("td", { title: row.last_event_at || "" }, age(row.last_event_at)), el("td", { title: row.shipped_at || "" }, age(row.shipped_at)),
+      el("td", { class: "n" }, grouped(row.lag_events)), el("td", { class: "n" }, grouped(row.lag_bytes))));
+    const total = report.instances.reduce((sum, row) => sum + BigInt(row.events), 0n);
+    return [
+      el("h2", {}, report.store ? "Fleet: every instance shipping to the store" : "Fleet: this instance (no --store)"),
+      el("div", { class: "cards" }, card("Instances", String(report.instances.length)),
+        card("Events in the store", el("span", { id: "fleet-events", "data-value": total.toString() }, grouped(total)))),
+      el("table", { id: "fleet" }, el("thead", {}, head), el("tbody", {}, ...rows)),
+    ];
+  },
   async reconciliation() {
     const result = await api("/api/reconciliation");
     if (!result.ran_at) {
