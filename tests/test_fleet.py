@@ -133,6 +133,12 @@ def test_two_instances_ship_exactly_once(server: postgres.PostgresServer, tmp_pa
     assert sum(row["requests"] for row in rows) == calls_a + calls_b + 1
     assert sum(Decimal(row["cost_usd"]) for row in rows) == cost_a + cost_b + Decimal("1.5")
     assert {row["team"] for row in rows} == {"ml", "web", None}
+    assert cli.main(["sessions", "--store", server.url, "--top", "3", "--format", "json"]) == 0
+    top = json.loads(capsys.readouterr().out)
+    sessions = dict(server.query("SELECT session_id, sum(requests) FROM session_days GROUP BY 1"))
+    assert len(top) == 3 and all(row["requests"] == int(sessions[row["session_id"]]) for row in top)
+    models = dict(server.query("SELECT session_id, string_agg(DISTINCT model, ',' ORDER BY model) FROM events GROUP BY 1"))
+    assert all(row["models"] == models[row["session_id"]].split(",") for row in top)
 
 
 def child_of(pid: int) -> int:

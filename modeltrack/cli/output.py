@@ -71,6 +71,20 @@ def _for_people(column: str, value: Any) -> str:
     return f"{number:,}"
 
 
+def reading(args: Any, show: bool | None = None) -> Any:
+    """
+    What a report reads: the fleet's store (C{--store}), else this data dir's index,
+    brought up to date first.
+    """
+    if getattr(args, "store", None):
+        from modeltrack.store import fleet
+
+        return fleet.Reader(fleet.connect(args.store, args.store_password_file))
+    db = index.connect(args.data_dir)
+    update_with_progress(db, args.data_dir, show)
+    return db
+
+
 def update_with_progress(db: sqlite3.Connection, data_dir: Path, show: bool | None) -> int:
     """
     Bring the index up to date; with a progress bar if C{show}, or (L{None}) on a

@@ -31,9 +31,9 @@ from modeltrack.accounting.reconcile import (
     reconcile,
     save_result,
 )
-from modeltrack.cli.output import render, update_with_progress
+from modeltrack.cli.arguments import add_store
+from modeltrack.cli.output import reading, render
 from modeltrack.controls.keys import KEYS_FILE, load_keys
-from modeltrack.store import index
 
 ADMIN_KEYS = {"anthropic": "ANTHROPIC_ADMIN_KEY", "openai": "OPENAI_ADMIN_KEY"}
 DEFAULT_URLS = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com"}
@@ -54,6 +54,7 @@ def add_command(commands: Any) -> None:
     command.add_argument("--openai-url", default=DEFAULT_URLS["openai"], help="the OpenAI API's origin")
     command.add_argument("--format", choices=("table", "csv", "json"), default="table")
     command.add_argument("--tolerance", type=float, default=0.5, help="percent a token count may differ by (default 0.5)")
+    add_store(command)
     command.add_argument("--fail-on-bypass", action="store_true", help="exit 1 when the provider reports traffic the log never saw")
     command.set_defaults(run=run)
 
@@ -86,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if not reported.days:
         print("modeltrack reconcile: the reports cover no day", file=sys.stderr)
         return 2
-    db = index.connect(args.data_dir)
-    update_with_progress(db, args.data_dir, False)
+    db = reading(args, False)
     days = sorted(day for covered in reported.days.values() for day in covered)
     log = logged(db, sorted(reported.days), days[0], days[-1])
     book = load_keys(args.data_dir / KEYS_FILE)

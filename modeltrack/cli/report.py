@@ -9,8 +9,8 @@ import sys
 from typing import Any
 
 from modeltrack.cli.arguments import add_report, add_store, period
-from modeltrack.cli.output import TOTAL_COLUMNS, render, update_with_progress
-from modeltrack.store import index, reports
+from modeltrack.cli.output import TOTAL_COLUMNS, reading, render
+from modeltrack.store import reports
 
 
 def add_command(commands: Any) -> None:
@@ -28,13 +28,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"modeltrack: --by: {e}", file=sys.stderr)
         return 2
-    if args.store:  # the whole fleet, from its store
-        from modeltrack.store import fleet
-
-        rows = reports.report(fleet.Reader(fleet.connect(args.store, args.store_password_file)), by, *period(args))
-    else:
-        db = index.connect(args.data_dir)
-        update_with_progress(db, args.data_dir, args.progress)
-        rows = reports.report(db, by, *period(args))
+    rows = reports.report(reading(args, args.progress), by, *period(args))  # (with --store: the whole fleet)
     sys.stdout.write(render(rows, by + TOTAL_COLUMNS, args.format))
     return 0
