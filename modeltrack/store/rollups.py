@@ -32,23 +32,21 @@ SUMS = (
     "cost_pico", "saved_pico", "unpriced",
 )
 
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS daily (
+
+def _daily_table(name: str, keys: tuple[str, ...]) -> str:
+    """A daily rollup's table: per day and C{keys} (and cache hit), the sums."""
+    return f"""CREATE TABLE IF NOT EXISTS {name} (
     day TEXT NOT NULL,
-    {", ".join(f"{key} TEXT NOT NULL" for key in DAILY_KEYS)},
+    {", ".join(f"{key} TEXT NOT NULL" for key in keys)},
     cache_hit INTEGER NOT NULL,
-    {", ".join(f"{name} INTEGER NOT NULL" for name in SUMS)},
+    {", ".join(f"{total} INTEGER NOT NULL" for total in SUMS)},
     last_at TEXT NOT NULL,
-    PRIMARY KEY (day, {", ".join(DAILY_KEYS)}, cache_hit)
+    PRIMARY KEY (day, {", ".join(keys)}, cache_hit)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS daily_models (
-    day TEXT NOT NULL,
-    {", ".join(f"{key} TEXT NOT NULL" for key in COARSE_KEYS)},
-    cache_hit INTEGER NOT NULL,
-    {", ".join(f"{name} INTEGER NOT NULL" for name in SUMS)},
-    last_at TEXT NOT NULL,
-    PRIMARY KEY (day, {", ".join(COARSE_KEYS)}, cache_hit)
-) WITHOUT ROWID;
+"""
+
+
+SCHEMA = _daily_table("daily", DAILY_KEYS) + _daily_table("daily_models", COARSE_KEYS) + f"""
 CREATE TABLE IF NOT EXISTS session_days (
     session_id TEXT NOT NULL,
     day TEXT NOT NULL,
