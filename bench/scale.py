@@ -1,6 +1,7 @@
 """
 What issue 16 asks the bench: requests per CPU-second of the proxy's whole process tree
-on the bench's non-streaming call, --workers 1 against 2 (the load split between them),
+on the bench's non-streaming call, --workers 1 against 2 (the load split between them,
+calls and concurrent streams),
 and what a budget held in Redis adds to the latency at one connection, against the same
 budget in memory. Same harness as bench/run.py (nginx upstream, wrk), rounds interleaved.
 
@@ -120,6 +121,9 @@ def main() -> None:
             for name, process in contenders.items():
                 load = harness.stream_load(process.port, args.streams, 40, 50, 1000)
                 streamed[name].append((load["ttfb_ms"]["p99"], load["chunk_delay_ms"]["p99"], load["errors"] + load["incomplete"]))
+        # The concurrent streams, by the worker that carried each (opened within a second, held two).
+        after = events_per_series(workdir / "w2")
+        stream_split = {series: after[series] - split.get(series, 0) for series in after}
         latency = {
             "in-memory budget": proxy("mem", "--budget"),
             "Redis budget": proxy("redis", "--budget", "--redis-url", f"redis://127.0.0.1:{redis_port}/0"),
@@ -147,6 +151,10 @@ def main() -> None:
             ))
         total = sum(split.values())
         print("workers=2 events per worker: " + ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(split.items())))
+        streams_total = sum(stream_split.values())
+        if streams_total:
+            print("workers=2 concurrent streams per worker: "
+                  + ", ".join(f"{k} {v} ({v / streams_total:.0%})" for k, v in sorted(stream_split.items())))
         for name, values in p50.items():
             print(f"{name}: p50 {statistics.median(values):.3f} ms at 1 connection (rounds {min(values):.3f}-{max(values):.3f})")
     finally:
