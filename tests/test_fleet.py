@@ -263,3 +263,32 @@ async def test_the_admin_api_and_dashboard_show_the_fleet(reactor: Any, tmp_path
     assert shown(found["teams"], "total-cost") == Decimal(175)  # both instances' spend, not this one's (none)
     assert found["fleet"].by_id["fleet-events"]["data-value"] == "700"
     assert "Fleet: every instance shipping to the store" in found["fleet"].by_id["page"]["text"]
+
+
+def test_reconcile_reads_the_store_as_it_reads_the_index(server: postgres.PostgresServer, tmp_path: Path) -> None:
+    """The same reports against the same events: the same rows, whether read from this
+    instance's index or from the fleet's store."""
+    from tests import test_reconcile as r
+
+    empty(server)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "keys.json").write_text(json.dumps({"keys": [{"key_id": r.SEARCH.key_id, "name": "search-prod",
+                                                         "provider_key_id": "apikey_01search"}]}))
+    logged = r.write_events(data, [
+        *[("2026-11-20", "anthropic", r.claude(), r.SEARCH, False) for _ in range(3)],
+        ("2026-11-20", "anthropic", r.claude(), r.SEARCH, True),
+        *[("2026-11-21", "openai", r.gpt(), None, False) for _ in range(2)],
+    ])
+    conn = fleet.connect(server.url)
+    assert fleet.ship(conn, data, "solo") == 6
+    conn.close()
+    usage_pages, cost = r.anthropic_pages(sum(Decimal(str(e["cost_usd"])) for e in logged[:3]))
+    files = []
+    for name, document in (("usage", usage_pages), ("cost", cost)):
+        (tmp_path / name).write_text(json.dumps(document))
+        files += ["--report", str(tmp_path / name)]
+    local = r.run(data, *files, "--format", "json")
+    stored = r.run(data, *files, "--format", "json", "--store", server.url)
+    assert local.returncode == stored.returncode, stored.stderr
+    assert json.loads(stored.stdout)["rows"] == json.loads(local.stdout)["rows"] != []
