@@ -164,7 +164,8 @@ def render(r: dict[str, Any]) -> str:
         f"{r['events']:,} events over 90 days (40 teams, 300 keys, {r['events'] // 50:,} sessions of 50 calls), "
         "indexed by `modeltrack index`.",
         "",
-        f"- Ingest: {r['ingest_s']:.0f} s, **{r['rate']:,.0f} events/s** (decode, check, raw rows and rollups, one transaction per 20,000 lines).",
+        f"- Ingest: {r['ingest_s']:.0f} s, **{r['rate']:,.0f} events/s** (lines decoded and checked, and their rollup sums made, "
+        "in a second process; raw rows and rollups written in one transaction per 20,000 lines).",
         f"- Sizes: log {r['sizes']['log'] / 1e9:.2f} GB, index {r['sizes']['index'] / 1e9:.2f} GB; rows: "
         f"{r['rows']['events']:,} raw, {r['rows']['daily']:,} daily rollups, {r['rows']['session_days']:,} session-days.",
         "",

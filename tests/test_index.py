@@ -11,6 +11,7 @@ import time
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -247,3 +248,25 @@ def test_the_table_is_for_people_and_csv_json_stay_exact(tmp_path: Path, capsys)
     assert len(ml) == len(header)  # the numbers line up on the right
     assert cli.main(["report", "--data-dir", str(tmp_path), "--by", "team", "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "ml,1000,1200000,300000,724.00974,0,0,0"
+
+
+def test_a_large_catch_up_reads_in_a_second_process_with_the_same_result(tmp_path: Path, monkeypatch: Any) -> None:
+    lines = [event(n, "ml" if n % 3 else "web", "0.00472" if n % 5 else None) for n in range(12_345)]
+    lines[100] = b"{not json\n"
+    lines[7_000] = b'{"request_id": 7}\n'
+    results = {}
+    for parallel in (False, True):
+        data = tmp_path / str(parallel)
+        data.mkdir()
+        (data / "events.jsonl").write_bytes(b"".join(lines))
+        monkeypatch.setattr(index, "PARALLEL_BYTES", 0 if parallel else 1 << 40)
+        warned: list[str] = []
+        db = index.connect(data)
+        assert index.update(db, data, warn=warned.append) == 12_345
+        results[parallel] = (
+            reports.report(db, ["team"]), warned,
+            db.execute("SELECT offset FROM skipped_lines ORDER BY offset").fetchall(),
+            db.execute("SELECT COUNT(*) FROM events").fetchone()[0],
+        )
+    assert results[True] == results[False]
+    assert results[True][3] == 12_343 and len(results[True][1]) == 2

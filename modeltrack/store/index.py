@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import select
 import sqlite3
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -248,6 +251,63 @@ def pending(db: sqlite3.Connection, data_dir: Path) -> list[tuple[Path, int, int
     return work
 
 
+def _chunks(path: Path, offset: int) -> Iterator[tuple[list[bytes], list[int], int]]:
+    """
+    The whole lines of C{path} from C{offset} on, L{_PROGRESS_LINES} at a time: the
+    lines, where each starts, and the offset past the chunk (the last may be empty).
+    """
+    lines: list[bytes] = []
+    starts: list[int] = []
+    for line, after in whole_lines(path, offset):
+        lines.append(line)
+        starts.append(offset)
+        offset = after
+        if len(lines) == _PROGRESS_LINES:
+            yield lines, starts, offset
+            lines, starts = [], []
+    yield lines, starts, offset
+
+
+def read_chunk(
+    lines: list[bytes], starts: list[int]
+) -> tuple[list[tuple[Any, ...]], list[tuple[int, str]], rollups.Totals]:
+    """
+    The index rows of C{lines}, the lines that are none (where each starts, and why),
+    and what the rows add to the rollups.
+    """
+    rows, bad = [], []
+    for line, start in zip(lines, starts, strict=True):
+        try:
+            rows.append(event_row(decode_line(line)))
+        except (ValueError, RecursionError) as e:  # BadLine, JSON, UTF-8
+            bad.append((start, str(e) if isinstance(e, BadLine) else "not a JSON line"))
+    totals = rollups.Totals()
+    totals.add(rows)
+    return rows, bad, totals
+
+
+def _read(chunks: Iterator[tuple[list[bytes], list[int], int]], pool: ProcessPoolExecutor | None) -> Iterator[Any]:
+    """Each chunk read (rows, bad lines, offset past it, lines), in order: in C{pool}, two ahead, if one is given."""
+    if pool is None:
+        for lines, starts, after in chunks:
+            yield (*read_chunk(lines, starts), after, len(lines))
+        return
+    ahead: deque[tuple[Future[Any], int, int]] = deque()
+    for lines, starts, after in chunks:
+        ahead.append((pool.submit(read_chunk, lines, starts), after, len(lines)))
+        if len(ahead) > 2:
+            future, done_at, count = ahead.popleft()
+            yield (*future.result(), done_at, count)
+    while ahead:
+        future, done_at, count = ahead.popleft()
+        yield (*future.result(), done_at, count)
+
+
+#: New bytes past which the lines are decoded and checked in a second process while
+#: this one writes the index (a rebuild, a long catch-up): two cores instead of one.
+PARALLEL_BYTES = 64 << 20
+
+
 def update(
     db: sqlite3.Connection,
     data_dir: Path,
@@ -264,39 +324,47 @@ def update(
     work = pending(db, data_dir)
     total = sum(size - offset for _, _, offset, size, _ in work)
     done = read = 0
-    for path, inode, offset, _, sealed in work:
-        rows: list[tuple[Any, ...]] = []
-        skipped: list[int] = []
-        start = offset
-        try:
-            for line, offset_after in whole_lines(path, offset):
-                try:
-                    rows.append(event_row(decode_line(line)))
-                except (ValueError, RecursionError) as e:  # BadLine, JSON, UTF-8
-                    problem = str(e) if isinstance(e, BadLine) else "not a JSON line"
-                    warn(f"modeltrack index: skipped a line of {path.name} at offset {offset}: {problem}")
-                    skipped.append(offset)
-                offset = offset_after
-                read += 1
-                if len(rows) + len(skipped) >= _BATCH:
-                    _commit(db, rows, skipped, path.name, inode, offset, False)
-                    rows, skipped = [], []
-                if progress is not None and read % _PROGRESS_LINES == 0:
-                    progress(done + offset - start, total)
-        except FileNotFoundError:
-            continue  # the live file was sealed under us: read as a segment next time
-        _commit(db, rows, skipped, path.name, inode, offset, sealed)
-        done += offset - start
-        if progress is not None:
-            progress(done, total)
+    pool = None
+    if total >= PARALLEL_BYTES and (os.cpu_count() or 1) > 1:
+        # Spawned, not forked: the caller may have threads (a fork copies their locks).
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        for path, inode, start, _, sealed in work:
+            rows: list[tuple[Any, ...]] = []
+            skipped: list[int] = []
+            totals: list[rollups.Totals] = []
+            offset = start
+            try:
+                for chunk_rows, bad, chunk_totals, offset, count in _read(_chunks(path, start), pool):
+                    for at, problem in bad:
+                        warn(f"modeltrack index: skipped a line of {path.name} at offset {at}: {problem}")
+                        skipped.append(at)
+                    rows += chunk_rows
+                    totals.append(chunk_totals)
+                    read += count
+                    if len(rows) + len(skipped) >= _BATCH:
+                        _commit(db, rows, skipped, path.name, inode, offset, False, totals)
+                        rows, skipped, totals = [], [], []
+                    if progress is not None and count == _PROGRESS_LINES:
+                        progress(done + offset - start, total)
+            except FileNotFoundError:
+                continue  # the live file was sealed under us: read as a segment next time
+            _commit(db, rows, skipped, path.name, inode, offset, sealed, totals)
+            done += offset - start
+            if progress is not None:
+                progress(done, total)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return read
 
 
 def _commit(
-    db: sqlite3.Connection, rows: list[tuple[Any, ...]], skipped: list[int], name: str, inode: int, offset: int, sealed: bool
+    db: sqlite3.Connection, rows: list[tuple[Any, ...]], skipped: list[int], name: str, inode: int, offset: int, sealed: bool,
+    totals: list[rollups.Totals] | None = None,
 ) -> None:
     with db:
-        rollups.add(db, rows, _INSERT)
+        rollups.add(db, rows, _INSERT, totals)
         db.executemany("INSERT OR IGNORE INTO skipped_lines (name, offset) VALUES (?, ?)", [(name, at) for at in skipped])
         db.execute(
             "INSERT OR REPLACE INTO sources (name, inode, offset, sealed) VALUES (?, ?, ?, ?)",
