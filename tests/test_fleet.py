@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import subprocess
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -292,3 +292,16 @@ def test_reconcile_reads_the_store_as_it_reads_the_index(server: postgres.Postgr
     stored = r.run(data, *files, "--format", "json", "--store", server.url)
     assert local.returncode == stored.returncode, stored.stderr
     assert json.loads(stored.stdout)["rows"] == json.loads(local.stdout)["rows"] != []
+
+
+def test_retention_drops_whole_months_of_raw_events_never_rollups(server: postgres.PostgresServer, tmp_path: Path) -> None:
+    empty(server)
+    write_log(tmp_path / "r", "r", 400)  # November 29-30 and December 1-2
+    conn = fleet.connect(server.url)
+    assert fleet.ship(conn, tmp_path / "r", "r") == 400
+    before = store_totals(server)
+    # On 2027-01-15, keeping 20 days: November ended more than 20 days ago, December did not.
+    assert fleet.drop_partitions(conn, 20, datetime(2027, 1, 15, tzinfo=UTC)) == ["events_2026_11"]
+    conn.close()
+    after = store_totals(server)
+    assert after["events"] == 200 and after["daily"] == before["daily"] and after["models"] == before["models"]
