@@ -20,6 +20,8 @@ import openai
 import pytest
 import pytest_twisted
 import websockets.sync.client as ws_client
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from websockets.exceptions import ConnectionClosed
 from wsproto.frame_protocol import FrameProtocol
@@ -210,3 +212,34 @@ def _until_done(connection: Any) -> Any:
         yield event
         if event.type in ("response.done", "error"):
             return
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_gone_before_the_upgrade_is_answered_ends_it_upstream(reactor: Any, tmp_path: Path) -> None:
+    """A provider that never answers the upgrade, and a client that leaves meanwhile: the
+    provider's connection is closed, not left waiting, and the upgrade has its event."""
+    connected: list[Any] = []
+
+    class Silent(Protocol):
+        def connectionMade(self) -> None:
+            self.gone: Deferred[None] = Deferred()
+            connected.append(self)
+
+        def connectionLost(self, reason: Any = None) -> None:
+            self.gone.callback(None)
+
+    silent = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+    proxy = start_proxy(reactor, tmp_path, f"http://127.0.0.1:{silent.getHost().port}")
+    client = socket.create_connection(("127.0.0.1", proxy.service.ports[0].getHost().port))
+    try:
+        client.sendall(UPGRADE + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        while not connected:  # the proxy has sent the upgrade on, and waits for its answer
+            await deferLater(reactor, 0.01, lambda: None)
+        client.close()
+        await connected[0].gone
+        [event] = await events_when(reactor, proxy, 1)
+    finally:
+        client.close()
+        await proxy.service.stopService()
+        await silent.stopListening()
+    assert event["outcome"] == "client_closed" and event["endpoint"] == "/v1/realtime"

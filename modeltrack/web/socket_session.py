@@ -385,6 +385,9 @@ class SocketSession:
         """One side's connection ended: the other goes too; what was under way is accounted."""
         if self._ended:
             return
+        if not self._open:  # gone before the upgrade was answered: the provider's answer is not wanted
+            self._stop_upstream()
+            return self._end(Outcome.CLIENT_CLOSED, 0)
         if side == "client" and self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.loseConnection()
         if side == "upstream" and self._client is not None:
