@@ -8,6 +8,7 @@ cap.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
@@ -124,3 +125,38 @@ async def test_a_stalled_upload_is_cut_and_a_client_that_leaves_cancels_the_upst
     assert not resource.in_flight
     assert not [s for s in upstream.resource.seen if s.path == b"/v1/files"]  # neither upload completed upstream
     assert status_of(too_big) == 413
+
+
+def refused_upload(port: int, length: int, sent: int) -> bytes:
+    """An upload by a key the keys file does not know: what comes back, the body still arriving."""
+    head = (b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-unknown\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % length)
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(head + b"\0" * sent)
+        received = b""
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        return received
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_refused_at_its_head_is_answered_once_and_recorded(reactor: Any, tmp_path: Path, upstream: Any) -> None:
+    """Refused before its body is all here (an unknown key under unknown_keys: deny): one
+    401 in OpenAI's shape, the connection closed, the rest of the body not read as a next
+    request, one rejected event, nothing sent upstream."""
+    (tmp_path / "keys.json").write_text(json.dumps({"keys": [{"key_id": "k_0123456789abcdef", "name": "ci"}],
+                                                    "unknown_keys": "deny"}))
+    proxy = start_proxy(reactor, tmp_path, upstream.url)
+    port = proxy.service.ports[0].getHost().port
+    try:
+        answer = await in_thread(refused_upload, port, 50 * MB, 3 * MB)
+        await proxy.flushed()
+    finally:
+        await proxy.service.stopService()
+    assert status_of(answer) == 401 and answer.count(b"HTTP/1.1") == 1 and b"unknown_key" in answer
+    [event] = proxy.events()
+    assert event["outcome"] == "rejected" and event["status_code"] == 401
+    assert not [s for s in upstream.resource.seen if s.path == b"/v1/files"]

@@ -99,12 +99,13 @@ class ProxyRequest(server.Request):
         with a L{BodyPipe} for a body.
         """
         method, _, rest = self.channel.request_line.partition(b" ")
-        target = rest.rpartition(b" ")[0]
+        target, _, version = rest.rpartition(b" ")
         path = target.partition(b"?")[0]
         streams = getattr(site.resource, "streams", None)
         if streams is None or not streams(method, path, self.requestHeaders):
             return
-        self.method, self.uri, self.path = method, target, path
+        # What requestReceived sets once the body is in (the answer's status line needs the version).
+        self.method, self.uri, self.path, self.clientproto = method, target, path, version
         self.body_pipe = BodyPipe(length, self.channel.transport, site.clock, site.upload_idle)
         self._render()
 
