@@ -3,7 +3,7 @@ Fault suite: keys never reach the disk, the log, the metrics, the admin API, an 
 export or an error body. Seven canary keys, one in every place a key can travel (Authorization: Bearer,
 x-api-key, api-key, x-goog-api-key, ?key=, ?api-key=, a WebSocket subprotocol), go together on every call, to
 every provider (OpenAI, Anthropic, Azure, a compatible upstream, Bedrock, Gemini, Vertex,
-relayed routes), and
+relayed routes, an image edit's form, Veo, an upload streamed past the body cap), and
 calls end every way a call can end. Then every byte under the data dirs (events, the
 SQLite index, state, snapshots), every log line in both formats, /metrics, /stats, the
 admin API and every answer received are searched for each canary.
@@ -74,6 +74,20 @@ def request(path: bytes, body: Any, team: bytes = b"ml", query: bytes | None = N
 
 def chat(model: str, **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def form_request(path: bytes) -> bytes:
+    """A multipart form (an image edit) with every canary where its dialect reads keys, and in the query."""
+    body = (
+        b'--canaryform\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1.5\r\n'
+        b'--canaryform\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na hat\r\n'
+        b'--canaryform\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+        b"\x89PNG\r\n\x1a\n\r\n--canaryform--\r\n"
+    )
+    return (
+        b"POST " + path + QUERY + b" HTTP/1.1\r\nHost: proxy\r\nContent-Type: multipart/form-data; boundary=canaryform\r\n"
+        + key_headers(path) + b"X-ModelTrack-Team: ml\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+    )
 
 
 def socket_sessions(port: int) -> list[bytes]:
@@ -178,6 +192,11 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
         for path, body in calls:
             answers.append(await in_thread(rawhttp.exchange, port, request(path, body)))
         answers.append(await in_thread(rawhttp.exchange, port, request(b"/v1/chat/completions", chat("gpt-4o"), team=b"broke")))
+        # An image edit (a form), a Veo operation, and an upload large enough to stream past the body cap.
+        answers.append(await in_thread(rawhttp.exchange, port, form_request(b"/v1/images/edits")))
+        veo = b"/gemini/v1beta/models/veo-3.0-generate-001:predictLongRunning"
+        answers.append(await in_thread(rawhttp.exchange, port, request(veo, {"instances": [{"prompt": "a fox"}]})))
+        answers.append(await in_thread(rawhttp.exchange, port, request(b"/v1/files", b"\0" * (2 << 20))))
         gemini_stream = b"/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent"
         # Gemini's key in its query, as the only credential.
         gemini_query = b"?key=%s&alt=sse" % CANARIES["?key="].encode()
@@ -236,6 +255,9 @@ async def test_no_key_reaches_any_output(reactor: Any, tmp_path: Path, upstream:
     assert {e["custom_id"] for e in proxy.events() if e["batch"]} == {"q-1", "q-2", "m-1", "m-2"}
     assert collector.spans and collector.metrics  # the export ran, and is searched below
     assert any(e["budget_status"] == "blocked" for e in proxy.events())
+    assert any(seen.path.startswith(b"/v1/files?") and seen.size == 2 << 20 for seen in upstream.resource.seen)  # streamed
+    endpoints = {e["endpoint"]: e for e in proxy.events()}
+    assert endpoints["/v1/images/edits"]["priced"] and endpoints["/v1beta/models/{model}:predictLongRunning"]["outcome"] == "ok"
     realtime = [e for e in proxy.events() if e["endpoint"] in ("/v1/realtime", "/openai/realtime")]
     assert sorted(e["outcome"] for e in realtime) == ["ok"] * 3 + ["rejected"]
     assert len({e["key_id"] for e in realtime}) == 3  # the bearer twice, the subprotocol's, Azure's query's
