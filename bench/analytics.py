@@ -61,7 +61,9 @@ def generate(path: Path, events: int, days: int, seed: int = 7) -> None:
             when = start + timedelta(seconds=n * step)
             ok = rng.random() > 0.02
             event = {
-                "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "request_id": f"mt_{n:024x}", "provider": provider,
+                # The id as the proxy makes it: the time in milliseconds, then random bits.
+                "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "request_id": f"mt_{int(when.timestamp() * 1000):012x}{rng.getrandbits(48):012x}", "provider": provider,
                 "endpoint": ENDPOINTS[provider], "route_class": "metered", "model": model, "requested_model": model,
                 "deployment": None, "streaming": n % 3 == 0, "status_code": 200 if ok else 429,
                 "outcome": "ok" if ok else "rejected", "input_tokens": tokens_in, "output_tokens": tokens_out,
@@ -165,7 +167,8 @@ def render(r: dict[str, Any]) -> str:
         "indexed by `modeltrack index`.",
         "",
         f"- Ingest: {r['ingest_s']:.0f} s, **{r['rate']:,.0f} events/s** (lines decoded and checked, and their rollup sums made, "
-        "in a second process; raw rows and rollups written in one transaction per 20,000 lines).",
+        "in reader processes, each piece of 16 MiB handed over as a small SQLite database of its own; the index process "
+        "merges each with INSERT ... SELECT, raw rows and rollups in one transaction).",
         f"- Sizes: log {r['sizes']['log'] / 1e9:.2f} GB, index {r['sizes']['index'] / 1e9:.2f} GB; rows: "
         f"{r['rows']['events']:,} raw, {r['rows']['daily']:,} daily rollups, {r['rows']['session_days']:,} session-days.",
         "",

@@ -18,7 +18,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from modeltrack import cli
-from modeltrack.store import index, reports
+from modeltrack.store import event_lines, index, reports
 from modeltrack.store.index_process import IndexProcess
 from modeltrack.store.journal import SegmentFile
 
@@ -129,15 +129,18 @@ def test_sessions_command(tmp_path: Path, capsys) -> None:
     assert "is not a positive whole number" in capsys.readouterr().err
 
 
-def test_index_progress_bar(tmp_path: Path, capsys) -> None:
-    (tmp_path / "events.jsonl").write_bytes(b"".join(event(n, "ml", "0.001") for n in range(12_000)))
+def test_index_progress_bar(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(event_lines, "PIECE_BYTES", 4 << 20)
+    log = b"".join(event(n, "ml", "0.001") for n in range(12_000))
+    (tmp_path / "events.jsonl").write_bytes(log)
     assert cli.main(["index", "--data-dir", str(tmp_path), "--progress"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "indexed 12000 event lines\n"
     steps = captured.err.strip("\n").split("\r")[1:]
-    assert len(steps) == 3  # two full batches, then the end of the file
+    assert len(steps) == 3  # a piece of 4 MiB, the rest, then the end of the file
     assert steps[-1].startswith("indexing [" + "#" * 30 + "] 100%")
-    assert " 41%" in steps[0] or " 42%" in steps[0]
+    first_piece = log.index(b"\n", event_lines.PIECE_BYTES - 1) + 1
+    assert f"] {first_piece / len(log):4.0%} 4/" in steps[0]
     assert cli.main(["index", "--data-dir", str(tmp_path)]) == 0
     assert capsys.readouterr() == ("indexed 0 event lines\n", "")  # not a terminal, nothing new: no bar
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -19,6 +21,15 @@ from modeltrack.controls.keys import NO_CALLER, Caller
 from modeltrack.pricing.prices import Price
 from modeltrack.pricing.usage import Reading, Usage
 from modeltrack.providers.dialect import Endpoint
+
+
+def new_request_id() -> str:
+    """
+    A call's id: C{mt_}, the time in milliseconds (12 hex digits), then 48 random bits.
+    Ordered by time, so the index's and the fleet store's keys grow at their end
+    instead of landing all over a key index larger than memory.
+    """
+    return f"mt_{time.time_ns() // 1_000_000:012x}{os.urandom(6).hex()}"
 
 
 class Outcome(StrEnum):

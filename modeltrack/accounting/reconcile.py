@@ -22,7 +22,7 @@ from typing import Any
 
 from modeltrack.pricing.usage import text
 from modeltrack.store.datadir import state_dir, write_atomically
-from modeltrack.store.index import PICO
+from modeltrack.store.event_lines import PICO
 
 TOKEN_KINDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
 #: The providers whose reports this reads, by their name in events.

@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from modeltrack.store import rollups
-from modeltrack.store.index import BadLine, decode_line, event_row, whole_lines
+from modeltrack.store.event_lines import AT, BadLine, decode_line, event_row, whole_lines
 from modeltrack.store.journal import live_files, segments
 
 #: Lines per transaction.
@@ -37,6 +38,8 @@ _TYPES = (
     "text", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "integer", "integer", "double precision",
     "text",
 )
+#: A row's places in the order of the store's columns (its priced and cache hit as numbers).
+_STORED = itemgetter(*(AT["timestamp" if name == "ts" else name] for name in _COLUMNS[:-1]))
 _SUM_COLUMNS = ", ".join(f"{name} bigint NOT NULL" for name in rollups.SUMS)
 
 
@@ -124,7 +127,8 @@ def _batches(path: Path, offset: int, instance: str) -> Iterator[tuple[list[tupl
     rows: list[tuple[Any, ...]] = []
     for line, after in whole_lines(path, offset):
         try:
-            rows.append((*event_row(decode_line(line)), instance))
+            stored = _STORED(event_row(decode_line(line)))
+            rows.append((*stored[:-3], int(stored[-3]), int(stored[-2]), stored[-1], instance))
         except (ValueError, RecursionError, BadLine):
             pass  # the index counts and reports such lines; the store leaves them out
         offset = after

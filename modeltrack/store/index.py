@@ -11,8 +11,6 @@ sums stay exact.
 
 from __future__ import annotations
 
-import json
-import math
 import multiprocessing
 import os
 import select
@@ -23,22 +21,17 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import orjson
-
-from modeltrack.pricing.usage import MAX_COUNT
-from modeltrack.store import rollups
+from modeltrack.store import event_lines, rollups
 from modeltrack.store.datadir import create_file
 from modeltrack.store.journal import live_files, segments
 
-PICO = Decimal(10) ** 12
 DB_NAME = "modeltrack.db"
 
 #: Raised whenever the events table changes; an index of another version is rebuilt.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     request_id TEXT PRIMARY KEY,
@@ -67,7 +60,12 @@ CREATE TABLE IF NOT EXISTS events (
     cache_hit INTEGER NOT NULL,
     latency_ms REAL
 );
-CREATE INDEX IF NOT EXISTS events_day ON events (day);
+CREATE TABLE IF NOT EXISTS batches (
+    first_rowid INTEGER PRIMARY KEY,
+    last_rowid INTEGER NOT NULL,
+    first_day TEXT NOT NULL,
+    last_day TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS skipped_lines (
     name TEXT NOT NULL,
     offset INTEGER NOT NULL,
@@ -81,19 +79,17 @@ CREATE TABLE IF NOT EXISTS sources (
 );
 """
 
-_COLUMNS = (
-    "request_id", "timestamp", "day", "provider", "endpoint", "route_class", "model", "team", "app", "feature",
-    "session_id", "key_id", "key_name", "client", "outcome", "input_tokens", "output_tokens", "cache_read_tokens",
-    "cache_write_tokens", "reasoning_tokens", "cost_pico", "saved_pico", "priced", "cache_hit",
-    "latency_ms",
-)
-_INSERT = f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+#: A piece's rows into the index (L{event_lines.stage}); an event indexed before is left.
+_INSERT = f"INSERT OR IGNORE INTO events ({', '.join(event_lines.AT)}) SELECT {', '.join(event_lines.AT)} FROM piece.rows"
 
 
 def connect(data_dir: Path, check_same_thread: bool = True) -> sqlite3.Connection:
     # Created 0640 like the event log (SQLite gives its WAL files the same mode).
     create_file(data_dir / DB_NAME)
     db = sqlite3.connect(data_dir / DB_NAME, check_same_thread=check_same_thread)
+    # 16 KiB pages for a new index: fewer, fuller pages to write per batch (an
+    # existing file keeps its own).
+    db.execute("PRAGMA page_size=16384")
     db.execute("PRAGMA journal_mode=WAL")
     # The index is rebuilt from the log, which is the truth: a commit need not wait for
     # the disk (WAL keeps the file whole; a crash loses at most the last batches, read
@@ -107,7 +103,8 @@ def connect(data_dir: Path, check_same_thread: bool = True) -> sqlite3.Connectio
             # read again from the start into the current schema.
             db.executescript(
                 "DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS skipped_lines; DROP TABLE IF EXISTS sources; "
-                "DROP TABLE IF EXISTS daily; DROP TABLE IF EXISTS daily_models; DROP TABLE IF EXISTS session_days;"
+                "DROP TABLE IF EXISTS daily; DROP TABLE IF EXISTS daily_models; DROP TABLE IF EXISTS session_days; "
+                "DROP TABLE IF EXISTS batches;"
             )
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.executescript(SCHEMA)
@@ -115,118 +112,9 @@ def connect(data_dir: Path, check_same_thread: bool = True) -> sqlite3.Connectio
     return db
 
 
-class BadLine(ValueError):
-    """
-    A line of the event log that is not an event the index can hold.
-    """
-
-
-#: SQLite's INTEGER is 64 bits: a cost past this many picodollars (9.2 million USD)
-#: cannot be stored, and is no real call's.
-_MOST_PICO = 2**63 - 1
-
-
-def _refuse_constant(name: str) -> None:
-    raise BadLine(f"{name} is not JSON")
-
-
-#: json.loads takes NaN and Infinity; an event line never holds them.
-_decode = json.JSONDecoder(parse_constant=_refuse_constant).decode
-
-
-def decode_line(line: bytes) -> Any:
-    """
-    One event line's JSON: orjson's (a quarter of the time), else the standard
-    library's, which also reads an escaped lone surrogate (the log writes one as
-    JSON allows) and says what is wrong with a line that is not JSON.
-    """
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return _decode(line.decode("utf-8"))
-
-
-def _pico(value: Any) -> int | None:
-    if value is None:
-        return None
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise BadLine("a cost is not a finite number")
-    pico = int(Decimal(str(value)) * PICO)
-    if abs(pico) > _MOST_PICO:
-        raise BadLine("a cost is out of range")
-    return pico
-
-
-def _tokens(value: Any) -> int:
-    if type(value) is not int or not 0 <= value <= MAX_COUNT:
-        raise BadLine("a token count is not an integer from 0 to 10^12")
-    return value
-
-
-def _text(value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise BadLine("a label is not text")
-    return value
-
-
-_LABELS = ("model", "team", "app", "feature", "session_id", "key_id", "key_name", "client")
-_COUNTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
-
-
-def event_row(event: dict[str, Any]) -> tuple[Any, ...]:
-    """
-    The index row of one event; L{BadLine} if any field is not what an event holds.
-    (The checks are written for speed: this runs for every line of the log.)
-    """
-    if type(event) is not dict:
-        raise BadLine("not a JSON object")
-    get = event.get
-    request_id, timestamp, provider, endpoint, outcome = (
-        get("request_id"), get("timestamp"), get("provider"), get("endpoint"), get("outcome"),
-    )
-    if not (type(request_id) is type(timestamp) is type(provider) is type(endpoint) is type(outcome) is str):
-        raise BadLine("a required field is missing or not text")
-    labels = [get(name) for name in _LABELS]
-    for value in labels:
-        if value is not None and type(value) is not str:
-            raise BadLine("a label is not text")
-    counts = [get(name) for name in _COUNTS]
-    for value in counts:
-        if type(value) is not int or not 0 <= value <= MAX_COUNT:
-            raise BadLine("a token count is not an integer from 0 to 10^12")
-    latency = get("latency_ms")
-    if latency is not None and (type(latency) not in (int, float) or not math.isfinite(latency)):
-        raise BadLine("latency_ms is not a finite number")
-    return (
-        request_id, timestamp, timestamp[:10], provider, endpoint, _text(get("route_class")) or "metered",
-        *labels, outcome, *counts, _pico(get("cost_usd")), _pico(get("saved_usd")), int(bool(get("priced"))),
-        int(bool(get("cache_hit"))), latency,
-    )
-
-
 def _warn_on_stderr(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
-
-
-def whole_lines(path: Path, offset: int) -> Iterator[tuple[bytes, int]]:
-    """
-    Complete lines from C{offset} on, each with the offset just past it; a last line
-    without its newline (being written) is not returned.
-    """
-    with open(path, "rb") as f:
-        f.seek(offset)
-        for line in f:
-            if not line.endswith(b"\n"):
-                return
-            offset += len(line)
-            yield line, offset
-
-
-#: Rows written per transaction: bounds memory on a large segment.
-_BATCH = 20_000
-#: Progress is told every this many lines.
-_PROGRESS_LINES = 5_000
 
 
 def pending(db: sqlite3.Connection, data_dir: Path) -> list[tuple[Path, int, int, int, bool]]:
@@ -251,61 +139,31 @@ def pending(db: sqlite3.Connection, data_dir: Path) -> list[tuple[Path, int, int
     return work
 
 
-def _chunks(path: Path, offset: int) -> Iterator[tuple[list[bytes], list[int], int]]:
-    """
-    The whole lines of C{path} from C{offset} on, L{_PROGRESS_LINES} at a time: the
-    lines, where each starts, and the offset past the chunk (the last may be empty).
-    """
-    lines: list[bytes] = []
-    starts: list[int] = []
-    for line, after in whole_lines(path, offset):
-        lines.append(line)
-        starts.append(offset)
-        offset = after
-        if len(lines) == _PROGRESS_LINES:
-            yield lines, starts, offset
-            lines, starts = [], []
-    yield lines, starts, offset
-
-
-def read_chunk(
-    lines: list[bytes], starts: list[int]
-) -> tuple[list[tuple[Any, ...]], list[tuple[int, str]], rollups.Totals]:
-    """
-    The index rows of C{lines}, the lines that are none (where each starts, and why),
-    and what the rows add to the rollups.
-    """
-    rows, bad = [], []
-    for line, start in zip(lines, starts, strict=True):
-        try:
-            rows.append(event_row(decode_line(line)))
-        except (ValueError, RecursionError) as e:  # BadLine, JSON, UTF-8
-            bad.append((start, str(e) if isinstance(e, BadLine) else "not a JSON line"))
-    totals = rollups.Totals()
-    totals.add(rows)
-    return rows, bad, totals
-
-
-def _read(chunks: Iterator[tuple[list[bytes], list[int], int]], pool: ProcessPoolExecutor | None) -> Iterator[Any]:
-    """Each chunk read (rows, bad lines, offset past it, lines), in order: in C{pool}, two ahead, if one is given."""
-    if pool is None:
-        for lines, starts, after in chunks:
-            yield (*read_chunk(lines, starts), after, len(lines))
-        return
-    ahead: deque[tuple[Future[Any], int, int]] = deque()
-    for lines, starts, after in chunks:
-        ahead.append((pool.submit(read_chunk, lines, starts), after, len(lines)))
-        if len(ahead) > 2:
-            future, done_at, count = ahead.popleft()
-            yield (*future.result(), done_at, count)
-    while ahead:
-        future, done_at, count = ahead.popleft()
-        yield (*future.result(), done_at, count)
-
-
-#: New bytes past which the lines are decoded and checked in a second process while
-#: this one writes the index (a rebuild, a long catch-up): two cores instead of one.
+#: Pieces read ahead of the one being written.
+_AHEAD = 4
+#: New bytes past which the lines are read in other processes (at a lower priority)
+#: while this one writes the index (a rebuild, a long catch-up).
 PARALLEL_BYTES = 64 << 20
+#: Processes reading ahead: this one writes (a third of the work), they read.
+_READERS = min(3, os.cpu_count() or 1)
+
+
+def _read(path: Path, inode: int, start: int, size: int, pool: ProcessPoolExecutor | None) -> Iterator[event_lines.Piece]:
+    """
+    C{path}'s pieces from C{start} to C{size}, read in order: in C{pool}, if one is
+    given, L{_AHEAD} ahead (enough to go on while this process writes one).
+    """
+    if pool is None:
+        for begin, end in event_lines.pieces(path, inode, start, size):
+            yield event_lines.read_piece(path, inode, begin, end)
+        return
+    ahead: deque[Future[event_lines.Piece]] = deque()
+    for begin, end in event_lines.pieces(path, inode, start, size):
+        ahead.append(pool.submit(event_lines.read_piece, path, inode, begin, end))
+        if len(ahead) > _AHEAD:
+            yield ahead.popleft().result()
+    while ahead:
+        yield ahead.popleft().result()
 
 
 def update(
@@ -325,50 +183,55 @@ def update(
     total = sum(size - offset for _, _, offset, size, _ in work)
     done = read = 0
     pool = None
-    if total >= PARALLEL_BYTES and (os.cpu_count() or 1) > 1:
+    if total >= PARALLEL_BYTES and _READERS > 1:
         # Spawned, not forked: the caller may have threads (a fork copies their locks).
-        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(
+            _READERS, mp_context=multiprocessing.get_context("spawn"), initializer=event_lines.reader_started
+        )
+    db.execute("ATTACH ':memory:' AS piece")
     try:
-        for path, inode, start, _, sealed in work:
-            rows: list[tuple[Any, ...]] = []
-            skipped: list[int] = []
-            totals: list[rollups.Totals] = []
+        for path, inode, start, size, sealed in work:
             offset = start
             try:
-                for chunk_rows, bad, chunk_totals, offset, count in _read(_chunks(path, start), pool):
-                    for at, problem in bad:
+                for piece in _read(path, inode, start, size, pool):
+                    for at, problem in piece.bad:
                         warn(f"modeltrack index: skipped a line of {path.name} at offset {at}: {problem}")
-                        skipped.append(at)
-                    rows += chunk_rows
-                    totals.append(chunk_totals)
-                    read += count
-                    if len(rows) + len(skipped) >= _BATCH:
-                        _commit(db, rows, skipped, path.name, inode, offset, False, totals)
-                        rows, skipped, totals = [], [], []
-                    if progress is not None and count == _PROGRESS_LINES:
+                    _commit(db, piece, path.name, inode, False)
+                    read += piece.lines
+                    offset = piece.end
+                    if progress is not None:
                         progress(done + offset - start, total)
-            except FileNotFoundError:
+            except (FileNotFoundError, event_lines.Replaced):
                 continue  # the live file was sealed under us: read as a segment next time
-            _commit(db, rows, skipped, path.name, inode, offset, sealed, totals)
-            done += offset - start
+            if sealed or offset == start:  # (a file seen for the first time is known even if empty)
+                _commit(db, event_lines.Piece(b"", 0, [], 0, offset), path.name, inode, sealed)
+            done += size - start
             if progress is not None:
                 progress(done, total)
     finally:
+        db.execute("DETACH piece")
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return read
 
 
-def _commit(
-    db: sqlite3.Connection, rows: list[tuple[Any, ...]], skipped: list[int], name: str, inode: int, offset: int, sealed: bool,
-    totals: list[rollups.Totals] | None = None,
-) -> None:
+def _commit(db: sqlite3.Connection, piece: event_lines.Piece, name: str, inode: int, sealed: bool) -> None:
+    """A piece in one transaction: its rows, their rollups, its bad lines, and where reading got to."""
+    if piece.rows:
+        db.deserialize(piece.staged, name="piece")
     with db:
-        rollups.add(db, rows, _INSERT, totals)
-        db.executemany("INSERT OR IGNORE INTO skipped_lines (name, offset) VALUES (?, ?)", [(name, at) for at in skipped])
+        if piece.rows:
+            first = db.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM events").fetchone()[0]
+            rollups.add(db, piece.rows, _INSERT)
+            last = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0]
+            if last >= first:  # where the piece's rows are, and their days: retention needs no index on day
+                db.execute("INSERT INTO batches SELECT ?, ?, MIN(day), MAX(day) FROM piece.rows", (first, last))
+        db.executemany(
+            "INSERT OR IGNORE INTO skipped_lines (name, offset) VALUES (?, ?)", [(name, at) for at, _ in piece.bad]
+        )
         db.execute(
             "INSERT OR REPLACE INTO sources (name, inode, offset, sealed) VALUES (?, ?, ?, ?)",
-            (name, inode, offset, int(sealed)),
+            (name, inode, piece.end, int(sealed)),
         )
 
 
@@ -398,7 +261,17 @@ def retain(db: sqlite3.Connection, data_dir: Path, keep: Retention, now: float) 
     if keep.index_days is not None:
         cutoff = datetime.fromtimestamp(now - keep.index_days * 86400, UTC).date().isoformat()
         with db:
-            dropped = db.execute("DELETE FROM events WHERE day < ?", (cutoff,)).rowcount
+            # Batch by batch (a range of rows, with its first and last day): no index on day to keep up.
+            for first, last, last_day in db.execute(
+                "SELECT first_rowid, last_rowid, last_day FROM batches WHERE first_day < ?", (cutoff,)
+            ).fetchall():
+                dropped += db.execute(
+                    "DELETE FROM events WHERE rowid BETWEEN ? AND ? AND day < ?", (first, last, cutoff)
+                ).rowcount
+                if last_day < cutoff:
+                    db.execute("DELETE FROM batches WHERE first_rowid = ?", (first,))
+                else:
+                    db.execute("UPDATE batches SET first_day = ? WHERE first_rowid = ?", (cutoff, first))
     if keep.log_days is not None:
         read = {name: offset for name, offset, sealed in db.execute("SELECT name, offset, sealed FROM sources") if sealed}
         for path in segments(data_dir):

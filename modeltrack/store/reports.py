@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from modeltrack.store.index import PICO
+from modeltrack.store.event_lines import PICO
 from modeltrack.store.journal import live_files, segments
 
 #: --by name -> the column (or expression) rows are grouped by, in the rollups (where a

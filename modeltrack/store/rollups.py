@@ -19,6 +19,7 @@ C{''} here (SQLite's UNIQUE holds NULLs apart), and C{NULL} again when read.
 from __future__ import annotations
 
 import sqlite3
+from operator import itemgetter
 from typing import Any
 
 #: The labels a daily row is kept apart by, after its day (and whether it was a cache hit).
@@ -104,18 +105,21 @@ def create(db: sqlite3.Connection) -> None:
     db.executescript(SCHEMA)
 
 
-def add(db: sqlite3.Connection, rows: list[tuple[object, ...]], insert_events: str, totals: list[Totals] | None = None) -> None:
+def add(db: sqlite3.Connection, staged_rows: int, insert_events: str) -> None:
     """
-    Within the caller's transaction: C{rows} into the events table (C{insert_events},
-    which ignores an event indexed before), and those it added into the rollups: from
-    C{totals} (their sums, made as they were read) when every row was new, else summed
-    by SQL from the rows added.
+    Within the caller's transaction, with a piece of the log attached as C{piece}
+    (L{modeltrack.store.event_lines.stage}): its rows into the events table
+    (C{insert_events}, which ignores an event indexed before), and those it added into
+    the rollups: the piece's own sums, made as it was read, when every row was new;
+    else summed by SQL from the rows added.
     """
     before = {"before": db.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0]}
     changes = db.total_changes
-    db.executemany(insert_events, rows)
-    if totals is not None and db.total_changes - changes == len(rows):
-        add_totals(db, totals)
+    db.execute(insert_events)
+    if db.total_changes - changes == staged_rows:
+        db.execute(_MERGE_DAILY)
+        db.execute(_MERGE_MODELS)
+        db.execute(_MERGE_SESSIONS)
         return
     db.execute(_DAILY, before)
     db.execute(_DAILY_MODELS, before)
@@ -124,75 +128,124 @@ def add(db: sqlite3.Connection, rows: list[tuple[object, ...]], insert_events: s
 
 class Totals:
     """
-    What a chunk of rows adds to the rollups, summed as they are read (in the process
+    What a piece of rows adds to the rollups, summed as they are read (in the process
     that reads them): then only a row per group is written, not one per event. Used
     when every row of the batch turns out to be new; else the rollups are summed by
-    SQL from the rows the batch added (L{add}).
+    SQL from the rows the batch added (L{add}). A label the event did not have is
+    C{None} here, C{''} once written.
     """
 
-    _DAILY_AT = (3, 4, 5, 6, 7, 8, 9, 12, 11, 13, 14)  # the row's fields of DAILY_KEYS, in order
-    _COARSE_AT = (3, 4, 5, 6, 7, 14)
-
     def __init__(self) -> None:
-        self.daily: dict[tuple[object, ...], list[Any]] = {}
-        self.models: dict[tuple[object, ...], list[Any]] = {}
-        self.sessions: dict[tuple[object, ...], list[Any]] = {}
+        self.daily: dict[tuple[Any, ...], list[Any]] = {}
+        self.models: dict[tuple[Any, ...], list[Any]] = {}
+        self.sessions: dict[tuple[Any, ...], list[Any]] = {}
 
     def add(self, rows: list[tuple[Any, ...]]) -> None:
-        daily, models, sessions = self.daily, self.models, self.sessions
+        """Each row's (in L{event_lines.ROW}'s places) sums into its groups."""
+        # Written out by hand, by place: this runs for every event of a catch-up.
+        daily, sessions, daily_key = self.daily, self.sessions, _DAILY_KEY
         for row in rows:
-            sums = (1, row[15], row[16], row[17], row[18], row[19], row[20] or 0, row[21] or 0, 1 - row[22])
-            day, at = row[2], row[1]
-            for table, fields in ((daily, self._DAILY_AT), (models, self._COARSE_AT)):
-                key = (day, *(row[i] or "" for i in fields), row[23])
-                found = table.get(key)
-                if found is None:
-                    table[key] = [*sums, at]
-                else:
-                    for i, value in enumerate(sums):
-                        found[i] += value
-                    if at > found[9]:
-                        found[9] = at
+            key = daily_key(row)
+            at = row[1]
+            found = daily.get(key)
+            if found is None:
+                daily[key] = [1, row[14], row[15], row[16], row[17], row[18], row[25] or 0, row[26] or 0, 1 - row[21], at]
+            else:
+                found[0] += 1
+                found[1] += row[14]
+                found[2] += row[15]
+                found[3] += row[16]
+                found[4] += row[17]
+                found[5] += row[18]
+                found[6] += row[25] or 0
+                found[7] += row[26] or 0
+                found[8] += 1 - row[21]
+                if at > found[9]:
+                    found[9] = at
             if row[10] is not None:
-                key = (row[10], day)
+                key = (row[10], row[24])
                 found = sessions.get(key)
                 if found is None:
-                    sessions[key] = [set(), set(), at, at, *sums]
-                    found = sessions[key]
-                else:
-                    for i, value in enumerate(sums):
-                        found[4 + i] += value
-                    found[2], found[3] = min(found[2], at), max(found[3], at)
-                if row[6] is not None:
-                    found[0].add(row[6])
-                if row[7] is not None:
-                    found[1].add(row[7])
+                    sessions[key] = [{row[6]}, {row[7]}, at, at, 1, row[14], row[15], row[16], row[17], row[18],
+                                     row[25] or 0, row[26] or 0, 1 - row[21]]
+                    continue
+                found[0].add(row[6])
+                found[1].add(row[7])
+                if at < found[2]:
+                    found[2] = at
+                if at > found[3]:
+                    found[3] = at
+                found[4] += 1
+                found[5] += row[14]
+                found[6] += row[15]
+                found[7] += row[16]
+                found[8] += row[17]
+                found[9] += row[18]
+                found[10] += row[25] or 0
+                found[11] += row[26] or 0
+                found[12] += 1 - row[21]
+        # The coarse rollup from the daily groups: a step per group, not per row.
+        models: dict[tuple[Any, ...], list[Any]] = {}
+        for key, sums in daily.items():
+            coarse = _COARSE_OF_DAILY(key)
+            found = models.get(coarse)
+            if found is None:
+                models[coarse] = list(sums)
+            else:
+                for i in range(9):
+                    found[i] += sums[i]
+                if sums[9] > found[9]:
+                    found[9] = sums[9]
+        self.models = models
+
+    def stage(self, piece: sqlite3.Connection) -> None:
+        """The sums into a piece's own database (L{PIECE_SCHEMA}); a label the event did not have as C{''}."""
+        piece.executemany(_STAGE_DAILY, [(*_written(key), *values) for key, values in self.daily.items()])
+        piece.executemany(_STAGE_MODELS, [(*_written(key), *values) for key, values in self.models.items()])
+        piece.executemany(_STAGE_SESSIONS, [
+            (session, day, ",".join(sorted(found[0] - {None})), ",".join(sorted(found[1] - {None})), *found[2:])
+            for (session, day), found in self.sessions.items()
+        ])
 
 
-def _upsert(table: str, keys: tuple[str, ...]) -> str:
+def _written(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple("" if label is None else label for label in key)
+
+
+#: A row's day, C{DAILY_KEYS} and cache hit, in that order.
+_DAILY_KEY = itemgetter(24, 2, 3, 5, 6, 7, 8, 9, 12, 11, 13, 4, 22)
+#: A daily group's key's day, C{COARSE_KEYS} and cache hit.
+_COARSE_OF_DAILY = itemgetter(0, 1, 2, 3, 4, 5, 11, 12)
+
+
+def _columns(keys: tuple[str, ...]) -> str:
+    return f"day, {', '.join(keys)}, cache_hit, {', '.join(SUMS)}, last_at"
+
+
+_SESSION_COLUMNS = f"session_id, day, models, teams, first_at, last_at, {', '.join(SUMS)}"
+#: A piece's sums, in its own database: rows to merge, not yet keyed.
+PIECE_SCHEMA = f"""
+CREATE TABLE daily ({_columns(DAILY_KEYS)});
+CREATE TABLE daily_models ({_columns(COARSE_KEYS)});
+CREATE TABLE session_days ({_SESSION_COLUMNS});
+"""
+_STAGE_DAILY = f"INSERT INTO daily VALUES ({', '.join('?' * (len(DAILY_KEYS) + len(SUMS) + 3))})"
+_STAGE_MODELS = f"INSERT INTO daily_models VALUES ({', '.join('?' * (len(COARSE_KEYS) + len(SUMS) + 3))})"
+_STAGE_SESSIONS = f"INSERT INTO session_days VALUES ({', '.join('?' * (6 + len(SUMS)))})"
+
+
+def _merge(table: str, keys: tuple[str, ...]) -> str:
+    # (WHERE true: SQLite's parser needs it before ON CONFLICT in an INSERT ... SELECT.)
     return (
-        f"INSERT INTO {table} (day, {', '.join(keys)}, cache_hit, {', '.join(SUMS)}, last_at) "
-        f"VALUES ({', '.join('?' * (len(keys) + len(SUMS) + 3))}) "
+        f"INSERT INTO {table} ({_columns(keys)}) SELECT {_columns(keys)} FROM piece.{table} WHERE true "
         f"ON CONFLICT DO UPDATE SET {_ADDED}, last_at = MAX(last_at, excluded.last_at)"
     )
 
 
-_UPSERT_DAILY = _upsert("daily", DAILY_KEYS)
-_UPSERT_MODELS = _upsert("daily_models", COARSE_KEYS)
-_UPSERT_SESSIONS = f"""
-INSERT INTO session_days (session_id, day, models, teams, first_at, last_at, {", ".join(SUMS)})
-VALUES ({", ".join("?" * (6 + len(SUMS)))})
+_MERGE_DAILY = _merge("daily", DAILY_KEYS)
+_MERGE_MODELS = _merge("daily_models", COARSE_KEYS)
+_MERGE_SESSIONS = f"""
+INSERT INTO session_days ({_SESSION_COLUMNS}) SELECT {_SESSION_COLUMNS} FROM piece.session_days WHERE true
 ON CONFLICT DO UPDATE SET {_ADDED}, models = {_MORE.format("models")}, teams = {_MORE.format("teams")},
     first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at)
 """
-
-
-def add_totals(db: sqlite3.Connection, totals: list[Totals]) -> None:
-    """Within the caller's transaction: each chunk's sums into the rollups."""
-    for chunk in totals:
-        db.executemany(_UPSERT_DAILY, [(*key, *values) for key, values in chunk.daily.items()])
-        db.executemany(_UPSERT_MODELS, [(*key, *values) for key, values in chunk.models.items()])
-        db.executemany(_UPSERT_SESSIONS, [
-            (session, day, ",".join(sorted(found[0])), ",".join(sorted(found[1])), found[2], found[3], *found[4:])
-            for (session, day), found in chunk.sessions.items()
-        ])

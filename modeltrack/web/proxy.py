@@ -7,7 +7,6 @@ cost event (L{Accountant}). A metered call ends in exactly one event, whatever h
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -18,7 +17,7 @@ from twisted.web.iweb import IResponse
 
 from modeltrack import failures
 from modeltrack.accounting import batches
-from modeltrack.accounting.cost_event import Outcome
+from modeltrack.accounting.cost_event import Outcome, new_request_id
 from modeltrack.accounting.records import Answer
 from modeltrack.controls.gate import NO_TICKET, Ticket
 from modeltrack.controls.keys import NO_CALLER
@@ -47,7 +46,7 @@ class Exchange:
         self.request = request
         self.endpoint = endpoint
         self._upstream_path = upstream_path
-        self.request_id = "mt_" + os.urandom(12).hex()
+        self.request_id = new_request_id()
         self._id_header = (REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         self.started: float = request.started or resource.clock.seconds()
         self.phase = Phase.RECEIVED

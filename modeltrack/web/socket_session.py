@@ -12,7 +12,6 @@ response it started.
 from __future__ import annotations
 
 import json
-import os
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from twisted.web.http_headers import Headers
 from wsproto.frame_protocol import FrameProtocol, ParseFailed
 
 from modeltrack import failures
-from modeltrack.accounting.cost_event import Outcome
+from modeltrack.accounting.cost_event import Outcome, new_request_id
 from modeltrack.accounting.records import Answer
 from modeltrack.controls.gate import NO_TICKET, Ticket
 from modeltrack.controls.keys import NO_CALLER, Caller
@@ -57,7 +56,7 @@ class SocketCall:
     requested_model: str | None
     started: float
     ticket: Ticket = field(default_factory=lambda: NO_TICKET)
-    request_id: str = field(default_factory=lambda: "mt_" + os.urandom(12).hex())
+    request_id: str = field(default_factory=new_request_id)
     streaming: bool = True
     status: int = 101
     outcome: Outcome | None = None
@@ -90,7 +89,7 @@ class SocketSession:
         self.request = request
         self.endpoint = endpoint
         self._upstream_path = upstream_path
-        self.request_id = "mt_" + os.urandom(12).hex()
+        self.request_id = new_request_id()
         query = parse_qs(urlsplit(request.uri.decode("latin-1")).query)
         models = query.get("model") or query.get("deployment")
         self._model = models[0] if models else None
