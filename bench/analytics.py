@@ -168,7 +168,9 @@ def render(r: dict[str, Any]) -> str:
         "",
         f"- Ingest: {r['ingest_s']:.0f} s, **{r['rate']:,.0f} events/s** (lines decoded and checked, and their rollup sums made, "
         "in reader processes, each piece of 16 MiB handed over as a small SQLite database of its own; the index process "
-        "merges each with INSERT ... SELECT, raw rows and rollups in one transaction).",
+        "merges each with INSERT ... SELECT, raw rows and rollups in one transaction). The log was in the page cache "
+        "(just written, as a catch-up after an outage finds it); read from disk it needs "
+        f"{r['sizes']['log'] / r['ingest_s'] / 1e6:,.0f} MB/s.",
         f"- Sizes: log {r['sizes']['log'] / 1e9:.2f} GB, index {r['sizes']['index'] / 1e9:.2f} GB; rows: "
         f"{r['rows']['events']:,} raw, {r['rows']['daily']:,} daily rollups, {r['rows']['session_days']:,} session-days.",
         "",

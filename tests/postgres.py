@@ -57,6 +57,20 @@ class PostgresServer:
                               "-c", sql], check=True, capture_output=True, text=True).stdout
         return [tuple(line.split("|")) for line in out.splitlines() if line]
 
+    def serve_tls(self, cert: Path | None, key: Path | None = None) -> None:
+        """TLS with this certificate and key (L{None}: off again), taken at a reload."""
+        if cert is not None and key is not None:
+            for source, name in ((cert, "server.crt"), (key, "server.key")):
+                target = self.directory / name
+                shutil.copy(source, target)
+                target.chmod(0o600)
+                if os.geteuid() == 0:
+                    shutil.chown(target, "postgres", "postgres")
+            self.query(f"ALTER SYSTEM SET ssl_cert_file = '{self.directory / 'server.crt'}'")
+            self.query(f"ALTER SYSTEM SET ssl_key_file = '{self.directory / 'server.key'}'")
+        self.query(f"ALTER SYSTEM SET ssl = {'on' if cert is not None else 'off'}")
+        self.query("SELECT pg_reload_conf()")
+
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)

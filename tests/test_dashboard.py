@@ -261,3 +261,63 @@ async def test_every_page_shows_the_sqlite_totals(reactor: Any, tmp_path: Path) 
         assert f"{first} to {today.isoformat()}" in ranged.by_id["page"]["text"]
     finally:
         await proxy.service.stopService()
+
+
+READY = """new Promise((resolve, reject) => {
+  const started = Date.now();
+  (function check() {
+    const page = document.getElementById("page");
+    if (page && page.dataset.state === "ready") resolve(true);
+    else if (Date.now() - started > 20000) reject(new Error("the page never got ready"));
+    else setTimeout(check, 20);
+  })();
+})"""
+FIRST_COLUMN = '[...document.querySelectorAll("#spend tbody tr")].map((tr) => tr.children[0].textContent)'
+
+
+@pytest_twisted.ensureDeferred
+async def test_columns_sort_and_the_csv_is_the_api_exactly(reactor: Any, tmp_path: Path) -> None:
+    """A browser driven as a person would: headings clicked, the CSV link's file read."""
+    import csv
+    import io
+
+    from tests.browser import Browser
+
+    today = datetime.now(UTC).date()
+    seed(tmp_path, today)
+    proxy = start_proxy(reactor, tmp_path, "http://127.0.0.1:9", admin_listen="tcp:0:interface=127.0.0.1")
+    browser = Browser(reactor, CHROMIUM or "", tmp_path / "profile")
+    try:
+        await browser.open(f"{proxy.admin_url}/#teams")
+        assert await browser.evaluate(READY)
+        first = today.replace(day=1).isoformat()
+        following = (today.replace(day=28) + timedelta(days=4)).replace(day=1).isoformat()
+        api = await browser.evaluate(f'fetch("/api/spend?by=team&since={first}&until={following}").then((r) => r.json())')
+        cost = {row["team"] or "–": Decimal(row["cost_usd"]) for row in api}
+        assert len(cost) >= 3 and len(set(cost.values())) == len(cost)  # no ties: one right order
+
+        clicks = {"cost": 'document.querySelector("#spend th[data-column=cost]").click()',
+                  "team": 'document.querySelector("#spend th[data-column=team]").click()'}
+        await browser.evaluate(clicks["cost"])  # a number: most first
+        assert await browser.evaluate(FIRST_COLUMN) == sorted(cost, key=cost.__getitem__, reverse=True)
+        await browser.evaluate(clicks["cost"])  # again: the other way
+        assert await browser.evaluate(FIRST_COLUMN) == sorted(cost, key=cost.__getitem__)
+        await browser.evaluate(clicks["team"])  # text: A to Z
+        assert await browser.evaluate(FIRST_COLUMN) == sorted(cost)
+
+        # The CSV link's file: every row of the API, with its exact figures.
+        # The CSV link clicked: the file it saves holds every row of the API, with its exact figures.
+        await browser.downloads_to(tmp_path / "downloads")
+        started = browser.next_event("Browser.downloadWillBegin")
+        done = browser.next_event("Browser.downloadProgress", lambda params: params["state"] != "inProgress")
+        await browser.evaluate('document.getElementById("csv").click()')
+        begun, finished = await started, await done
+        assert begun["suggestedFilename"] == "modeltrack-teams.csv" and finished["state"] == "completed"
+        text = (tmp_path / "downloads" / begun["guid"]).read_text()
+        fields = ["team", "requests", "input_tokens", "output_tokens", "cost_usd", "saved_usd", "unpriced"]
+        assert list(csv.DictReader(io.StringIO(text))) == [
+            {field: "" if row[field] is None else str(row[field]) for field in fields} for row in api
+        ]
+    finally:
+        await browser.close()
+        await proxy.service.stopService()

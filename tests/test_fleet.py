@@ -305,3 +305,48 @@ def test_retention_drops_whole_months_of_raw_events_never_rollups(server: postgr
     conn.close()
     after = store_totals(server)
     assert after["events"] == 200 and after["daily"] == before["daily"] and after["models"] == before["models"]
+
+
+def test_log_retention_waits_for_the_store_to_hold_a_segment(server: postgres.PostgresServer, tmp_path: Path, capsys: Any) -> None:
+    empty(server)
+    data = tmp_path / "k"
+    write_log(data, "k", 300)
+    sealed = sorted(data.glob("events-*.jsonl"))
+    old = datetime.now(UTC).timestamp() - 45 * 86400
+    for path in sealed:
+        os.utime(path, (old, old))
+    # Indexed whole, but the store is out of reach: every segment is kept.
+    away = "postgresql://postgres@127.0.0.1:1/fleet"
+    assert cli.main(["index", "--data-dir", str(data), "--log-retain-days", "30", "--store", away]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines()[1:] == ["shipped 0 events to the fleet's store", "dropped 0 raw rows, deleted 0 sealed segments"]
+    assert "cannot be reached" in out.err and all(path.exists() for path in sealed)
+    # Shipped whole: now they go; the live file stays, and the store holds every event.
+    assert cli.main(["index", "--data-dir", str(data), "--log-retain-days", "30", "--store", server.url]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "shipped 300 events to the fleet's store", f"dropped 0 raw rows, deleted {len(sealed)} sealed segments"]
+    assert len(sealed) == 3 and not any(path.exists() for path in sealed) and (data / "events.jsonl").exists()
+    assert store_totals(server)["events"] == 300
+
+
+def test_the_store_is_reached_over_tls_verified_against_the_ca_bundle(
+    server: postgres.PostgresServer, tmp_path: Path, capsys: Any,
+) -> None:
+    from tests.test_listen_tls import ca_and_server
+
+    bundle, cert, key, _, _ = ca_and_server(tmp_path, "store CA")
+    empty(server)
+    server.serve_tls(cert, key)
+    try:
+        url = f"postgresql://postgres@localhost:{server.port}/fleet?sslmode=verify-full"
+        for name, trusted in (("untrusted", False), ("trusted", True)):
+            write_log(tmp_path / name, name, 40)
+            argv = ["index", "--data-dir", str(tmp_path / name), "--store", url]
+            assert cli.main(argv + (["--ca-bundle", str(bundle)] if trusted else [])) == 0
+            out = capsys.readouterr()
+            # Without the CA, libpq's own roots do not know this certificate: nothing is sent.
+            assert f"shipped {40 if trusted else 0} events" in out.out
+            assert ("cannot be reached" in out.err) is not trusted
+        assert store_totals(server)["events"] == 40
+    finally:
+        server.serve_tls(None)

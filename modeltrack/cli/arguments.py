@@ -9,6 +9,8 @@ import os
 from datetime import date
 from pathlib import Path
 
+from modeltrack.store.fleet import Access
+
 DATA_DIR_HELP = "the proxy's data dir [env MODELTRACK_DATA_DIR, default ./data]"
 
 
@@ -53,6 +55,13 @@ def add_store(command: argparse.ArgumentParser) -> None:
                          help="the fleet's PostgreSQL store (postgresql://user@host/db?sslmode=verify-full) "
                          "[env MODELTRACK_STORE]; its password from --store-password-file, never the URL")
     command.add_argument("--store-password-file", type=Path, metavar="FILE", help="the store's password (a systemd credential too)")
+    command.add_argument("--ca-bundle", type=Path, metavar="FILE",
+                         help="PEM file of the CAs the store's certificate chains to (sslmode=verify-full)")
+
+
+def store_access(args: argparse.Namespace) -> Access:
+    """How C{--store} is reached."""
+    return Access(args.store, args.store_password_file, args.ca_bundle)
 
 
 def add_progress(command: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from modeltrack.cli.arguments import store_access
 from modeltrack.store import index
 
 #: The totals every spend report ends its rows with.
@@ -79,7 +80,7 @@ def reading(args: Any, show: bool | None = None) -> Any:
     if getattr(args, "store", None):
         from modeltrack.store import fleet
 
-        return fleet.Reader(fleet.connect(args.store, args.store_password_file))
+        return fleet.Reader(fleet.connect(*store_access(args)))
     db = index.connect(args.data_dir)
     update_with_progress(db, args.data_dir, show)
     return db

@@ -123,7 +123,7 @@ class ProxyOptions(usage.Options):
         ["reserve-context-tokens", None, "200000", "Input tokens a budget reserves for content a call refers to (URL, file id, earlier response, server-side tool) when the model's context window is not known."],
         ["index-seconds", None, "10", "How often the SQLite index catches up with the event log (the admin API also catches up before each answer)."],
         ["index-retain-days", None, None, "Drop the index's raw rows older than N days (never its rollups, which every report reads); off by default."],
-        ["log-retain-days", None, None, "Delete sealed segments of the event log older than N days once the index has read them whole; off by default."],
+        ["log-retain-days", None, None, "Delete sealed segments of the event log older than N days once the index (and a --store) has them whole; off by default."],
         ["store", None, None, "The fleet's PostgreSQL store, postgresql://user@host/db (sslmode=verify-full with --ca-bundle): this instance's events are shipped to it, exactly once [env MODELTRACK_STORE; pip install 'modeltrack[postgres]']."],
         ["store-password-file", None, None, "File holding the store's password (a systemd credential: $CREDENTIALS_DIRECTORY/name)."],
     ]

@@ -53,6 +53,7 @@ from modeltrack.providers import registry
 from modeltrack.providers.dialect import Dialect
 from modeltrack.providers.routes import RouteTable
 from modeltrack.store.datadir import install_id, state_dir, write_atomically
+from modeltrack.store.fleet import Access
 from modeltrack.store.index import Retention
 from modeltrack.store.index_process import IndexProcess
 from modeltrack.store.journal import Journal, series_of
@@ -156,7 +157,8 @@ class ModeltrackService(InOrder):
         self.control_files = ControlFiles(settings.data_dir, self.gate, self.keys)
         store = None
         if settings.store is not None:
-            store = (settings.store, settings.store_password_file, install_id(state_dir(settings.data_dir)))
+            store = (Access(settings.store, settings.store_password_file, settings.ca_bundle),
+                     install_id(state_dir(settings.data_dir)))
         self.indexer = IndexProcess(settings.data_dir, reactor, settings.index_seconds,
                                     Retention(settings.index_retain_days, settings.log_retain_days), store)
         # Counted only when the admin listener can serve them: a few microseconds a call.

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from modeltrack.store import rollups
 from modeltrack.store.event_lines import AT, BadLine, decode_line, event_row, whole_lines
@@ -99,16 +99,29 @@ SELECT count(*), max(ts_text) FROM inserted
 """
 
 
-def connect(url: str, password_file: Path | None = None) -> Any:
+class Access(NamedTuple):
+    """
+    How the store is reached: its URL (never with a password), the file its password
+    is in, and the CAs its certificate must chain to (C{--ca-bundle}, for
+    C{sslmode=verify-full}; else libpq's own, C{~/.postgresql/root.crt}).
+    """
+
+    url: str
+    password_file: Path | None = None
+    ca_bundle: Path | None = None
+
+
+def connect(url: str, password_file: Path | None = None, ca_bundle: Path | None = None) -> Any:
     """A connection to the store, its tables made (psycopg 3: C{pip install 'modeltrack[postgres]'})."""
     import psycopg
 
-    password = password_file.read_text().strip() if password_file is not None else None
+    options: dict[str, Any] = {}
+    if password_file is not None and (password := password_file.read_text().strip()):
+        options["password"] = password
+    if ca_bundle is not None:
+        options["sslrootcert"] = str(ca_bundle)
     # Autocommit: each batch's transaction is its own (a block, not a savepoint).
-    if password:
-        conn = psycopg.connect(url, connect_timeout=10, autocommit=True, password=password)
-    else:
-        conn = psycopg.connect(url, connect_timeout=10, autocommit=True)
+    conn = psycopg.connect(url, connect_timeout=10, autocommit=True, **options)
     with conn.transaction():
         for statement in SCHEMA:
             conn.execute(statement)
@@ -241,20 +254,27 @@ class Shipper:
     the first failure and the recovery are said once each, never with the URL.
     """
 
-    def __init__(self, url: str, password_file: Path | None, data_dir: Path, instance: str,
-                 warn: Callable[[str], None], retain_days: int | None = None) -> None:
-        self._url, self._password_file = url, password_file
+    def __init__(self, access: Access, data_dir: Path, instance: str, warn: Callable[[str], None],
+                 retain_days: int | None = None) -> None:
+        self._access = access
         self._data_dir, self._instance, self._warn = data_dir, instance, warn
         self._retain_days = retain_days
         self._conn: Any = None
         self._down = False
         self._retained = 0.0
+        self._whole: frozenset[str] = frozenset()
+
+    def whole(self) -> frozenset[str]:
+        """The sealed segments the store holds whole, as it last said (none until it has)."""
+        return self._whole
 
     def __call__(self) -> int:
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = connect(self._url, self._password_file)
+                self._conn = connect(*self._access)
             shipped = ship(self._conn, self._data_dir, self._instance)
+            self._whole = frozenset(source for (source,) in self._conn.execute(
+                "SELECT source FROM shipped WHERE instance = %s AND sealed", (self._instance,)))
             self._conn.execute("UPDATE instances SET pending_bytes = %s WHERE instance = %s",
                                (pending_bytes(self._conn, self._data_dir, self._instance), self._instance))
             now = datetime.now(UTC)

@@ -18,7 +18,7 @@ import sqlite3
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,11 +251,15 @@ KEEP_ALL = Retention()
 RETAIN_SECONDS = 3600.0
 
 
-def retain(db: sqlite3.Connection, data_dir: Path, keep: Retention, now: float) -> tuple[int, list[str]]:
+def retain(
+    db: sqlite3.Connection, data_dir: Path, keep: Retention, now: float, shipped: Callable[[], Collection[str]] | None = None,
+) -> tuple[int, list[str]]:
     """
     Drop raw rows of days before C{keep.index_days} (reports read the rollups, which
     stay), and delete sealed segments last written more than C{keep.log_days} ago that
-    the index has read to their end. Returns the rows dropped and the segments deleted.
+    the index has read to their end and, with a store below (C{shipped}: the segments
+    it holds whole), that the store has too. Returns the rows dropped and the segments
+    deleted.
     """
     dropped, deleted = 0, []
     if keep.index_days is not None:
@@ -279,7 +283,8 @@ def retain(db: sqlite3.Connection, data_dir: Path, keep: Retention, now: float) 
                 stat = path.stat()
             except FileNotFoundError:
                 continue
-            if read.get(path.name) == stat.st_size and stat.st_mtime < now - keep.log_days * 86400:
+            if (read.get(path.name) == stat.st_size and stat.st_mtime < now - keep.log_days * 86400
+                    and (shipped is None or path.name in shipped())):
                 path.unlink(missing_ok=True)
                 deleted.append(path.name)
     return dropped, deleted
@@ -287,7 +292,7 @@ def retain(db: sqlite3.Connection, data_dir: Path, keep: Retention, now: float) 
 
 def follow(
     db: sqlite3.Connection, data_dir: Path, interval: float, requests: int, answers: Any, keep: Retention = KEEP_ALL,
-    after: Callable[[], object] | None = None,
+    after: Callable[[], object] | None = None, shipped: Callable[[], Collection[str]] | None = None,
 ) -> None:
     """
     Keep the index current until C{requests} (a file descriptor) reaches its end: an
@@ -295,7 +300,7 @@ def follow(
     which one answer line per request is written to C{answers}. Every request read
     before an update started is answered after it, so the asker sees every event
     written before it asked. C{after} runs after each pass (the shipper to the fleet's
-    store).
+    store; C{shipped} says what it holds whole, for L{retain}).
     """
     retained = 0.0
     while True:
@@ -310,7 +315,7 @@ def follow(
         now = time.time()
         if keep != KEEP_ALL and now - retained >= RETAIN_SECONDS:
             retained = now
-            retain(db, data_dir, keep, now)
+            retain(db, data_dir, keep, now, shipped)
         if asked:
             answers.write(b"ok\n" * asked)
             answers.flush()

@@ -32,6 +32,7 @@ from twisted.python.threadpool import ThreadPool
 
 from modeltrack.failures import log_failure
 from modeltrack.store import index
+from modeltrack.store.fleet import Access
 from modeltrack.store.index import KEEP_ALL, Retention
 
 log = Logger()
@@ -91,11 +92,10 @@ class IndexProcess:
 
     def __init__(
         self, data_dir: Path, reactor: Any, interval: float = 10.0, keep: Retention = KEEP_ALL,
-        store: tuple[str, Path | None, str] | None = None,
+        store: tuple[Access, str] | None = None,
     ) -> None:
         """
-        @param store: the fleet's store the child ships to: its URL, password file and
-            this instance's name.
+        @param store: the fleet's store the child ships to, and this instance's name in it.
         """
         self._data_dir = data_dir
         self._keep = keep
@@ -123,10 +123,12 @@ class IndexProcess:
         if self._keep.log_days is not None:
             argv += ["--log-retain-days", str(self._keep.log_days)]
         if self._store is not None:
-            url, password_file, instance = self._store
-            argv += ["--store", url, "--instance", instance]
-            if password_file is not None:
-                argv += ["--store-password-file", str(password_file)]
+            access, instance = self._store
+            argv += ["--store", access.url, "--instance", instance]
+            if access.password_file is not None:
+                argv += ["--store-password-file", str(access.password_file)]
+            if access.ca_bundle is not None:
+                argv += ["--ca-bundle", str(access.ca_bundle)]
         # The child inherits the environment (PYTHONPATH, a virtualenv); it nices itself.
         self._reactor.spawnProcess(
             process, sys.executable, argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"},
@@ -173,7 +175,7 @@ class IndexProcess:
 
         assert self._store is not None
         if self._fleet is None or self._fleet.closed:
-            self._fleet = fleet.connect(self._store[0], self._store[1])
+            self._fleet = fleet.connect(*self._store[0])
         try:
             return read(fleet.Reader(self._fleet))
         except Exception:
