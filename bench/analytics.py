@@ -6,8 +6,9 @@ bench/ANALYTICS.md.
 
     python bench/analytics.py [--events N] [--smoke] [--out bench/ANALYTICS.md] [--keep DIR]
 
-Each dashboard page is the admin API answers it asks for (the page draws them in the
-browser); each answer is read through the same query functions the admin API calls.
+The reports are timed through the query functions `modeltrack report` calls; the admin
+API over HTTP from a proxy run under twistd on the same data dir; each dashboard page in
+headless Chromium, from navigation until the page has drawn every answer it asked for.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def main() -> None:
     data.mkdir(parents=True, exist_ok=True)
     log = data / "events.jsonl"
     try:
-        if not log.exists():
+        if not any(data.glob("events*.jsonl")):  # (the proxy run below seals the live file into a segment)
             started = time.perf_counter()
             generate(log, events, args.days)
             print(f"generated {events:,} events in {time.perf_counter() - started:.0f} s", flush=True)
@@ -123,39 +124,99 @@ def main() -> None:
             "report --by team,model (all time)": timed(lambda: reports.report(db, ["team", "model"])),
             "sessions --top 20 (all time)": timed(lambda: reports.sessions(db, 20)),
             "sessions --top 20 (a month)": timed(lambda: reports.sessions(db, 20, *month)),
-            "/api/spend?by=team,key,client (a month)": timed(lambda: reports.report(db, ["team", "key", "client"], *month)),
-            "/api/events?limit=100": timed(lambda: reports.recent(data, 100)),
         }
-        # Each dashboard page: every answer it asks for (one after another, as the page awaits them).
-        before = reports.month_bounds(date.fromisoformat(month[0]) - timedelta(days=1))
-
-        def dimension(by: list[str], key: str) -> Any:
-            return lambda: (reports.summary(db, today, *month), reports.report(db, by, *month),
-                            reports.report(db, ["day", key], *month), reports.report(db, [key], *before))
-
-        pages = {
-            "overview": lambda: (reports.summary(db, today, *month), reports.summary(db, today, *before)),
-            "teams": dimension(["team"], "team"),
-            "apps": dimension(["app", "feature"], "app"),
-            "models": dimension(["provider", "model"], "model"),
-            "keys": lambda: (reports.summary(db, today, *month), reports.key_usage(db, *month),
-                             reports.report(db, ["day", "key"], *month)),
-            "clients": dimension(["client"], "client"),
-            "sessions": lambda: (reports.summary(db, today, *month), reports.sessions(db, 50, *month)),
-        }
-        timings.update({f"dashboard page: {name}": timed(page) for name, page in pages.items()})
         rows = {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("events", "daily", "session_days")}
         db.close()
-        sizes = {"log": log.stat().st_size, "index": sum(p.stat().st_size for p in data.glob("modeltrack.db*"))}
+        sizes = {"log": sum(p.stat().st_size for p in data.glob("events*.jsonl")),
+                 "index": sum(p.stat().st_size for p in data.glob("modeltrack.db*"))}
+        served = served_timings(data, month[0][:7])
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+    timings.update(served)
     result = {"events": events, "ingest_s": ingest, "rate": events / ingest, "timings": timings, "rows": rows, "sizes": sizes}
     for name, seconds in timings.items():
         print(f"{name}: {seconds * 1000:.1f} ms")
     print(f"indexed {events:,} in {ingest:.0f} s ({events / ingest:,.0f} events/s); rows {rows}; sizes {sizes}")
     if args.out:
         args.out.write_text(render(result))
+
+
+API = ["summary", "spend?by=team", "spend?by=model", "spend?by=team,key,client", "spend?by=day,team", "sessions?top=50",
+       "keys", "budgets", "fleet", "reconciliation", "events?limit=100"]
+PAGES = ["overview", "teams", "apps", "models", "keys", "clients", "sessions", "budgets", "fleet"]
+
+
+def served_timings(data: Path, month: str) -> dict[str, float]:
+    """
+    Every admin API answer over HTTP (best of 3), and every dashboard page in Chromium
+    (best of 3, from navigation to drawn), from a proxy under twistd on C{data}.
+    """
+    import urllib.request
+
+    from bench.run import free_port, wait_for_port
+
+    admin = free_port()
+    twistd = str(Path(sys.executable).parent / "twistd")
+    proxy = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", "modeltrack", "--listen", f"tcp:{free_port()}:interface=127.0.0.1",
+         "--data-dir", str(data), "--admin-listen", f"tcp:{admin}:interface=127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=data,
+    )
+    try:
+        wait_for_port(admin, 120)
+        base = f"http://127.0.0.1:{admin}"
+        first, following = reports.month_bounds(date.fromisoformat(month + "-01"))
+        period = f"since={first}&until={following}"
+
+        def get(path: str) -> None:
+            with urllib.request.urlopen(f"{base}/api/{path}", timeout=120) as answer:
+                answer.read()
+
+        get("summary")  # the index process has caught up with the log
+        timings = {f"/api/{path}": timed(lambda path=path: get(f"{path}{'&' if '?' in path else '?'}{period}")) for path in API}
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if chromium is not None:
+            timings.update({f"dashboard page: {page}": seconds for page, seconds in _pages(chromium, base, month).items()})
+        return timings
+    finally:
+        proxy.terminate()
+        proxy.wait(60)
+
+
+def _pages(chromium: str, base: str, month: str) -> dict[str, float]:
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+
+    from tests.browser import Browser
+
+    drawn = """new Promise((resolve, reject) => {
+      (function check() {
+        const page = document.getElementById("page");
+        if (page && page.dataset.state === "ready") resolve(performance.now());
+        else if (page && page.dataset.state === "error") reject(new Error(page.textContent));
+        else setTimeout(check, 5);
+      })();
+    })"""
+
+    async def run() -> dict[str, float]:
+        browser = Browser(reactor, chromium, Path(tempfile.mkdtemp(prefix="mt-chromium-")))
+        best: dict[str, float] = {}
+        try:
+            for page in PAGES:
+                for _ in range(3):
+                    await browser.open(f"{base}/#{page}?month={month}")
+                    best[page] = min(best.get(page, float("inf")), await browser.evaluate(drawn) / 1000)
+        finally:
+            await browser.close()
+        return best
+
+    outcome: list[Any] = []
+    ensureDeferred(run()).addBoth(outcome.append).addBoth(lambda _: reactor.stop())
+    reactor.run()
+    if not isinstance(outcome[0], dict):
+        outcome[0].raiseException()
+    return outcome[0]
 
 
 def render(r: dict[str, Any]) -> str:
@@ -173,6 +234,10 @@ def render(r: dict[str, Any]) -> str:
         f"{r['sizes']['log'] / r['ingest_s'] / 1e6:,.0f} MB/s.",
         f"- Sizes: log {r['sizes']['log'] / 1e9:.2f} GB, index {r['sizes']['index'] / 1e9:.2f} GB; rows: "
         f"{r['rows']['events']:,} raw, {r['rows']['daily']:,} daily rollups, {r['rows']['session_days']:,} session-days.",
+        "",
+        "Reports through the functions `modeltrack report` calls; admin API answers over HTTP from the proxy under twistd; "
+        "each dashboard page in headless Chromium, from navigation until it has drawn every answer it asked for "
+        "(its API calls, its charts and tables). A month is the middle month of the 90 days.",
         "",
         "| query (best of 3) | time |",
         "| --- | --- |",

@@ -72,6 +72,9 @@ async def test_api_and_metrics_agree_with_the_log(reactor: Any, tmp_path: Path, 
         assert [(s["session_id"], s["requests"]) for s in sessions] == [("s1", 2), ("s2", 2)]
         code, events = await get(proxy.admin_url + "/api/events?limit=3")
         assert events == list(reversed(proxy.events()))[:3]
+        code, fleet = await get(proxy.admin_url + "/api/fleet")  # no store: this instance, from its index
+        assert fleet["store"] is False and fleet["instances"][0]["events"] == 5
+        assert fleet["instances"][0]["last_event_at"] == max(event["timestamp"] for event in proxy.events())
         assert "sk-admin-test" not in json.dumps(events)
         assert (await get(proxy.admin_url + "/api/events?limit=0"))[0] == 400
         assert (await get(proxy.admin_url + "/api/spend?since=yesterday"))[0] == 400

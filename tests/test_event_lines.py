@@ -38,7 +38,7 @@ def test_a_cost_in_picodollars_is_its_text_as_the_log_writes_them(digits: int, d
 
 
 def test_a_cost_that_is_no_number_is_refused() -> None:
-    for value in (float("nan"), float("inf"), "0.1", True, [1], 10**30):
+    for value in (float("nan"), float("inf"), "0.1", True, [1], 10**30, 1e300, -1e19):
         with pytest.raises(BadLine):
             event_lines._pico(value)
 

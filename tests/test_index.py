@@ -41,18 +41,19 @@ def test_incremental_idempotent_rotation_safe(tmp_path: Path) -> None:
     for n in range(10):
         segment.append(event(n, "ml" if n % 2 else "web", "0.00472"))
     db = index.connect(tmp_path)
-    index.update(db, tmp_path)
+    assert index.update(db, tmp_path) == 10
     with open(tmp_path / "events.jsonl", "ab") as f:
         f.write(event(10, "ml", None)[:40])  # being written: a torn line
-    index.update(db, tmp_path)
+    assert index.update(db, tmp_path) == 0
     assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 10
     with open(tmp_path / "events.jsonl", "ab") as f:
         f.write(event(10, "ml", None)[40:])
     for n in range(11, 20):
         segment.append(event(n, "ml", "0.00472"))  # seals and rotates along the way
     segment.close()
-    index.update(db, tmp_path)
-    index.update(db, tmp_path)
+    # The live file read before, now a segment, is read on from where it was: each line once.
+    assert index.update(db, tmp_path) == 10
+    assert index.update(db, tmp_path) == 0
     assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 20
     rows = {r["team"]: r for r in reports.report(db, ["team"])}
     assert rows["ml"]["requests"] == 15 and rows["ml"]["unpriced"] == 1
@@ -257,6 +258,7 @@ def test_a_large_catch_up_reads_in_a_second_process_with_the_same_result(tmp_pat
     lines = [event(n, "ml" if n % 3 else "web", "0.00472" if n % 5 else None) for n in range(12_345)]
     lines[100] = b"{not json\n"
     lines[7_000] = b'{"request_id": 7}\n'
+    lines[9_000] = event(9_000, "ml", "1e300")  # a float, but no cost a row can hold
     results = {}
     for parallel in (False, True):
         data = tmp_path / str(parallel)
@@ -272,4 +274,5 @@ def test_a_large_catch_up_reads_in_a_second_process_with_the_same_result(tmp_pat
             db.execute("SELECT COUNT(*) FROM events").fetchone()[0],
         )
     assert results[True] == results[False]
-    assert results[True][3] == 12_343 and len(results[True][1]) == 2
+    assert results[True][3] == 12_342 and len(results[True][1]) == 3
+    assert results[True][1][2].endswith("at offset " + str(sum(map(len, lines[:9_000]))) + ": a cost is out of range")

@@ -117,7 +117,8 @@ class AdminAPI:
         """
         if not getattr(self._indexer, "fleet", False):
             def local(db: Any) -> dict[str, Any]:
-                events, last = db.execute("SELECT COUNT(*), MAX(timestamp) FROM events").fetchone()
+                # From the rollups: a few rows a day, where counting raw rows reads them all.
+                events, last = db.execute("SELECT COALESCE(SUM(requests), 0), MAX(last_at) FROM daily_models").fetchone()
                 return {"store": False, "instances": [
                     {"instance": "this instance", "events": events, "last_event_at": last, "shipped_at": None,
                      "lag_bytes": 0, "lag_events": 0}]}

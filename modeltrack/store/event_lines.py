@@ -67,9 +67,10 @@ def _pico(value: Any) -> int | None:
             raise BadLine("a cost is not a finite number")
         # The common case without Decimal: a cost of at most 12 decimals under $2,000
         # is the float's product rounded (proved by the division giving the float back).
-        scaled = round(value * 1e12)
-        if -_EXACT_PICO < scaled < _EXACT_PICO and scaled / 1e12 == value:
-            return scaled
+        if -_EXACT_USD < value < _EXACT_USD:
+            scaled = round(value * 1e12)
+            if scaled / 1e12 == value:
+                return scaled
     elif type(value) is not int:
         raise BadLine("a cost is not a finite number")
     pico = int(Decimal(str(value)) * PICO)
@@ -78,8 +79,8 @@ def _pico(value: Any) -> int | None:
     return pico
 
 
-#: Below this many picodollars, a float cost times 10^12 is off by under half a unit.
-_EXACT_PICO = 2 * 10**15
+#: Below this many dollars, a float cost times 10^12 is off by under half a picodollar.
+_EXACT_USD = 2000.0
 
 
 def _text(value: Any) -> str | None:
@@ -255,10 +256,10 @@ def read_piece(path: Path, inode: int, start: int, end: int) -> Piece:
         except orjson.JSONDecodeError:
             try:
                 rows.append(event_row(_decode(line.decode("utf-8"))))
-            except (ValueError, RecursionError) as e:  # BadLine, JSON, UTF-8
+            except (ValueError, ArithmeticError, RecursionError) as e:  # BadLine, JSON, UTF-8
                 bad.append((at, str(e) if isinstance(e, BadLine) else "not a JSON line"))
-        except (BadLine, RecursionError) as e:
-            bad.append((at, str(e) if isinstance(e, BadLine) else "not a JSON line"))
+        except (ValueError, ArithmeticError, RecursionError) as e:  # one line never stops the index
+            bad.append((at, str(e) if isinstance(e, BadLine) else f"not an event ({type(e).__name__})"))
         at += len(line) + 1
     totals = rollups.Totals()
     totals.add(rows)

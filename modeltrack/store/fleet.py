@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from modeltrack.store import rollups
-from modeltrack.store.event_lines import AT, BadLine, decode_line, event_row, whole_lines
+from modeltrack.store.event_lines import AT, decode_line, event_row, whole_lines
 from modeltrack.store.journal import live_files, segments
 
 #: Lines per transaction.
@@ -142,7 +142,7 @@ def _batches(path: Path, offset: int, instance: str) -> Iterator[tuple[list[tupl
         try:
             stored = _STORED(event_row(decode_line(line)))
             rows.append((*stored[:-3], int(stored[-3]), int(stored[-2]), stored[-1], instance))
-        except (ValueError, RecursionError, BadLine):
+        except (ValueError, ArithmeticError, RecursionError):  # (BadLine is a ValueError)
             pass  # the index counts and reports such lines; the store leaves them out
         offset = after
         if len(rows) >= BATCH:
@@ -160,6 +160,7 @@ def ship(conn: Any, data_dir: Path, instance: str, progress: Callable[[int], Non
         source: (inode, offset, sealed)
         for source, inode, offset, sealed in conn.execute('SELECT source, inode, "offset", sealed FROM shipped WHERE instance = %s', (instance,))
     }
+    carried = {inode: offset for inode, offset, sealed in known.values() if not sealed}
     lives = live_files(data_dir)
     shipped = 0
     for path in segments(data_dir) + lives:
@@ -170,7 +171,10 @@ def ship(conn: Any, data_dir: Path, instance: str, progress: Callable[[int], Non
         previous = known.get(path.name)
         if previous is not None and previous[2]:
             continue  # a sealed segment shipped whole
-        offset = previous[1] if previous is not None and previous[0] == inode else 0
+        if previous is None:  # a live file sealed since keeps its inode: shipped on from where it was
+            offset = carried.get(inode, 0)
+        else:
+            offset = previous[1] if previous[0] == inode else 0
         sealed = path not in lives
         try:
             for rows, reached in _batches(path, offset, instance):

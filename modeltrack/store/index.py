@@ -3,10 +3,10 @@ The SQLite index of the event log (C{<data-dir>/modeltrack.db}), for reports.
 
 The event log stays the truth; the index is rebuilt from it incrementally: each sealed
 segment once (remembered by name), the live file from the offset reached last time (a
-torn last line is left for the next pass; a new inode means the file was sealed and
-rotated, so reading starts again at 0). Rows are keyed by request id, so reading an
-event twice changes nothing. Costs are stored as whole picodollars (10^-12 USD), so
-sums stay exact.
+torn last line is left for the next pass). A live file sealed since keeps its inode
+under its segment's name, and is read on from where it was; a live file of a new inode
+is read from 0. Rows are keyed by request id, so reading an event twice changes
+nothing. Costs are stored as whole picodollars (10^-12 USD), so sums stay exact.
 """
 
 from __future__ import annotations
@@ -123,6 +123,8 @@ def pending(db: sqlite3.Connection, data_dir: Path) -> list[tuple[Path, int, int
     each file with something new, oldest first.
     """
     known = {name: (inode, offset, sealed) for name, inode, offset, sealed in db.execute("SELECT * FROM sources")}
+    # A live file sealed since keeps its inode under its segment's name: read on from where it was.
+    carried = {inode: offset for inode, offset, sealed in known.values() if not sealed}
     work = []
     lives = live_files(data_dir)
     for path in segments(data_dir) + lives:
@@ -133,8 +135,12 @@ def pending(db: sqlite3.Connection, data_dir: Path) -> list[tuple[Path, int, int
         previous = known.get(path.name)
         if previous is not None and previous[2]:
             continue  # a sealed segment never changes
-        offset = previous[1] if previous is not None and previous[0] == stat.st_ino else 0
-        if stat.st_size > offset or previous is None:
+        if previous is None:
+            offset = carried.get(stat.st_ino, 0)
+        else:
+            offset = previous[1] if previous[0] == stat.st_ino else 0
+        # (A live file new since, even empty, is recorded: no stale inode is left to carry.)
+        if stat.st_size > offset or previous is None or previous[0] != stat.st_ino:
             work.append((path, stat.st_ino, offset, stat.st_size, path not in lives))
     return work
 
