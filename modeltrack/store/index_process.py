@@ -5,8 +5,9 @@ CPU; in a thread of the proxy that work, and SQLite handing the GIL back and for
 every row, slowed the relay by a tenth or more under load. In its own process, at a
 lower priority, it costs the proxy nothing but a pipe.
 
-The admin API's queries run on one thread of the proxy with their own read connection
-(WAL lets them read while the child writes), each after asking the child for an update,
+The admin API's queries run on two threads of the proxy, each with its own read
+connection (WAL lets them read while the child writes; a page's answers are read side
+by side, SQLite letting go of the GIL as it reads), each after asking the child for an update,
 so an answer includes every event written before it was asked for. Nothing here runs
 SQLite or file I/O on the reactor thread.
 """
@@ -14,8 +15,8 @@ SQLite or file I/O on the reactor thread.
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,8 @@ from modeltrack.store.index import KEEP_ALL, Retention
 log = Logger()
 T = TypeVar("T")
 
+#: Threads reading for the admin API, each with its own connection.
+QUERY_THREADS = 2
 #: How long a stopping proxy waits for the child to finish its pass before killing it.
 STOP_SECONDS = 10.0
 
@@ -100,11 +103,11 @@ class IndexProcess:
         self._data_dir = data_dir
         self._keep = keep
         self._store = store
-        self._fleet: Any = None  # the store's connection, on the query thread
+        self._local = threading.local()  # each query thread's connection
+        self._opened: list[Any] = []  # every connection they opened, closed at the end
         self._reactor = reactor
         self._interval = interval
-        self._pool = ThreadPool(1, 1, name="modeltrack-index")
-        self._db: sqlite3.Connection | None = None
+        self._pool = ThreadPool(1, QUERY_THREADS, name="modeltrack-index")
         self._process: _Child | None = None
         self._stopping = False
 
@@ -153,10 +156,8 @@ class IndexProcess:
         """
         self._stopping = True
         self._pool.stop()
-        if self._db is not None:
-            self._db.close()  # the thread is gone: no other user is left
-        if self._fleet is not None:
-            self._fleet.close()
+        for connection in self._opened:
+            connection.close()  # the threads are gone: no other user is left
         process, self._process = self._process, None
         if process is None or process.ended.called:
             return succeed(None)
@@ -170,16 +171,18 @@ class IndexProcess:
         return process.ended.addBoth(stopped)
 
     def _from_store(self, read: Callable[[Any], T]) -> T:
-        """C{read} on the fleet's store (on the query thread), connected again if it was lost."""
+        """C{read} on the fleet's store (on a query thread), connected again if it was lost."""
         from modeltrack.store import fleet
 
         assert self._store is not None
-        if self._fleet is None or self._fleet.closed:
-            self._fleet = fleet.connect(*self._store[0])
+        conn = getattr(self._local, "fleet", None)
+        if conn is None or conn.closed:
+            conn = self._local.fleet = fleet.connect(*self._store[0])
+            self._opened.append(conn)
         try:
-            return read(fleet.Reader(self._fleet))
+            return read(fleet.Reader(conn))
         except Exception:
-            self._fleet.close()
+            conn.close()
             raise
 
     @property
@@ -202,8 +205,10 @@ class IndexProcess:
         def run() -> T:
             if self._store is not None:
                 return self._from_store(read)
-            if self._db is None:
-                self._db = index.connect(self._data_dir, check_same_thread=False)
-            return read(self._db)
+            db = getattr(self._local, "db", None)
+            if db is None:
+                db = self._local.db = index.connect(self._data_dir, check_same_thread=False)
+                self._opened.append(db)
+            return read(db)
 
         return refreshed.addCallback(lambda _: deferToThreadPool(self._reactor, self._pool, run))

@@ -319,7 +319,10 @@ const pages = {
     return dimensionPage("model", ["provider", "model"], first, following, label, "Models", [perThousand]);
   },
   async keys(summary, first, following, label) {
-    const rows = await api(`/api/keys?since=${first}&until=${following}`);
+    const [rows, daily] = await Promise.all([
+      api(`/api/keys?since=${first}&until=${following}`),
+      api(`/api/spend?by=day,key&since=${first}&until=${following}`),
+    ]);
     const budget = (row) => {
       if (!row.budgets || !row.budgets.length) return "–";
       return row.budgets.map((b) => `${b.percent}% of $${b.limit_usd} (${b.period}, ${b.action})`).join("; ");
@@ -331,7 +334,6 @@ const pages = {
       ["last call", (row) => row.last_call ?? "never", false],
       ["budget (today)", budget, false],
     ];
-    const daily = await api(`/api/spend?by=day,key&since=${first}&until=${following}`);
     return [el("h2", {}, `Keys: ${label}`), stackedChart(daily, "key", first, following, "Spend by day and key"),
       spendTable(rows, ["key"], extra, "keys")];
   },
