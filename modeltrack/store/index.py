@@ -84,6 +84,10 @@ _INSERT = f"INSERT OR IGNORE INTO events ({', '.join(event_lines.AT)}) SELECT {'
 
 
 def connect(data_dir: Path, check_same_thread: bool = True) -> sqlite3.Connection:
+    if not hasattr(sqlite3.Connection, "deserialize"):
+        # Pieces of the log are handed over as serialized databases (event_lines.stage).
+        raise RuntimeError(f"the index needs a Python whose sqlite3 can serialize databases (SQLite {sqlite3.sqlite_version}"
+                           " here; 3.36 or later has it by default)")
     # Created 0640 like the event log (SQLite gives its WAL files the same mode).
     create_file(data_dir / DB_NAME)
     db = sqlite3.connect(data_dir / DB_NAME, check_same_thread=check_same_thread)
