@@ -350,3 +350,33 @@ def test_the_store_is_reached_over_tls_verified_against_the_ca_bundle(
         assert store_totals(server)["events"] == 40
     finally:
         server.serve_tls(None)
+
+
+def test_a_sealed_live_file_ships_on_from_its_checkpoint(server: postgres.PostgresServer, tmp_path: Path, monkeypatch: Any) -> None:
+    empty(server)
+    data = tmp_path / "c"
+    data.mkdir()
+    live = data / "events.jsonl"
+    live.write_text("".join(event(n, "c", "2026-12-01", "ml", None, "0.001") for n in range(30)))
+    conn = fleet.connect(server.url)
+    assert fleet.ship(conn, data, "c") == 30
+    shipped_to = live.stat().st_size
+    # The journal seals the live file (a rename: same inode) and starts a new one.
+    segment = data / "events-20261201T000000.000000Z.jsonl"
+    with live.open("a") as f:
+        f.write("".join(event(n, "c", "2026-12-01", "ml", None, "0.001") for n in range(30, 40)))
+    live.rename(segment)
+    live.write_text(event(40, "c", "2026-12-01", "ml", None, "0.001"))
+    read_from: dict[str, int] = {}
+    batches = fleet._batches
+
+    def watched(path: Path, offset: int, instance: str) -> Any:
+        read_from[path.name] = offset
+        return batches(path, offset, instance)
+
+    monkeypatch.setattr(fleet, "_batches", watched)
+    assert fleet.ship(conn, data, "c") == 11
+    conn.close()
+    # The segment is read on from the live file's checkpoint, not again from its start.
+    assert read_from == {segment.name: shipped_to, "events.jsonl": 0}
+    assert store_totals(server)["events"] == 41
