@@ -88,6 +88,7 @@ def test_the_rollups_read_a_row_by_its_places() -> None:
     assert rollups._DAILY_KEY(row) == ("day", *rollups.DAILY_KEYS, "cache_hit")
     daily_key = rollups._DAILY_KEY(row)
     assert rollups._COARSE_OF_DAILY(daily_key) == ("day", *rollups.COARSE_KEYS, "cache_hit")
+    assert rollups._LABELS_OF_DAILY(daily_key) == ("day", *rollups.LABEL_KEYS, "cache_hit")
 
 
 def test_pieces_cut_at_line_ends_and_cover_the_file_once(tmp_path: Path, monkeypatch: Any) -> None:

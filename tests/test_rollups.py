@@ -44,7 +44,8 @@ def line(fields: tuple) -> str:
 
 def raw(db: sqlite3.Connection, by: list[str]) -> list[tuple]:
     """The report as a query over the raw events (what the rollups replace)."""
-    columns = {"team": "team", "model": "model", "day": "day", "key": "COALESCE(key_name, key_id)", "route_class": "route_class"}
+    columns = {"team": "team", "model": "model", "day": "day", "key": "COALESCE(key_name, key_id)", "route_class": "route_class",
+               "client": "client"}
     chosen = [columns[key] for key in by]
     query = (f"SELECT {', '.join([*chosen, 'COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_pico), SUM(1 - priced)'])} "
              f"FROM events {'GROUP BY ' + ', '.join(chosen) if chosen else ''}")
@@ -75,10 +76,15 @@ def test_every_rollup_equals_the_raw_sum(tmp_path: Path, fields: list[tuple], cu
         with log.open("a") as f:
             f.write("".join(text + "\n" for text in lines[start:start + cut]))
         index.update(db, data)
-    for by in ([], ["team"], ["model", "day"], ["key"], ["route_class", "team"]):
+    # Each rollup: the coarse one (by model), the one without models (by key, client), the full one.
+    for by in ([], ["team"], ["model", "day"], ["key"], ["route_class", "team"], ["key", "day"], ["client", "team"],
+               ["key", "model"]):
         want = [row for row in raw(db, by) if row[len(by)]]
         got = from_rollups(reports.report(db, by), by)
         assert [(*r[:-2], r[-2] or 0, r[-1]) for r in want] == got, by
+    keys = {row["key"]: (row["requests"], round(Decimal(row["cost_usd"]) * 10**12)) for row in reports.key_usage(db)}
+    assert keys == {key: (calls, cost or 0) for key, calls, cost in db.execute(
+        "SELECT COALESCE(key_name, key_id) AS k, COUNT(*), SUM(cost_pico) FROM events WHERE k IS NOT NULL GROUP BY k")}
     sessions = {row["session_id"]: row for row in reports.sessions(db, 10)}
     for session, calls, cost, first, last, models in db.execute(
         "SELECT session_id, COUNT(*), SUM(cost_pico), MIN(timestamp), MAX(timestamp), GROUP_CONCAT(DISTINCT model) "

@@ -303,6 +303,7 @@ class Shipper:
 #: The index's SQLite aggregates as PostgreSQL says them (a session's models and teams
 #: are arrays in the store).
 _SPOKEN = {
+    " FROM daily_labels": " FROM daily",  # the store has no rollup without models: it reads the full one
     "GROUP_CONCAT(NULLIF(models, ''))": "string_agg(array_to_string(models, ','), ',')",
     "GROUP_CONCAT(NULLIF(teams, ''))": "string_agg(array_to_string(teams, ','), ',')",
     "GROUP_CONCAT(DISTINCT NULLIF(key_id, ''))": "string_agg(DISTINCT NULLIF(key_id, ''), ',')",

@@ -31,7 +31,7 @@ from modeltrack.store.journal import live_files, segments
 DB_NAME = "modeltrack.db"
 
 #: Raised whenever the events table changes; an index of another version is rebuilt.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     request_id TEXT PRIMARY KEY,
@@ -108,7 +108,7 @@ def connect(data_dir: Path, check_same_thread: bool = True) -> sqlite3.Connectio
             db.executescript(
                 "DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS skipped_lines; DROP TABLE IF EXISTS sources; "
                 "DROP TABLE IF EXISTS daily; DROP TABLE IF EXISTS daily_models; DROP TABLE IF EXISTS session_days; "
-                "DROP TABLE IF EXISTS batches;"
+                "DROP TABLE IF EXISTS batches; DROP TABLE IF EXISTS daily_labels;"
             )
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.executescript(SCHEMA)

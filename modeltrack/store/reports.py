@@ -27,8 +27,9 @@ GROUP_KEYS = {
     "endpoint": "endpoint", "route_class": "route_class",
 }
 
-#: The --by keys the coarse daily rollup holds.
+#: The --by keys the coarse daily rollup holds, and those the one without models holds.
 _COARSE = frozenset(("team", "model", "provider", "day", "endpoint", "route_class"))
+_LABELLED = frozenset(("team", "app", "feature", "key", "client", "day", "route_class"))
 #: The totals of a group of rollup rows (see L{modeltrack.store.rollups}).
 _TOTALS = (
     "SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cost_pico), SUM(saved_pico), SUM(unpriced), "
@@ -93,8 +94,8 @@ def report(
     check_keys(by)
     columns = [GROUP_KEYS[key] for key in by]
     where, params = _between(since, until)
-    # The coarse rollup (a few hundred rows a day) where it holds every label asked for.
-    table = "daily_models" if set(by) <= _COARSE else "daily"
+    # The smallest rollup that holds every label asked for.
+    table = "daily_models" if set(by) <= _COARSE else "daily_labels" if set(by) <= _LABELLED else "daily"
     query = f"SELECT {', '.join(columns + [_TOTALS])} FROM {table}{where}"
     if columns:
         query += f" GROUP BY {', '.join(columns)} ORDER BY SUM(cost_pico) DESC, {', '.join(columns)}"
@@ -193,7 +194,7 @@ def key_usage(db: Database, since: str | None = None, until: str | None = None) 
     where, params = _between(since, until)
     query = (
         f"SELECT {GROUP_KEYS['key']} AS k, NULLIF(key_name, ''), GROUP_CONCAT(DISTINCT NULLIF(key_id, '')), MAX(last_at), "
-        f"{_TOTALS} FROM daily{where}{' AND' if where else ' WHERE'} {GROUP_KEYS['key']} IS NOT NULL "
+        f"{_TOTALS} FROM daily_labels{where}{' AND' if where else ' WHERE'} {GROUP_KEYS['key']} IS NOT NULL "
         f"GROUP BY k ORDER BY SUM(cost_pico) DESC, k"
     )
     rows = []

@@ -5,6 +5,10 @@ cost grows with the number of groups, not with the log.
 - C{daily}: per UTC day and (provider, endpoint, route class, model, team, app,
   feature, key, client, outcome, cache hit or not), the calls and their sums; and the
   last call's time.
+- C{daily_labels}: the same without the model, provider and endpoint (route class,
+  team, app, feature, key, client, outcome, cache hit): what the apps, keys and
+  clients pages group, in a fraction of C{daily}'s rows. (The fleet's store has no
+  such table: its reader reads C{daily} for it.)
 - C{daily_models}: the same with only (provider, endpoint, route class, model, team,
   outcome, cache hit): what most reports group by, in a few hundred rows a day.
 - C{session_days}: per session and day, the same sums, its models and teams, and its
@@ -28,6 +32,8 @@ DAILY_KEYS = (
 )
 #: The labels of the coarse daily rollup, which most reports read (a few hundred rows a day).
 COARSE_KEYS = ("provider", "endpoint", "route_class", "model", "team", "outcome")
+#: The labels of the daily rollup without models.
+LABEL_KEYS = ("route_class", "team", "app", "feature", "key_name", "key_id", "client", "outcome")
 #: The sums every rollup row holds.
 SUMS = (
     "requests", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
@@ -48,7 +54,8 @@ def _daily_table(name: str, keys: tuple[str, ...]) -> str:
 """
 
 
-SCHEMA = _daily_table("daily", DAILY_KEYS) + _daily_table("daily_models", COARSE_KEYS) + f"""
+SCHEMA = _daily_table("daily", DAILY_KEYS) + _daily_table("daily_models", COARSE_KEYS) + _daily_table(
+    "daily_labels", LABEL_KEYS) + f"""
 CREATE TABLE IF NOT EXISTS session_days (
     session_id TEXT NOT NULL,
     day TEXT NOT NULL,
@@ -84,6 +91,7 @@ ON CONFLICT DO UPDATE SET {_ADDED}, last_at = MAX(last_at, excluded.last_at)
 
 _DAILY = _daily("daily", DAILY_KEYS)
 _DAILY_MODELS = _daily("daily_models", COARSE_KEYS)
+_DAILY_LABELS = _daily("daily_labels", LABEL_KEYS)
 #: A session's models (or teams) already listed are not listed again (read as a set).
 _MORE = (
     "CASE WHEN excluded.{0} = '' OR instr(',' || {0} || ',', ',' || excluded.{0} || ',') > 0 THEN {0} "
@@ -119,10 +127,12 @@ def add(db: sqlite3.Connection, staged_rows: int, insert_events: str) -> None:
     if db.total_changes - changes == staged_rows:
         db.execute(_MERGE_DAILY)
         db.execute(_MERGE_MODELS)
+        db.execute(_MERGE_LABELS)
         db.execute(_MERGE_SESSIONS)
         return
     db.execute(_DAILY, before)
     db.execute(_DAILY_MODELS, before)
+    db.execute(_DAILY_LABELS, before)
     db.execute(_SESSIONS, before)
 
 
@@ -138,6 +148,7 @@ class Totals:
     def __init__(self) -> None:
         self.daily: dict[tuple[Any, ...], list[Any]] = {}
         self.models: dict[tuple[Any, ...], list[Any]] = {}
+        self.labels: dict[tuple[Any, ...], list[Any]] = {}
         self.sessions: dict[tuple[Any, ...], list[Any]] = {}
 
     def add(self, rows: list[tuple[Any, ...]]) -> None:
@@ -184,24 +195,15 @@ class Totals:
                 found[10] += row[25] or 0
                 found[11] += row[26] or 0
                 found[12] += 1 - row[21]
-        # The coarse rollup from the daily groups: a step per group, not per row.
-        models: dict[tuple[Any, ...], list[Any]] = {}
-        for key, sums in daily.items():
-            coarse = _COARSE_OF_DAILY(key)
-            found = models.get(coarse)
-            if found is None:
-                models[coarse] = list(sums)
-            else:
-                for i in range(9):
-                    found[i] += sums[i]
-                if sums[9] > found[9]:
-                    found[9] = sums[9]
-        self.models = models
+        # The coarser rollups from the daily groups: a step per group, not per row.
+        self.models = _coarser(daily, _COARSE_OF_DAILY)
+        self.labels = _coarser(daily, _LABELS_OF_DAILY)
 
     def stage(self, piece: sqlite3.Connection) -> None:
         """The sums into a piece's own database (L{PIECE_SCHEMA}); a label the event did not have as C{''}."""
         piece.executemany(_STAGE_DAILY, [(*_written(key), *values) for key, values in self.daily.items()])
         piece.executemany(_STAGE_MODELS, [(*_written(key), *values) for key, values in self.models.items()])
+        piece.executemany(_STAGE_LABELS, [(*_written(key), *values) for key, values in self.labels.items()])
         piece.executemany(_STAGE_SESSIONS, [
             (session, day, ",".join(sorted(found[0] - {None})), ",".join(sorted(found[1] - {None})), *found[2:])
             for (session, day), found in self.sessions.items()
@@ -216,6 +218,24 @@ def _written(key: tuple[Any, ...]) -> tuple[Any, ...]:
 _DAILY_KEY = itemgetter(24, 2, 3, 5, 6, 7, 8, 9, 12, 11, 13, 4, 22)
 #: A daily group's key's day, C{COARSE_KEYS} and cache hit.
 _COARSE_OF_DAILY = itemgetter(0, 1, 2, 3, 4, 5, 11, 12)
+#: A daily group's key's day, C{LABEL_KEYS} and cache hit.
+_LABELS_OF_DAILY = itemgetter(0, 3, 5, 6, 7, 8, 9, 10, 11, 12)
+
+
+def _coarser(daily: dict[tuple[Any, ...], list[Any]], key_of: Any) -> dict[tuple[Any, ...], list[Any]]:
+    """The daily groups summed again by the fewer labels C{key_of} takes from their keys."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for key, sums in daily.items():
+        coarse = key_of(key)
+        found = groups.get(coarse)
+        if found is None:
+            groups[coarse] = list(sums)
+        else:
+            for i in range(9):
+                found[i] += sums[i]
+            if sums[9] > found[9]:
+                found[9] = sums[9]
+    return groups
 
 
 def _columns(keys: tuple[str, ...]) -> str:
@@ -227,10 +247,12 @@ _SESSION_COLUMNS = f"session_id, day, models, teams, first_at, last_at, {', '.jo
 PIECE_SCHEMA = f"""
 CREATE TABLE daily ({_columns(DAILY_KEYS)});
 CREATE TABLE daily_models ({_columns(COARSE_KEYS)});
+CREATE TABLE daily_labels ({_columns(LABEL_KEYS)});
 CREATE TABLE session_days ({_SESSION_COLUMNS});
 """
 _STAGE_DAILY = f"INSERT INTO daily VALUES ({', '.join('?' * (len(DAILY_KEYS) + len(SUMS) + 3))})"
 _STAGE_MODELS = f"INSERT INTO daily_models VALUES ({', '.join('?' * (len(COARSE_KEYS) + len(SUMS) + 3))})"
+_STAGE_LABELS = f"INSERT INTO daily_labels VALUES ({', '.join('?' * (len(LABEL_KEYS) + len(SUMS) + 3))})"
 _STAGE_SESSIONS = f"INSERT INTO session_days VALUES ({', '.join('?' * (6 + len(SUMS)))})"
 
 
@@ -244,6 +266,7 @@ def _merge(table: str, keys: tuple[str, ...]) -> str:
 
 _MERGE_DAILY = _merge("daily", DAILY_KEYS)
 _MERGE_MODELS = _merge("daily_models", COARSE_KEYS)
+_MERGE_LABELS = _merge("daily_labels", LABEL_KEYS)
 _MERGE_SESSIONS = f"""
 INSERT INTO session_days ({_SESSION_COLUMNS}) SELECT {_SESSION_COLUMNS} FROM piece.session_days WHERE true
 ON CONFLICT DO UPDATE SET {_ADDED}, models = {_MORE.format("models")}, teams = {_MORE.format("teams")},
