@@ -211,7 +211,10 @@ class Totals:
 
 
 def _written(key: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple("" if label is None else label for label in key)
+    return tuple(map(_BLANK.get, key, key))  # (a missing label as '', in C: a step per group)
+
+
+_BLANK: dict[Any, Any] = {None: ""}
 
 
 #: A row's day, C{DAILY_KEYS} and cache hit, in that order.
