@@ -80,9 +80,9 @@ async def test_a_600_mb_upload_streams_through_in_bounded_memory(reactor: Any, t
     assert peak[0] - before < 64, (before, peak[0])
 
 
-def stall(port: int, length: int, sent: int) -> bytes:
+def partial_upload(port: int, length: int, sent: int, key: bytes = b"sk-stall") -> bytes:
     """A POST of C{length} bytes that sends C{sent} and waits: what comes back before the proxy closes."""
-    head = (b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-stall\r\n"
+    head = (b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key + b"\r\n"
             b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % length)
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
         s.sendall(head + b"\0" * sent)
@@ -110,7 +110,7 @@ async def test_a_stalled_upload_is_cut_and_a_client_that_leaves_cancels_the_upst
     port = proxy.service.ports[0].getHost().port
     resource = proxy.service.resource
     try:
-        cut = await in_thread(stall, port, 100 * MB, 2 * MB)
+        cut = await in_thread(partial_upload, port, 100 * MB, 2 * MB)
         await in_thread(leave, port, 100 * MB, 3 * MB)
         for _ in range(300):  # each turn of the reactor looked at
             if not resource.in_flight and not resource.open_requests:
@@ -127,21 +127,6 @@ async def test_a_stalled_upload_is_cut_and_a_client_that_leaves_cancels_the_upst
     assert status_of(too_big) == 413
 
 
-def refused_upload(port: int, length: int, sent: int) -> bytes:
-    """An upload by a key the keys file does not know: what comes back, the body still arriving."""
-    head = (b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-unknown\r\n"
-            b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % length)
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-        s.sendall(head + b"\0" * sent)
-        received = b""
-        try:
-            while chunk := s.recv(65536):
-                received += chunk
-        except ConnectionResetError:
-            pass
-        return received
-
-
 @pytest_twisted.ensureDeferred
 async def test_an_upload_refused_at_its_head_is_answered_once_and_recorded(reactor: Any, tmp_path: Path, upstream: Any) -> None:
     """Refused before its body is all here (an unknown key under unknown_keys: deny): one
@@ -152,7 +137,7 @@ async def test_an_upload_refused_at_its_head_is_answered_once_and_recorded(react
     proxy = start_proxy(reactor, tmp_path, upstream.url)
     port = proxy.service.ports[0].getHost().port
     try:
-        answer = await in_thread(refused_upload, port, 50 * MB, 3 * MB)
+        answer = await in_thread(partial_upload, port, 50 * MB, 3 * MB, b"sk-unknown")  # a key the keys file does not know
         await proxy.flushed()
     finally:
         await proxy.service.stopService()

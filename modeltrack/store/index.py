@@ -232,7 +232,7 @@ def _commit(db: sqlite3.Connection, piece: event_lines.Piece, name: str, inode: 
     with db:
         if piece.rows:
             first = db.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM events").fetchone()[0]
-            rollups.add(db, piece.rows, _INSERT)
+            rollups.add(db, piece.rows, _INSERT, first - 1)
             last = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0]
             if last >= first:  # where the piece's rows are, and their days: retention needs no index on day
                 db.execute("INSERT INTO batches SELECT ?, ?, MIN(day), MAX(day) FROM piece.rows", (first, last))

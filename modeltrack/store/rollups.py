@@ -113,15 +113,14 @@ def create(db: sqlite3.Connection) -> None:
     db.executescript(SCHEMA)
 
 
-def add(db: sqlite3.Connection, staged_rows: int, insert_events: str) -> None:
+def add(db: sqlite3.Connection, staged_rows: int, insert_events: str, before: int) -> None:
     """
     Within the caller's transaction, with a piece of the log attached as C{piece}
     (L{modeltrack.store.event_lines.stage}): its rows into the events table
     (C{insert_events}, which ignores an event indexed before), and those it added into
     the rollups: the piece's own sums, made as it was read, when every row was new;
-    else summed by SQL from the rows added.
+    else summed by SQL from the rows added (past C{before}, the last row before them).
     """
-    before = {"before": db.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0]}
     changes = db.total_changes
     db.execute(insert_events)
     if db.total_changes - changes == staged_rows:
@@ -130,10 +129,11 @@ def add(db: sqlite3.Connection, staged_rows: int, insert_events: str) -> None:
         db.execute(_MERGE_LABELS)
         db.execute(_MERGE_SESSIONS)
         return
-    db.execute(_DAILY, before)
-    db.execute(_DAILY_MODELS, before)
-    db.execute(_DAILY_LABELS, before)
-    db.execute(_SESSIONS, before)
+    past = {"before": before}
+    db.execute(_DAILY, past)
+    db.execute(_DAILY_MODELS, past)
+    db.execute(_DAILY_LABELS, past)
+    db.execute(_SESSIONS, past)
 
 
 class Totals:
